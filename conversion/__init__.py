@@ -1,0 +1,1 @@
+"""ortserve conversion: Hugging Face checkpoints to ONNX model folders."""

@@ -1,0 +1,89 @@
+"""Typed API errors and the one mapper to OpenAI's error JSON.
+
+Every error the server sends, as a response body or as an SSE event inside a
+stream, comes from `error_body()`, so both shapes are the same.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class APIError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequestError(APIError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthError(InvalidRequestError):
+    code = "context_length_exceeded"
+
+
+class AuthenticationError(APIError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class NotFoundError(APIError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+
+    def __init__(self, model: str, param: str | None = "model"):
+        super().__init__(f"The model '{model}' does not exist", param=param)
+
+
+class PayloadTooLargeError(APIError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class NotSupportedError(APIError):
+    status = 501
+    type = "invalid_request_error"
+    code = "not_supported"
+
+
+class OverloadedError(APIError):
+    status = 503
+    type = "server_error"
+    code = "overloaded"
+
+
+class RateLimitError(APIError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class BackendError(APIError):
+    """The model runner failed (crashed, ran out of memory, raised inside onnxruntime)."""
+
+    status = 500
+    type = "server_error"
+    code = "backend_error"
+
+
+def error_body(exc: BaseException) -> tuple[dict[str, Any], int]:
+    """Map any exception to (OpenAI error JSON, HTTP status)."""
+    if not isinstance(exc, APIError):
+        exc = APIError(f"Internal server error: {type(exc).__name__}: {exc}")
+    body = {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+    return body, exc.status

@@ -1,0 +1,102 @@
+"""Declarative settings: `ServerSettings` for the server, `ModelConfig` per model.
+
+Sources, lowest first: built-in defaults, `configs/server.toml`, environment
+(`ORTSERVE_*`), command-line flags. Per-model settings live in
+`configs/models/NAME.toml`.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEVICES = ("auto", "cpu", "cuda", "dml", "coreml")
+
+
+def _is_checkout(root: Path) -> bool:
+    project = root / "pyproject.toml"
+    return project.is_file() and 'name = "ortserve"' in project.read_text(encoding="utf-8")
+
+
+def default_home() -> Path:
+    """Where models/ and configs/ live: $ORTSERVE_HOME, else the checkout, else the per-user data folder."""
+    env = os.environ.get("ORTSERVE_HOME")
+    if env:
+        return Path(env).expanduser()
+    root = Path(__file__).resolve().parents[1]
+    if _is_checkout(root):
+        return root
+    import platformdirs  # Windows: %LOCALAPPDATA%\ortserve, macOS: ~/Library/Application Support/ortserve
+
+    return Path(platformdirs.user_data_dir("ortserve", appauthor=False))
+
+
+def default_models_dir() -> Path:
+    env = os.environ.get("ORTSERVE_MODELS")
+    return Path(env).expanduser() if env else default_home() / "models"
+
+
+def default_configs_dir() -> Path:
+    env = os.environ.get("ORTSERVE_CONFIGS")
+    return Path(env).expanduser() if env else default_home() / "configs"
+
+
+class SamplingDefaults(BaseModel):
+    """Per-model defaults, used when a request leaves the field out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1)
+    stop: list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(None, gt=0)
+
+
+class ModelConfig(BaseModel):
+    """What `configs/models/NAME.toml` holds: how a stored model is served under NAME."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: str | None = Field(None, description="folder under models/; defaults to the model's own name")
+    aliases: list[str] = Field(default_factory=list)
+    num_ctx: int | None = Field(None, ge=16, description="context length served; defaults to the model's")
+    device: str = Field("auto", pattern="^(auto|cpu|cuda|dml|coreml)$")
+    owned_by: str = "library"
+    system: str | None = None
+    defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: str | None = None
+    models_dir: Path = Field(default_factory=default_models_dir)
+    configs_dir: Path = Field(default_factory=default_configs_dir)
+    device: str = Field("auto", pattern="^(auto|cpu|cuda|dml|coreml)$")
+    max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    bootstrap: bool = Field(True, description="on an empty store, set up the embedded default models first")
+
+    @classmethod
+    def load(cls, **overrides: Any) -> "ServerSettings":
+        """Defaults < configs/server.toml < ORTSERVE_* environment < overrides (flags)."""
+        values: dict[str, Any] = {}
+        configs_dir = Path(overrides.get("configs_dir") or default_configs_dir())
+        server_toml = configs_dir / "server.toml"
+        if server_toml.is_file():
+            values.update(tomllib.loads(server_toml.read_text(encoding="utf-8")).get("server", {}))
+        for name in cls.model_fields:
+            env = os.environ.get(f"ORTSERVE_{name.upper()}")
+            if env is not None:
+                values[name] = env
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

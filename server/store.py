@@ -1,0 +1,196 @@
+"""The model store: `models/<folder>/` (ONNX files + manifest.json) and
+`configs/models/NAME.toml` (how a name is served).
+
+A *name* is what clients send as `model`. Every converted model gets a name equal
+to its folder; `cp` adds a name that shares another's weights (like `ollama cp`),
+with its own settings. A folder is removed only when no name uses it any more.
+This module is the one owner of the store's files; it imports nothing heavy.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import tomllib
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import quote, unquote
+
+import tomli_w
+
+from server.settings import ModelConfig
+
+MANIFEST = "manifest.json"
+STAGING_PREFIX = ".staging-"
+
+
+class StoreError(Exception):
+    """A store operation that cannot be done; the message is meant for the user."""
+
+
+def check_name(name: str) -> str:
+    if not name or len(name) > 128 or any(c.isspace() or not c.isprintable() for c in name):
+        raise StoreError(f"invalid model name {name!r}: use 1-128 printable characters without spaces")
+    if name in (".", "..") or name.startswith(STAGING_PREFIX):
+        raise StoreError(f"invalid model name {name!r}")
+    return name
+
+
+def _file_stem(name: str) -> str:
+    # ':' and '/' are common in model names (llama3.2:1b) but not portable in file names.
+    return quote(name, safe="-_.+@")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    config: ModelConfig
+    folder: Path
+    manifest: dict[str, Any]
+
+    @property
+    def task(self) -> str:
+        return self.manifest.get("task", "chat")
+
+    @property
+    def created(self) -> int:
+        """Last modification time of the name (config or weights), as OpenAI's `created`."""
+        return int(max(self.folder.stat().st_mtime, self.manifest.get("_config_mtime", 0)))
+
+
+class ModelStore:
+    def __init__(self, models_dir: Path, configs_dir: Path):
+        self.models_dir = Path(models_dir)
+        self.configs_dir = Path(configs_dir) / "models"
+
+    # ---- reading -------------------------------------------------------
+    def _config_path(self, name: str) -> Path:
+        return self.configs_dir / f"{_file_stem(name)}.toml"
+
+    def _read_config(self, name: str) -> tuple[ModelConfig, float] | None:
+        path = self._config_path(name)
+        if not path.is_file():
+            return None
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            return ModelConfig(**data), path.stat().st_mtime
+        except (tomllib.TOMLDecodeError, ValueError) as exc:
+            raise StoreError(f"{path}: {exc}") from exc
+
+    def _read_manifest(self, folder: Path) -> dict[str, Any] | None:
+        path = folder / MANIFEST
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def names(self) -> list[str]:
+        found: set[str] = set()
+        if self.configs_dir.is_dir():
+            found.update(unquote(p.stem) for p in self.configs_dir.glob("*.toml"))
+        if self.models_dir.is_dir():
+            found.update(
+                unquote(p.name)
+                for p in self.models_dir.iterdir()
+                if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
+            )
+        return sorted(n for n in found if self._entry_or_none(n) is not None)
+
+    def _entry_or_none(self, name: str) -> ModelEntry | None:
+        read = self._read_config(name)
+        config, mtime = read if read else (ModelConfig(), 0.0)
+        folder = self.models_dir / _file_stem(config.weights or name)
+        manifest = self._read_manifest(folder)
+        if manifest is None or (read is None and manifest.get("unlisted")):
+            return None
+        return ModelEntry(name, config, folder, {**manifest, "_config_mtime": mtime})
+
+    def entries(self) -> list[ModelEntry]:
+        return [e for e in (self._entry_or_none(n) for n in self.names()) if e is not None]
+
+    def get(self, name_or_alias: str) -> ModelEntry:
+        entry = self._entry_or_none(name_or_alias) if name_or_alias and "/" not in name_or_alias else None
+        if entry is not None:
+            return entry
+        for entry in self.entries():
+            if name_or_alias in entry.config.aliases:
+                return entry
+        raise StoreError(f"model '{name_or_alias}' is not in the store ({self.models_dir})")
+
+    def exists(self, name: str) -> bool:
+        return self._entry_or_none(name) is not None or self._config_path(name).is_file()
+
+    # ---- writing -------------------------------------------------------
+    def write_config(self, name: str, config: ModelConfig) -> None:
+        self.configs_dir.mkdir(parents=True, exist_ok=True)
+        data = config.model_dump(exclude_none=True, exclude_defaults=True)
+        if config.weights:
+            data["weights"] = config.weights
+        target = self._config_path(name)
+        tmp = target.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        tmp.write_text(f"# ortserve settings for model '{name}'\n" + tomli_w.dumps(data), encoding="utf-8")
+        os.replace(tmp, target)
+
+    @contextmanager
+    def staging(self, name: str, force: bool = False) -> Iterator[Path]:
+        """A temporary folder inside the store that becomes models/NAME only if the block succeeds.
+
+        Ctrl-C or an exception removes it: nothing half-written is ever visible as a model.
+        """
+        check_name(name)
+        if self.exists(name) and not force:
+            raise StoreError(f"model '{name}' already exists; use --force to replace it")
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.models_dir))
+        try:
+            yield tmp
+            final = self.models_dir / _file_stem(name)
+            if final.exists():
+                old = final.with_name(f"{STAGING_PREFIX}old-{uuid.uuid4().hex}")
+                os.replace(final, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def add(self, name: str, folder: Path, manifest: dict[str, Any], config: ModelConfig | None = None) -> None:
+        """Write the manifest into a staged folder and the name's config (called inside `staging`)."""
+        manifest = {"name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **manifest}
+        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        self.write_config(name, config or ModelConfig())
+
+    def copy(self, src: str, dst: str) -> ModelEntry:
+        check_name(dst)
+        entry = self.get(src)
+        if self.exists(dst):
+            raise StoreError(f"model '{dst}' already exists")
+        config = entry.config.model_copy(update={"weights": entry.config.weights or entry.name, "aliases": []})
+        self.write_config(dst, config)
+        return self.get(dst)
+
+    def remove(self, name: str) -> None:
+        entry = self._entry_or_none(name)
+        config_path = self._config_path(name)
+        if entry is None and not config_path.is_file():
+            raise StoreError(f"model '{name}' is not in the store ({self.models_dir})")
+        config_path.unlink(missing_ok=True)
+        if entry is None:
+            return
+        weights = entry.config.weights or entry.name
+        if any((e.config.weights or e.name) == weights for e in self.entries() if e.name != name):
+            # other names still serve these weights: keep the folder, stop listing it under its own name
+            manifest = {k: v for k, v in entry.manifest.items() if not k.startswith("_")}
+            (entry.folder / MANIFEST).write_text(json.dumps({**manifest, "unlisted": True}, indent=2), encoding="utf-8")
+        else:
+            shutil.rmtree(entry.folder, ignore_errors=True)
+
+    def clean_staging(self) -> None:
+        """Remove leftovers of a conversion that was killed hard (kill -9, power loss)."""
+        if self.models_dir.is_dir():
+            for p in self.models_dir.glob(f"{STAGING_PREFIX}*"):
+                shutil.rmtree(p, ignore_errors=True)
