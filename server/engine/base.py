@@ -49,6 +49,7 @@ class Started:
 
     prompt_tokens: int
     max_tokens: int  # the budget actually granted
+    prompt_text: str | None = None  # the rendered / decoded prompt (for echo)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,9 @@ GenerationEvent = Started | TextDelta | Finished
 class TextGenerator(Protocol):
     """One loaded generation model."""
 
-    context_length: int
+    context_length: int  # the served context (num_ctx), in tokens
+    fim_tokens: tuple[str, str, str] | None  # (prefix, suffix, middle) special tokens, if the model has them
+    device: str  # the execution provider it runs on: "cpu", "cuda", ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Yield Started, then TextDelta*, then Finished. Errors are raised as server.errors.APIError.
