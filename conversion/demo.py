@@ -55,6 +55,7 @@ def build_tiny_chat_checkpoint(
     hidden_size: int = 64,
     num_layers: int = 2,
     context_length: int = 2048,
+    initializer_range: float = 0.02,
 ) -> Path:
     """Write a random-weight Llama- or Qwen2-architecture checkpoint with tokenizer and chat template."""
     import torch
@@ -88,6 +89,7 @@ def build_tiny_chat_checkpoint(
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
         tie_word_embeddings=False,
+        initializer_range=initializer_range,
     )
     configs = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}
     if architecture not in configs:

@@ -1,2 +1,3 @@
 """ortserve: a local OpenAI-compatible model server on ONNX Runtime."""
+
 __version__ = "0.1.0"

@@ -1,0 +1,104 @@
+"""Chat models: the onnxruntime-genai model builder, run as a tool in a subprocess.
+
+We never import the builder's internals: it is one very large class behind an
+if/elif chain. We pass it the options that matter and check its output.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+
+from conversion.common import ConversionError, Progress
+from conversion.registry import chat_architecture
+from conversion.source import read_config
+
+# Measured (SmolLM2-135M shape, 2 cores): accuracy_level=4 decodes 93 tok/s, level 1 only 42.
+# The builder silently ignores the `int4_*` spellings, so only these names are passed.
+_EXTRA_OPTIONS = {
+    ("int4", "cpu"): {"block_size": 32, "accuracy_level": 4},
+    ("int8", "cpu"): {"block_size": 32, "accuracy_level": 4},
+    ("int4", "cuda"): {"block_size": 32},
+    ("int8", "cuda"): {"block_size": 32},
+    ("int4", "dml"): {"block_size": 32},
+}
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
+
+
+def run_builder(src: Path, out: Path, precision: str, device: str, progress: Progress) -> dict:
+    """Build the ONNX decoder into `out`; returns the extra options used."""
+    extra = _EXTRA_OPTIONS.get((precision, device), {})
+    cache = out / ".builder-cache"
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder",
+           "-m", str(src), "-i", str(src), "-o", str(out), "-p", precision, "-e", device, "-c", str(cache)]
+    if extra:
+        cmd += ["--extra_options", *(f"{k}={v}" for k, v in extra.items())]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    tail: deque[str] = deque(maxlen=40)
+    with progress.step(f"build ONNX decoder ({precision}, {device}) with the onnxruntime-genai builder"):
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                              text=True, encoding="utf-8", errors="replace") as proc:
+            try:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    line = line.rstrip()
+                    tail.append(line)
+                    if line.startswith(("Reading", "Saving ONNX", "Saving GenAI")):
+                        progress.info(f"    {line}")
+                code = proc.wait()
+            finally:
+                if proc.poll() is None:  # Ctrl-C or an error here: never leave the builder running
+                    proc.kill()
+                    proc.wait()
+        shutil.rmtree(cache, ignore_errors=True)
+    if code != 0:
+        reason = next((ln for ln in reversed(tail) if "Error" in ln or "error" in ln), tail[-1] if tail else "")
+        raise ConversionError(f"the onnxruntime-genai builder failed (exit {code}): {reason.strip()}")
+    if not (out / "genai_config.json").is_file():
+        raise ConversionError("the onnxruntime-genai builder wrote no genai_config.json")
+    return extra
+
+
+def _fix_genai_config(src_config: dict, out: Path) -> int:
+    """Correct what the builder guesses; returns the model's context length."""
+    path = out / "genai_config.json"
+    genai = json.loads(path.read_text(encoding="utf-8"))
+    model = genai["model"]
+    if src_config.get("bos_token_id") is None and model.get("bos_token_id") == 1:
+        # The builder writes bos_token_id=1 when the checkpoint has none: that is an arbitrary token.
+        model.pop("bos_token_id", None)
+    path.write_text(json.dumps(genai, indent=4), encoding="utf-8")
+    return int(model["context_length"])
+
+
+def convert_chat(src: Path, out: Path, *, precision: str, device: str, progress: Progress,
+                 validate: bool = True) -> dict:
+    config = read_config(src)
+    arch = chat_architecture(config.get("architectures"))
+    if not any((src / f).is_file() for f in _TOKENIZER_FILES):
+        raise ConversionError(f"{src}: no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
+    if not any(src.glob("*.safetensors")) and not any(src.glob("*.bin")):
+        raise ConversionError(f"{src}: no weights (*.safetensors or *.bin)")
+    extra = run_builder(src, out, precision, device, progress)
+    context_length = _fix_genai_config(config, out)
+    manifest = {
+        "task": "chat",
+        "architecture": arch.hf_class,
+        "family": arch.family,
+        "model_type": config["model_type"],
+        "precision": precision,
+        "device": device,
+        "context_length": context_length,
+        "builder_options": extra,
+    }
+    if validate:
+        from conversion.validate_chat import validate_chat
+
+        with progress.step("validate against PyTorch"):
+            manifest["validation"] = validate_chat(src, out, precision=precision, device=device, progress=progress)
+    return manifest

@@ -1,0 +1,72 @@
+"""`ortserve convert`: SOURCE -> models/NAME (ONNX + manifest) + configs/models/NAME.toml.
+
+torch and transformers are imported only inside `run()`'s steps, so the rest of
+the CLI starts fast and the server never loads them.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from conversion.common import ConversionError, Progress
+from conversion.registry import DEVICES, PRECISIONS, check_precision
+from server.settings import ModelConfig
+from server.store import ModelStore, check_name
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="a local Hugging Face model folder or a hub id (owner/name)")
+    parser.add_argument("--name", help="name in the store (default: the source's last path part, lower-case)")
+    parser.add_argument("--task", choices=("chat", "embedding"), help="default: detected from the checkpoint")
+    parser.add_argument("--precision", choices=PRECISIONS, help="default: int4 for chat, fp32 for embeddings (cpu)")
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="the device the model is built for")
+    parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    parser.add_argument("--force", action="store_true", help="replace a model of the same name")
+    parser.add_argument("--no-validate", action="store_true", help="register even without checking against PyTorch")
+    parser.add_argument("--quiet", action="store_true", help="print only errors and the result")
+
+
+def convert(source: str, store: ModelStore, *, name: str | None = None, task: str | None = None,
+            precision: str | None = None, device: str = "cpu", revision: str | None = None,
+            force: bool = False, validate: bool = True, progress: Progress | None = None,
+            config: ModelConfig | None = None) -> dict:
+    """Convert SOURCE into the store under NAME; returns the manifest. Nothing is left behind on failure."""
+    from conversion.source import default_name, detect_task, resolve_source
+
+    progress = progress or Progress()
+    name = check_name(name or default_name(source))
+    if store.exists(name) and not force:
+        raise ConversionError(f"model '{name}' already exists; use --force to replace it or --name to pick another")
+    if task is not None:
+        precision = check_precision(task, device, precision)
+    src = resolve_source(source, progress, revision)
+    task = task or detect_task(src)
+    precision = check_precision(task, device, precision)
+    progress.info(f"converting {source} -> '{name}' ({task}, {precision}, {device})")
+    with store.staging(name, force=force) as out:
+        if task == "chat":
+            from conversion.chat import convert_chat
+
+            manifest = convert_chat(src, out, precision=precision, device=device, progress=progress, validate=validate)
+        else:
+            from conversion.embedding import convert_embedding
+
+            manifest = convert_embedding(src, out, precision=precision, device=device, progress=progress,
+                                         validate=validate)
+        manifest = {**manifest, "source": source, "validated": validate}
+        store.add(name, out, manifest, config or ModelConfig(device=device if device != "cpu" else "auto"))
+    progress.info(f"'{name}' is ready in {store.models_dir / name}")
+    return manifest
+
+
+def run(args: argparse.Namespace, store: ModelStore) -> int:
+    convert(args.source, store, name=args.name, task=args.task, precision=args.precision, device=args.device,
+            revision=args.revision, force=args.force, validate=not args.no_validate,
+            progress=Progress(quiet=args.quiet))
+    return 0
+
+
+def store_for(models_dir: Path | None) -> ModelStore:
+    from server.settings import default_configs_dir, default_models_dir
+
+    return ModelStore(models_dir or default_models_dir(), default_configs_dir())

