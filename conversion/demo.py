@@ -56,8 +56,12 @@ def build_tiny_chat_checkpoint(
     num_layers: int = 2,
     context_length: int = 2048,
     initializer_range: float = 0.02,
+    **config_overrides,
 ) -> Path:
-    """Write a random-weight Llama- or Qwen2-architecture checkpoint with tokenizer and chat template."""
+    """Write a random-weight Llama- or Qwen2-architecture checkpoint with tokenizer and chat template.
+
+    `config_overrides` go to the transformers config (benchmarks use them for realistic shapes).
+    """
     import torch
     import transformers
 
@@ -91,6 +95,7 @@ def build_tiny_chat_checkpoint(
         tie_word_embeddings=False,
         initializer_range=initializer_range,
     )
+    common.update(config_overrides)  # e.g. num_attention_heads, intermediate_size for benchmark shapes
     configs = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}
     if architecture not in configs:
         raise ValueError(f"unknown demo architecture {architecture!r}; choose from {sorted(configs)}")
