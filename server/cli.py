@@ -33,7 +33,10 @@ def _human(n: float) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    entries = _store(args).entries()
+    store = _store(args)
+    for problem in store.problems():
+        print(f"warning: skipped {problem}", file=sys.stderr)
+    entries = store.entries()
     if args.json:
         print(json.dumps([{"name": e.name, "task": e.task, "precision": e.manifest.get("precision"),
                            "device": e.manifest.get("device"), "weights": e.folder.name,

@@ -80,7 +80,8 @@ class ModelStore:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
             return ModelConfig(**data), path.stat().st_mtime
         except (tomllib.TOMLDecodeError, ValueError) as exc:
-            raise StoreError(f"{path}: {exc}") from exc
+            reason = " ".join(str(exc).split())
+            raise StoreError(f"{path}: {reason}") from exc
 
     def _read_manifest(self, folder: Path) -> dict[str, Any] | None:
         path = folder / MANIFEST
@@ -98,7 +99,24 @@ class ModelStore:
                 for p in self.models_dir.iterdir()
                 if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
             )
-        return sorted(n for n in found if self._entry_or_none(n) is not None)
+        return sorted(n for n in found if self._readable(n) is not None)
+
+    def _readable(self, name: str) -> ModelEntry | None:
+        """The entry, or None when it has no weights or its config is broken (see `problems()`)."""
+        try:
+            return self._entry_or_none(name)
+        except StoreError:
+            return None
+
+    def problems(self) -> list[str]:
+        """One line per config file that cannot be read; such a model is left out of listings."""
+        found = []
+        for path in sorted(self.configs_dir.glob("*.toml")) if self.configs_dir.is_dir() else []:
+            try:
+                self._read_config(unquote(path.stem))
+            except StoreError as exc:
+                found.append(str(exc))
+        return found
 
     def _entry_or_none(self, name: str) -> ModelEntry | None:
         read = self._read_config(name)
@@ -110,7 +128,7 @@ class ModelStore:
         return ModelEntry(name, config, folder, {**manifest, "_config_mtime": mtime})
 
     def entries(self) -> list[ModelEntry]:
-        return [e for e in (self._entry_or_none(n) for n in self.names()) if e is not None]
+        return [e for e in (self._readable(n) for n in self.names()) if e is not None]
 
     def get(self, name_or_alias: str) -> ModelEntry:
         entry = self._entry_or_none(name_or_alias) if name_or_alias and "/" not in name_or_alias else None

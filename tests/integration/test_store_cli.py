@@ -84,7 +84,13 @@ def test_aliases_resolve_and_bad_names_are_refused(home):
             store.copy("tiny-llama", bad)
 
 
-def test_broken_config_is_a_clear_error(home, capsys):
+def test_broken_config_is_skipped_with_a_warning(home, capsys):
+    assert run_cli(home, "cp", "tiny-llama", "other") == 0
+    capsys.readouterr()
     (home / "configs" / "models" / "tiny-llama.toml").write_text("num_ctx = 'many'\n")
-    assert run_cli(home, "list") == 1
+    assert run_cli(home, "list") == 0
+    captured = capsys.readouterr()
+    assert "warning: skipped" in captured.err and "tiny-llama.toml" in captured.err
+    assert [ln.split()[0] for ln in captured.out.splitlines()[1:]] == ["other"]  # the others still list
+    assert run_cli(home, "show", "tiny-llama") == 1
     assert "tiny-llama.toml" in capsys.readouterr().err
