@@ -1,0 +1,447 @@
+"""Embedding models: export a Hugging Face / sentence-transformers encoder to ONNX.
+
+The output folder is self-contained, served with onnxruntime + `tokenizers` only:
+    model.onnx [+ model.onnx.data]  in: int64 [batch, sequence] input_ids, attention_mask (+ token_type_ids
+                                    for BERT-like types; the manifest's `inputs`)
+                                    out: float32 [batch, sequence, dimensions] last_hidden_state
+    tokenizer.json                  with truncation to max_seq_length and batch-longest right padding set
+    tokenizer_config.json, special_tokens_map.json   copied when the source has them
+
+Pooling is *not* in the graph (`pooled_in_graph: False`): the server pools in numpy with `pool()` /
+`embed_texts()` below, the code the conversion validates. One graph serves every pooling mode, and
+pooling costs microseconds next to the encoder.
+
+Pooling and normalization come from modules.json, 1_Pooling/config.json and a Normalize module. A plain
+Hugging Face folder gets mean pooling + L2 normalization (mean is sentence-transformers' own default
+for such folders; OpenAI-style clients expect unit vectors). `max_seq_length` comes from
+sentence_bert_config.json, else max_position_embeddings (minus 2 for RoBERTa-like position ids),
+capped by the tokenizer's model_max_length.
+
+Export: `torch.onnx.export(dynamo=True)` with dynamic batch and sequence axes (the legacy tracer is off
+by 0.05-0.12 on sequence lengths other than the traced one), then ONNX Runtime is checked against
+PyTorch on several shapes. torch/transformers are imported only inside functions, so the server can
+import `pool`, `embed_texts` and `load_tokenizer` without them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from conversion.common import ConversionError, Progress
+
+SUPPORTED_PRECISIONS = ("fp32", "fp16", "int8")
+POOLING_MODES = ("mean", "cls", "lasttoken")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+ONNX_OUTPUT = "last_hidden_state"
+
+
+# ---- serving-side pieces (numpy + tokenizers only) -------------------------------------
+def pool(hidden: np.ndarray, attention_mask: np.ndarray, mode: str, normalize: bool) -> np.ndarray:
+    """Sentence embeddings [batch, dim] from token embeddings [batch, seq, dim], as sentence-transformers pools."""
+    mask = attention_mask.astype(np.float32)
+    if mode == "mean":
+        summed = np.einsum("bsd,bs->bd", hidden.astype(np.float32), mask)
+        out = summed / np.clip(mask.sum(axis=1, keepdims=True), 1e-9, None)
+    elif mode == "cls":  # first attended token (index 0 with right padding)
+        out = hidden[np.arange(len(hidden)), attention_mask.argmax(axis=1)]
+    elif mode == "lasttoken":  # last attended token, for right or left padding
+        last = hidden.shape[1] - 1 - attention_mask[:, ::-1].argmax(axis=1)
+        out = hidden[np.arange(len(hidden)), last]
+    else:
+        raise ValueError(f"unknown pooling mode {mode!r}; expected one of {', '.join(POOLING_MODES)}")
+    out = out.astype(np.float32)
+    if normalize:
+        out /= np.clip(np.linalg.norm(out, axis=1, keepdims=True), 1e-12, None)
+    return out
+
+
+def load_tokenizer(folder: Path):
+    """The converted folder's tokenizer, truncation and padding already configured by the conversion."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+
+
+def embed_texts(
+    session, tokenizer, texts: Sequence[str], *, pooling: str, normalize: bool,
+    batch_size: int = 32, prompt: str | None = None, lowercase: bool = False,
+) -> np.ndarray:  # fmt: skip
+    """Embed `texts` with an onnxruntime session; rows come back in input order.
+
+    Texts are batched by length (as sentence-transformers does) so each batch pads little.
+    """
+    names = {i.name for i in session.get_inputs()}
+    texts = [((prompt or "") + t).lower() if lowercase else (prompt or "") + t for t in texts]
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    out = np.empty((len(texts), 0), dtype=np.float32)
+    for start in range(0, len(texts), batch_size):
+        idx = order[start : start + batch_size]
+        encodings = tokenizer.encode_batch([texts[i] for i in idx])
+        feeds = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        (hidden,) = session.run([ONNX_OUTPUT], {k: v for k, v in feeds.items() if k in names})
+        pooled = pool(hidden, feeds["attention_mask"], pooling, normalize)
+        if out.shape[1] == 0:
+            out = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
+        out[idx] = pooled
+    return out
+
+
+# ---- registry of exportable encoders -----------------------------------------------------
+class EncoderOnnxConfig:
+    """How one family of encoders is exported: its ONNX inputs and its usable positions."""
+
+    model_types: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ("input_ids", "attention_mask")
+    position_offset = 0  # position ids that padding_idx makes unusable (RoBERTa-like: 2)
+
+    def max_positions(self, config: dict) -> int:
+        return int(config.get("max_position_embeddings", 512)) - self.position_offset
+
+
+_ENCODERS: dict[str, EncoderOnnxConfig] = {}
+
+
+def register_encoder(*model_types: str):
+    """Class decorator: `@register_encoder("bert", ...)` makes those config `model_type`s exportable."""
+
+    def deco(cls: type[EncoderOnnxConfig]) -> type[EncoderOnnxConfig]:
+        for model_type in model_types:
+            if model_type in _ENCODERS:
+                raise ValueError(f"model_type {model_type!r} is already registered")
+            _ENCODERS[model_type] = cls()
+        cls.model_types = model_types
+        return cls
+
+    return deco
+
+
+@register_encoder("bert", "electra")
+class BertOnnxConfig(EncoderOnnxConfig):
+    inputs = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@register_encoder("distilbert")
+class DistilBertOnnxConfig(EncoderOnnxConfig):
+    pass
+
+
+@register_encoder("roberta", "xlm-roberta", "camembert")
+class RobertaOnnxConfig(EncoderOnnxConfig):
+    position_offset = 2
+
+
+@register_encoder("mpnet")
+class MPNetOnnxConfig(EncoderOnnxConfig):
+    position_offset = 2
+
+
+@register_encoder("modernbert")
+class ModernBertOnnxConfig(EncoderOnnxConfig):
+    pass
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_ENCODERS)
+
+
+def encoder_config(model_type: str) -> EncoderOnnxConfig:
+    try:
+        return _ENCODERS[model_type]
+    except KeyError:
+        raise ConversionError(
+            f"unsupported embedding model_type {model_type!r}; supported: {', '.join(supported_model_types())}"
+        ) from None
+
+
+# Encoder-only families we recognise as embedding checkpoints even when we cannot export them yet,
+# so that task detection routes them here and the user gets the "unsupported model_type" message.
+_OTHER_ENCODER_TYPES = {"albert", "deberta", "deberta-v2", "nomic_bert", "new", "xlm", "funnel", "layoutlm"}
+
+
+def _read_json(path: Path, kind: type = dict) -> Any:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConversionError(f"cannot read {path.name} in {path.parent}: {e}") from None
+    if not isinstance(data, kind):
+        raise ConversionError(f"{path} does not hold a JSON {kind.__name__}")
+    return data
+
+
+def is_embedding_checkpoint(src: Path) -> bool:
+    """True for sentence-transformers folders (modules.json) and encoder-only model configs."""
+    src = Path(src)
+    if (src / "modules.json").is_file():
+        return True
+    try:
+        model_type = json.loads((src / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return model_type in _ENCODERS or model_type in _OTHER_ENCODER_TYPES
+
+
+# ---- reading the source --------------------------------------------------------------------
+@dataclass
+class EmbeddingSource:
+    root: Path  # what sentence-transformers loads
+    model_dir: Path  # the Hugging Face model (the Transformer module's folder)
+    config: dict
+    encoder: EncoderOnnxConfig
+    pooling: str = "mean"
+    normalize: bool = True
+    max_seq_length: int = 512
+    dimensions: int = 0
+    lowercase: bool = False
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+
+
+def _pooling_mode(cfg: dict) -> str:
+    mode = cfg.get("pooling_mode")
+    if mode is None:  # the sentence-transformers < 5 layout: one boolean per mode
+        legacy = {"cls_token": "cls", "mean_tokens": "mean", "max_tokens": "max",
+                  "mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "weightedmean_tokens": "weightedmean",
+                  "lasttoken": "lasttoken"}  # fmt: skip
+        mode = [m for key, m in legacy.items() if cfg.get(f"pooling_mode_{key}")] or ["mean"]
+    modes = [mode] if isinstance(mode, str) else list(mode)
+    if len(modes) != 1 or modes[0] not in POOLING_MODES:
+        raise ConversionError(f"unsupported pooling {'+'.join(map(str, modes))}; supported: {', '.join(POOLING_MODES)}")
+    return modes[0]
+
+
+def read_source(src: Path) -> EmbeddingSource:
+    """Everything the export needs to know about `src`, or a one-line ConversionError."""
+    src = Path(src)
+    if not src.is_dir():
+        raise ConversionError(f"{src} is not a folder")
+    model_dir, pooling, normalize, pool_dim = src, "mean", True, None
+    if (src / "modules.json").is_file():
+        modules = _read_json(src / "modules.json", list)
+        kinds = [(str(m.get("type", "")).rsplit(".", 1)[-1], m.get("path", "")) for m in modules if isinstance(m, dict)]
+        unsupported = [k for k, _ in kinds if k not in ("Transformer", "Pooling", "Normalize")]
+        if unsupported or not kinds or kinds[0][0] != "Transformer":
+            raise ConversionError(
+                f"unsupported sentence-transformers modules {[k for k, _ in kinds]}; "
+                "supported: Transformer, then Pooling, then optional Normalize"
+            )
+        model_dir = src / kinds[0][1]
+        normalize = any(k == "Normalize" for k, _ in kinds)
+        pooling_dirs = [p for k, p in kinds if k == "Pooling"]
+        if not pooling_dirs:
+            raise ConversionError("the sentence-transformers modules have no Pooling module")
+        pool_cfg = _read_json(src / pooling_dirs[0] / "config.json")
+        pooling = _pooling_mode(pool_cfg)
+        pool_dim = pool_cfg.get("embedding_dimension", pool_cfg.get("word_embedding_dimension"))
+    if not (model_dir / "config.json").is_file():
+        raise ConversionError(f"no config.json in {model_dir}: not a Hugging Face model folder")
+    config = _read_json(model_dir / "config.json")
+    encoder = encoder_config(str(config.get("model_type")))
+
+    st_cfg = {}
+    for folder in (model_dir, src):
+        if (folder / "sentence_bert_config.json").is_file():
+            st_cfg = _read_json(folder / "sentence_bert_config.json")
+            break
+    max_len = st_cfg.get("max_seq_length")
+    if not max_len:
+        max_len = encoder.max_positions(config)
+        tok_cfg = model_dir / "tokenizer_config.json"
+        model_max = _read_json(tok_cfg).get("model_max_length") if tok_cfg.is_file() else None
+        if isinstance(model_max, int) and 0 < model_max < max_len:
+            max_len = model_max
+    meta_path = src / "config_sentence_transformers.json"
+    st_meta = _read_json(meta_path) if meta_path.is_file() else {}
+    hidden = int(config.get("hidden_size") or config.get("dim") or 0)
+    return EmbeddingSource(
+        root=src, model_dir=model_dir, config=config, encoder=encoder, pooling=pooling, normalize=normalize,
+        max_seq_length=int(max_len), dimensions=int(pool_dim or hidden), lowercase=bool(st_cfg.get("do_lower_case")),
+        prompts=dict(st_meta.get("prompts") or {}), default_prompt_name=st_meta.get("default_prompt_name") or None,
+    )  # fmt: skip
+
+
+# ---- export --------------------------------------------------------------------------------
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the dynamo exporter's known noise (axis-name notes, torch's own pytree deprecation)."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+            yield
+    finally:
+        registration.setLevel(level)
+
+
+def dummy_inputs(names: Sequence[str], vocab_size: int, batch: int, seq: int, seed: int = 0) -> dict:
+    """Random int64 torch inputs; the last row of a batch is half padding, so the mask is exercised."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, max(4, vocab_size), (batch, seq), generator=gen)
+    mask = torch.ones_like(ids)
+    if batch > 1:
+        mask[-1, max(1, seq // 2) :] = 0
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    return {n: feeds[n] for n in names}
+
+
+def export_onnx(source: EmbeddingSource, onnx_path: Path):
+    """Export the encoder's last_hidden_state to `onnx_path`; return the exported torch module (for checks)."""
+    import torch
+    import transformers
+
+    try:
+        model = transformers.AutoModel.from_pretrained(
+            source.model_dir, dtype=torch.float32, attn_implementation="eager"
+        ).eval()
+    except Exception as e:  # missing/corrupt weights, bad config
+        raise ConversionError(f"cannot load the model in {source.model_dir}: {_first_line(e)}") from e
+
+    names = source.encoder.inputs
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+
+    wrapper = LastHiddenState(model).eval()
+    vocab = int(source.config.get("vocab_size", 1000))
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(
+                wrapper, (), kwargs=dummy_inputs(names, vocab, 2, 16), dynamo=True, verbose=False,
+                dynamic_shapes={n: {0: batch, 1: seq} for n in names}, output_names=[ONNX_OUTPUT], optimize=True,
+            )  # fmt: skip
+            program.save(str(onnx_path))
+    except Exception as e:
+        raise ConversionError(f"ONNX export of {source.config.get('model_type')} failed: {_first_line(e)}") from e
+    return wrapper
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def write_tokenizer(source: EmbeddingSource, out: Path) -> list[str]:
+    """Copy the tokenizer files, with truncation to max_seq_length and batch-longest padding set in tokenizer.json."""
+    from tokenizers import Tokenizer
+
+    tok_path = source.model_dir / "tokenizer.json"
+    if not tok_path.is_file():
+        tok_path = source.root / "tokenizer.json"
+    if tok_path.is_file():
+        tok = Tokenizer.from_file(str(tok_path))
+    else:  # build one from the slow tokenizer files
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(source.model_dir).backend_tokenizer
+        except Exception as e:
+            why = _first_line(e)
+            raise ConversionError(f"no tokenizer.json in {source.model_dir} and none could be built: {why}") from e
+    pad_token, pad_id = _pad_token(source, tok)
+    tok.enable_truncation(source.max_seq_length)
+    tok.enable_padding(direction="right", pad_id=pad_id, pad_type_id=0, pad_token=pad_token)
+    tok.save(str(out / "tokenizer.json"))
+    files = ["tokenizer.json"]
+    for name in TOKENIZER_FILES[1:]:
+        for folder in (source.model_dir, source.root):
+            if (folder / name).is_file():
+                shutil.copyfile(folder / name, out / name)
+                files.append(name)
+                break
+    return files
+
+
+def _pad_token(source: EmbeddingSource, tok) -> tuple[str, int]:
+    """The pad token: special_tokens_map / tokenizer_config, else tokenizer.json's, else config.pad_token_id."""
+    files = [source.model_dir / n for n in ("special_tokens_map.json", "tokenizer_config.json")]
+    values = [_read_json(p).get("pad_token") for p in files if p.is_file()] + [(tok.padding or {}).get("pad_token")]
+    for token in (v.get("content") if isinstance(v, dict) else v for v in values):
+        if isinstance(token, str) and tok.token_to_id(token) is not None:
+            return token, tok.token_to_id(token)
+    pad_id = source.config.get("pad_token_id")
+    pad_id = pad_id if isinstance(pad_id, int) else 0
+    return tok.id_to_token(pad_id) or "[PAD]", pad_id
+
+
+def convert_embedding(
+    src: Path, out: Path, *, precision: str, device: str, progress: Progress, validate: bool = True
+) -> dict:
+    """Export the HF/sentence-transformers checkpoint in `src` into the (existing, empty) folder `out`.
+
+    Returns the manifest fields to record. Raises ConversionError (one-line message) for unsupported
+    or corrupt sources, ValidationFailedError when the figures miss the bar (only if `validate`).
+    """
+    if precision not in SUPPORTED_PRECISIONS:
+        raise ConversionError(f"unsupported precision {precision!r}; supported: {', '.join(SUPPORTED_PRECISIONS)}")
+    source = read_source(Path(src))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / ".export"
+    work.mkdir(exist_ok=True)
+    figures: dict[str, Any] = {}
+    try:
+        fp32_path = (out if precision == "fp32" else work) / "model.onnx"
+        with progress.step(f"export {source.config.get('model_type')} to ONNX"):
+            module = export_onnx(source, fp32_path)
+            if validate:  # several batch sizes and sequence lengths: the axes really are dynamic
+                from conversion.validate_embedding import check_export
+
+                figures.update(check_export(module, fp32_path, source, progress=progress))
+            del module
+        if precision != "fp32":
+            from conversion.quantize import quantize_model
+
+            with progress.step(f"quantize to {precision}"):
+                quantize_model(fp32_path, out / "model.onnx", precision)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    tokenizer_files = write_tokenizer(source, out)
+
+    result: dict[str, Any] = {
+        "task": "embedding",
+        "architecture": (source.config.get("architectures") or [source.config.get("model_type")])[0],
+        "model_type": source.config.get("model_type"),
+        "precision": precision,
+        "device": device,
+        "pooling": source.pooling,
+        "normalize": source.normalize,
+        "pooled_in_graph": False,
+        "max_seq_length": source.max_seq_length,
+        "dimensions": source.dimensions,
+        "inputs": list(source.encoder.inputs),
+        "output": ONNX_OUTPUT,
+        "lowercase": source.lowercase,
+        "prompts": source.prompts,
+        "default_prompt_name": source.default_prompt_name,
+        "files": sorted(p.name for p in out.iterdir() if p.name.startswith("model.onnx")) + tokenizer_files,
+        "validation": figures,
+    }
+    if validate:
+        from conversion.validate_embedding import validate_embedding
+
+        with progress.step("validate against sentence-transformers"):
+            figures.update(validate_embedding(source, out, result, progress=progress))
+    return result
