@@ -1,0 +1,196 @@
+"""One request inside a runner: its prompt, its `og.Generator`, and how it advances one step at a time.
+
+Imported only by the runner process (it imports onnxruntime-genai).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnxruntime_genai as og
+
+from server.engine.base import Finished, GenerationRequest, Prompt, SamplingParams, Started, TextDelta
+from server.engine.stops import StopMatcher
+from server.errors import ContextLengthError, InvalidRequestError
+
+_SEED_RANGE = 2**31 - 1  # og takes a non-negative int32 seed; -1 means "pick one at random"
+
+
+@dataclass
+class LoadedModel:
+    """What every slot of a runner shares."""
+
+    model: Any  # og.Model
+    tokenizer: Any  # og.Tokenizer, special tokens skipped when decoding output
+    raw_tokenizer: Any  # og.Tokenizer that keeps special tokens (echoing a prompt given as ids)
+    context_length: int  # served context (num_ctx), <= the model's
+    vocab_size: int
+    eos_ids: frozenset[int]
+    bos_id: int | None
+    special_text: dict[int, str] = field(default_factory=dict)  # skipped tokens that must stay visible (<tool_call>)
+
+
+def encode_prompt(lm: LoadedModel, prompt: Prompt) -> tuple[np.ndarray, str]:
+    """(token ids, prompt text) for a chat, text or token-id prompt."""
+    tok = lm.tokenizer
+    if prompt.messages is not None:
+        try:
+            kwargs = {"tools": json.dumps(prompt.tools)} if prompt.tools else {}
+            text = tok.apply_chat_template(json.dumps(prompt.messages), add_generation_prompt=True, **kwargs)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            raise InvalidRequestError(f"The chat template could not render the messages: {reason}", param="messages")
+        ids = np.asarray(tok.encode(text), dtype=np.int32)
+    elif prompt.token_ids is not None:
+        ids = _check_token_ids(prompt.token_ids, lm.vocab_size)
+        text = lm.raw_tokenizer.decode(ids) if len(ids) else ""
+    elif prompt.text is not None:
+        text = prompt.text
+        ids = np.asarray(tok.encode(text), dtype=np.int32) if text else np.zeros(0, dtype=np.int32)
+    else:
+        raise InvalidRequestError("The request has no prompt.", param="prompt")
+    if len(ids) == 0:
+        if lm.bos_id is None:
+            raise InvalidRequestError("The prompt is empty.", param="prompt")
+        ids = np.asarray([lm.bos_id], dtype=np.int32)  # like OpenAI: an empty prompt starts a new document
+    return ids, text
+
+
+def _check_token_ids(token_ids: list[int], vocab_size: int) -> np.ndarray:
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in token_ids):
+        raise InvalidRequestError("Token ids must be integers.", param="prompt")
+    bad = [t for t in token_ids if not 0 <= t < vocab_size]
+    if bad:
+        raise InvalidRequestError(
+            f"Token id {bad[0]} is out of range: this model's vocabulary has ids 0 to {vocab_size - 1}.", param="prompt"
+        )
+    return np.asarray(token_ids, dtype=np.int32)
+
+
+def grant_budget(prompt_tokens: int, max_tokens: int | None, context_length: int, *, chat: bool) -> int:
+    """Completion tokens granted, or ContextLengthError in OpenAI's words."""
+    what, param = ("messages", "messages") if chat else ("prompt", "prompt")
+    if max_tokens is not None and max_tokens < 1:
+        raise InvalidRequestError("max_tokens must be at least 1.", param="max_tokens")
+    if max_tokens is None:
+        if prompt_tokens < context_length:
+            return context_length - prompt_tokens
+        raise ContextLengthError(
+            f"This model's maximum context length is {context_length} tokens. However, your {what} resulted in "
+            f"{prompt_tokens} tokens. Please reduce the length of the {what}.",
+            param=param,
+        )
+    if prompt_tokens + max_tokens > context_length:
+        raise ContextLengthError(
+            f"This model's maximum context length is {context_length} tokens. However, you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {what}, {max_tokens} in the completion). "
+            f"Please reduce the length of the {what} or completion.",
+            param=param,
+        )
+    return max_tokens
+
+
+def search_options(params: SamplingParams, max_length: int) -> dict[str, Any]:
+    options: dict[str, Any] = {"max_length": max_length, "repetition_penalty": float(params.repetition_penalty)}
+    if params.temperature <= 0:
+        return {**options, "do_sample": False}
+    return {
+        **options,
+        "do_sample": True,
+        "temperature": float(params.temperature),
+        "top_p": float(params.top_p),
+        "top_k": int(params.top_k),  # 0: no cut (og's own default would be the config's 50)
+        "random_seed": -1 if params.seed is None else params.seed % _SEED_RANGE,
+    }
+
+
+class Slot:
+    """A request's generation state. `step()` does one unit of work: a prefill chunk or one decode step."""
+
+    def __init__(self, rid: int, lm: LoadedModel, request: GenerationRequest, prefill_chunk: int):
+        self.rid = rid
+        self.lm = lm
+        self.params = request.params
+        self.ids, prompt_text = encode_prompt(lm, request.prompt)
+        self.prompt_tokens = len(self.ids)
+        self.budget = grant_budget(
+            self.prompt_tokens, self.params.max_tokens, lm.context_length, chat=request.prompt.messages is not None
+        )
+        self.started = Started(self.prompt_tokens, self.budget, prompt_text)
+        self.prefill_chunk = prefill_chunk
+        self.cursor = 0  # prompt tokens appended so far
+        self.generated = 0
+        self.done = False
+        self.announced = False  # its first text has been sent (set by the runner)
+        self.generator: Any = None
+        self._stream = lm.tokenizer.create_stream()
+        self._stops = StopMatcher(self.params.stop)
+        self._pending: list[int] = []  # generated tokens not yet sent in a delta (text held back or empty)
+        self._penalize = bool(self.params.presence_penalty or self.params.frequency_penalty)
+        self._counts = np.zeros(lm.vocab_size, dtype=np.float32) if self._penalize else None
+
+    @property
+    def prefilling(self) -> bool:
+        return self.cursor < self.prompt_tokens
+
+    def start(self) -> None:
+        """Allocate the generator (and its KV cache, sized prompt + budget)."""
+        gp = og.GeneratorParams(self.lm.model)
+        gp.set_search_options(**search_options(self.params, self.prompt_tokens + self.budget))
+        self.generator = og.Generator(self.lm.model, gp)
+
+    def close(self) -> None:
+        self.generator = None
+        self.done = True
+
+    def step(self) -> list[TextDelta | Finished]:
+        if self.prefilling:
+            end = min(self.cursor + self.prefill_chunk, self.prompt_tokens)
+            self.generator.append_tokens(self.ids[self.cursor : end])
+            self.cursor = end
+            return []
+        return self._decode()
+
+    def _decode(self) -> list[TextDelta | Finished]:
+        g = self.generator
+        if self._penalize:
+            self._apply_penalties()
+        g.generate_next_token()
+        token = int(g.get_next_tokens()[0])
+        self.generated += 1
+        if token in self.lm.eos_ids:
+            return self._finish("stop")
+        self._pending.append(token)
+        if self._penalize:
+            self._counts[token] += 1
+        piece = self._stream.decode(token) + self.lm.special_text.get(token, "")
+        text, stopped = self._stops.feed(piece)
+        if stopped:
+            return self._finish("stop", text)
+        if self.generated >= self.budget:
+            return self._finish("length", text)
+        if g.is_done():  # an end token og knows and we did not (kept as a safety net)
+            return self._finish("stop", text)
+        if not text:
+            return []
+        delta = TextDelta(text, tuple(self._pending))
+        self._pending = []
+        return [delta]
+
+    def _apply_penalties(self) -> None:
+        """OpenAI's formula: logit[j] -= c[j] * frequency_penalty + (c[j] > 0) * presence_penalty."""
+        logits = np.array(self.generator.get_logits(), dtype=np.float32, copy=True)
+        c = self._counts
+        logits[..., : len(c)] -= c * self.params.frequency_penalty + (c > 0) * np.float32(self.params.presence_penalty)
+        self.generator.set_logits(logits)
+
+    def _finish(self, reason: str, text: str = "") -> list[TextDelta | Finished]:
+        text += self._stops.flush()
+        events: list[TextDelta | Finished] = []
+        if text or self._pending:  # every generated token but the end token travels in exactly one delta
+            events.append(TextDelta(text, tuple(self._pending)))
+        events.append(Finished(reason, self.prompt_tokens, self.generated))  # type: ignore[arg-type]
+        self.close()
+        return events
