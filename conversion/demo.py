@@ -11,7 +11,9 @@ import json
 from importlib import resources
 from pathlib import Path
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Added but not special (as in Qwen2.5): decoding keeps them, so tool calls stay visible in the output text.
+TOOL_TOKENS = ["<tool_call>", "</tool_call>"]
 
 _CORPUS = """\
 The quick brown fox jumps over the lazy dog. Hello world, how are you today?
@@ -27,7 +29,7 @@ Bonjour le monde, ça va? Grüße aus München. ¿Qué tal? こんにちは世�
 
 
 def train_tokenizer(vocab_size: int = 1024):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -40,6 +42,7 @@ def train_tokenizer(vocab_size: int = 1024):
     )
     lines = _CORPUS.splitlines()
     tok.train_from_iterator([" ".join(lines[i:] + lines[:i]) for i in range(len(lines))] * 20, trainer)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TOKENS])
     return tok
 
 
@@ -69,7 +72,7 @@ def build_tiny_chat_checkpoint(
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer()
     tok.save(str(out_dir / "tokenizer.json"))
-    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS + TOOL_TOKENS}
     tokenizer_config = {
         "tokenizer_class": "Qwen2Tokenizer" if architecture == "qwen2" else "PreTrainedTokenizerFast",
         "bos_token": None,

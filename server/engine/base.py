@@ -24,6 +24,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
+    min_tokens: int = 0  # end of sequence is suppressed until this many tokens (vLLM's extension)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ def main(folder: str, options: ipc.RunnerOptions, requests: Any, events: Any) ->
 def load(folder: Path, options: ipc.RunnerOptions) -> tuple[Any, ipc.RunnerInfo]:
     import onnxruntime_genai as og
 
+    from server.engine.detok import load_hf_tokenizer
     from server.engine.slots import LoadedModel
 
     config = og.Config(str(folder))
@@ -90,6 +91,7 @@ def load(folder: Path, options: ipc.RunnerOptions) -> tuple[Any, ipc.RunnerInfo]
         eos_ids=eos_ids,
         bos_id=bos if isinstance(bos, int) and bos >= 0 else None,
         special_text=special_text,
+        hf_tokenizer=load_hf_tokenizer(folder),
     )
     info = ipc.RunnerInfo(context_length, find_fim_tokens(tokenizer.to_token_id), options.device, options.threads)
     return lm, info

@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime_genai as og
 
 from server.engine.base import Finished, GenerationRequest, Prompt, SamplingParams, Started, TextDelta
+from server.engine.detok import Detokenizer, GenaiStreamDecoder, IncrementalDecoder
 from server.engine.stops import StopMatcher
 from server.errors import ContextLengthError, InvalidRequestError
 
@@ -30,6 +31,12 @@ class LoadedModel:
     eos_ids: frozenset[int]
     bos_id: int | None
     special_text: dict[int, str] = field(default_factory=dict)  # skipped tokens that must stay visible (<tool_call>)
+    hf_tokenizer: Any = None  # tokenizers.Tokenizer from tokenizer.json: decodes output exactly as transformers
+
+    def detokenizer(self) -> Detokenizer:
+        if self.hf_tokenizer is not None:
+            return IncrementalDecoder(self.hf_tokenizer)
+        return GenaiStreamDecoder(self.tokenizer.create_stream(), self.special_text)
 
 
 def encode_prompt(lm: LoadedModel, prompt: Prompt) -> tuple[np.ndarray, str]:
@@ -92,8 +99,10 @@ def grant_budget(prompt_tokens: int, max_tokens: int | None, context_length: int
     return max_tokens
 
 
-def search_options(params: SamplingParams, max_length: int) -> dict[str, Any]:
-    options: dict[str, Any] = {"max_length": max_length, "repetition_penalty": float(params.repetition_penalty)}
+def search_options(params: SamplingParams, prompt_tokens: int, budget: int) -> dict[str, Any]:
+    options: dict[str, Any] = {"max_length": prompt_tokens + budget, "repetition_penalty": float(params.repetition_penalty)}
+    if params.min_tokens:
+        options["min_length"] = prompt_tokens + min(params.min_tokens, budget)
     if params.temperature <= 0:
         return {**options, "do_sample": False}
     return {
@@ -125,7 +134,7 @@ class Slot:
         self.done = False
         self.announced = False  # its first text has been sent (set by the runner)
         self.generator: Any = None
-        self._stream = lm.tokenizer.create_stream()
+        self._stream = lm.detokenizer()
         self._stops = StopMatcher(self.params.stop)
         self._pending: list[int] = []  # generated tokens not yet sent in a delta (text held back or empty)
         self._penalize = bool(self.params.presence_penalty or self.params.frequency_penalty)
@@ -138,7 +147,7 @@ class Slot:
     def start(self) -> None:
         """Allocate the generator (and its KV cache, sized prompt + budget)."""
         gp = og.GeneratorParams(self.lm.model)
-        gp.set_search_options(**search_options(self.params, self.prompt_tokens + self.budget))
+        gp.set_search_options(**search_options(self.params, self.prompt_tokens, self.budget))
         self.generator = og.Generator(self.lm.model, gp)
 
     def close(self) -> None:
@@ -165,8 +174,7 @@ class Slot:
         self._pending.append(token)
         if self._penalize:
             self._counts[token] += 1
-        piece = self._stream.decode(token) + self.lm.special_text.get(token, "")
-        text, stopped = self._stops.feed(piece)
+        text, stopped = self._stops.feed(self._stream.feed(token))
         if stopped:
             return self._finish("stop", text)
         if self.generated >= self.budget:
@@ -187,6 +195,9 @@ class Slot:
         self.generator.set_logits(logits)
 
     def _finish(self, reason: str, text: str = "") -> list[TextDelta | Finished]:
+        tail, stopped = self._stops.feed(self._stream.flush())  # bytes that never completed a character
+        text += tail
+        reason = "stop" if stopped else reason
         text += self._stops.flush()
         events: list[TextDelta | Finished] = []
         if text or self._pending:  # every generated token but the end token travels in exactly one delta
