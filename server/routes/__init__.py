@@ -1,0 +1,37 @@
+"""HTTP routes: one Blueprint per endpoint, each thin (parse, call one service, encode).
+
+What the routes share lives here: the per-app state (on `app.extensions`, never
+in a module global) and reading a JSON body.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from quart import current_app, request
+
+from server.registry import Registry
+from server.settings import ServerSettings
+
+EXTENSION = "ortserve"
+
+
+@dataclass(eq=False)
+class AppState:
+    settings: ServerSettings
+    registry: Registry
+    status: Literal["loading", "ok", "error"] = "loading"
+    error: str | None = None  # why setup failed, when status == "error"
+
+
+def app_state() -> AppState:
+    return current_app.extensions[EXTENSION]
+
+
+def registry() -> Registry:
+    return app_state().registry
+
+
+async def request_body() -> bytes:
+    """The raw body; too large a body raises 413 here (MAX_CONTENT_LENGTH)."""
+    return await request.get_data(cache=False, as_text=False)

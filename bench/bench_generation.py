@@ -1,0 +1,179 @@
+"""Generation benchmark: the HTTP stream against the raw onnxruntime-genai loop.
+
+    python bench/bench_generation.py [--shape smollm2-135m|tiny] [--precision int4] [--tokens 128]
+
+Builds a random-weight checkpoint of the chosen shape (no download), converts it
+with `ortserve convert`, then measures on the same model and machine:
+  1. the raw onnxruntime-genai loop (Generator, batch 1): time to first token, decode tokens/s;
+  2. one HTTP stream through `ortserve serve` with the openai client: the same figures;
+  3. aggregate completion tokens/s for 1, 4 and 8 concurrent HTTP streams.
+Results print as a table and are written to bench/results/generation-<shape>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHAPES = {
+    # SmolLM2-135M's decoder shape with our small local tokenizer (vocab ~650 instead of 49152)
+    "smollm2-135m": dict(hidden_size=576, num_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         intermediate_size=1536),
+    "tiny": dict(hidden_size=64, num_layers=2),
+}
+PROMPT = "Tell me a long story about the weather in Paris, the quick brown fox and the lazy dog. " * 6
+
+
+def build(home: Path, shape: str, precision: str) -> str:
+    from conversion.demo import build_tiny_chat_checkpoint
+    from server.cli import main
+
+    name = f"bench-{shape}-{precision}"
+    if (home / "models" / name / "manifest.json").is_file():
+        return name
+    overrides = dict(SHAPES[shape])
+    hidden, layers = overrides.pop("hidden_size"), overrides.pop("num_layers")
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = build_tiny_chat_checkpoint(Path(tmp) / name, "llama", hidden_size=hidden, num_layers=layers,
+                                          **overrides)
+        os.environ["ORTSERVE_HOME"] = str(home)
+        if main(["convert", str(ckpt), "--name", name, "--precision", precision, "--quiet", "--no-validate"]):
+            raise SystemExit("conversion failed")
+    return name
+
+
+def chat_prompt(folder: Path) -> str:
+    import onnxruntime_genai as og
+
+    tok = og.Tokenizer(og.Model(str(folder)))
+    return tok.apply_chat_template(json.dumps([{"role": "user", "content": PROMPT}]), add_generation_prompt=True)
+
+
+def raw_loop(folder: Path, tokens: int) -> dict:
+    import onnxruntime_genai as og
+
+    from server.engine.devices import physical_cores
+
+    config = og.Config(str(folder))
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": physical_cores()}}}}))
+    model = og.Model(config)
+    tok = og.Tokenizer(model)
+    ids = tok.encode(chat_prompt(folder))
+    results = []
+    for _ in range(3):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(ids) + tokens, min_length=len(ids) + tokens, do_sample=False)
+        gen = og.Generator(model, params)
+        start = time.perf_counter()
+        gen.append_tokens(ids)
+        gen.generate_next_token()
+        first = time.perf_counter()
+        n = 1
+        while not gen.is_done():
+            gen.generate_next_token()
+            n += 1
+        end = time.perf_counter()
+        results.append({"ttft_ms": (first - start) * 1000, "decode_tok_s": (n - 1) / (end - first),
+                        "prompt_tokens": len(ids), "tokens": n})
+    return min(results, key=lambda r: r["ttft_ms"]) | {"decode_tok_s": max(r["decode_tok_s"] for r in results)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_stream(client, model: str, tokens: int) -> dict:
+    start = time.perf_counter()
+    first, n = None, 0
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": PROMPT}], max_tokens=tokens, temperature=0,
+        stream=True, stream_options={"include_usage": True}, extra_body={"min_tokens": tokens})
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content and first is None:
+            first = time.perf_counter()
+        if chunk.usage:
+            n = chunk.usage.completion_tokens
+    end = time.perf_counter()
+    first = first or end
+    return {"ttft_ms": (first - start) * 1000, "decode_tok_s": (n - 1) / max(end - first, 1e-9), "tokens": n,
+            "wall_s": end - start}
+
+
+def concurrent(client, model: str, tokens: int, streams: int) -> dict:
+    out: list[dict] = []
+    threads = [threading.Thread(target=lambda: out.append(http_stream(client, model, tokens))) for _ in range(streams)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {"streams": streams, "aggregate_tok_s": sum(r["tokens"] for r in out) / wall,
+            "mean_ttft_ms": sum(r["ttft_ms"] for r in out) / len(out)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=SHAPES, default="smollm2-135m")
+    parser.add_argument("--precision", default="int4")
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--home", type=Path, default=Path(tempfile.gettempdir()) / "ortserve-bench")
+    args = parser.parse_args()
+
+    import openai
+
+    name = build(args.home, args.shape, args.precision)
+    folder = args.home / "models" / name
+    raw = raw_loop(folder, args.tokens)
+    port = free_port()
+    env = {**os.environ, "ORTSERVE_HOME": str(args.home)}
+    server = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--no-bootstrap"],
+                              env=env, cwd=ROOT)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="bench", max_retries=0)
+        deadline = time.time() + 120
+        while True:
+            try:
+                client.models.list()
+                break
+            except openai.APIConnectionError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+        http_stream(client, name, 8)  # warm-up: loads the model runner
+        http = max((http_stream(client, name, args.tokens) for _ in range(3)), key=lambda r: r["decode_tok_s"])
+        conc = [concurrent(client, name, args.tokens, n) for n in (1, 4, 8)]
+    finally:
+        server.terminate()
+        server.wait(30)
+
+    result = {"shape": args.shape, "precision": args.precision, "tokens": args.tokens,
+              "machine": f"{platform.machine()} {os.cpu_count()} logical CPUs", "raw_genai": raw,
+              "http_stream": http, "concurrent": conc, "date": time.strftime("%Y-%m-%d")}
+    print(f"\n{args.shape} {args.precision}, {raw['prompt_tokens']}-token prompt, {args.tokens} new tokens")
+    print(f"{'path':<22}{'TTFT ms':>10}{'decode tok/s':>14}")
+    print(f"{'raw onnxruntime-genai':<22}{raw['ttft_ms']:>10.1f}{raw['decode_tok_s']:>14.1f}")
+    print(f"{'HTTP stream':<22}{http['ttft_ms']:>10.1f}{http['decode_tok_s']:>14.1f}")
+    for c in conc:
+        print(f"{c['streams']} concurrent streams: {c['aggregate_tok_s']:.1f} tok/s aggregate, "
+              f"mean TTFT {c['mean_ttft_ms']:.0f} ms")
+    out = ROOT / "bench" / "results" / f"generation-{args.shape}-{args.precision}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Shared pieces of the OpenAI protocol: field types, request parsing, usage.
+
+Pure data: pydantic only, no Quart, no ONNX Runtime. A request that does not
+validate becomes an `InvalidRequestError` whose `param` is the field path
+("messages.0.role", "temperature"), as OpenAI reports it.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from server.engine.base import SamplingParams
+from server.errors import InvalidRequestError, NotSupportedError
+from server.settings import SamplingDefaults
+
+# ---- shared field definitions (reused by every request model) -------------
+ModelName = Annotated[str, Field(min_length=1, description="a served model name or alias")]
+MaxTokens = Annotated[int | None, Field(None, ge=1, description="most tokens to generate")]
+Temperature = Annotated[float | None, Field(None, ge=0, le=2, description="0 is greedy")]
+TopP = Annotated[float | None, Field(None, ge=0, le=1, description="nucleus sampling mass")]
+TopK = Annotated[int | None, Field(None, ge=0, description="extension: keep the k likeliest tokens; 0 = off")]
+Penalty = Annotated[float | None, Field(None, ge=-2, le=2)]
+MinTokens = Annotated[int | None, Field(None, ge=0, description="extension (vLLM): no end of sequence before this")]
+RepetitionPenalty = Annotated[float | None, Field(None, gt=0, description="extension: >1 discourages repeats")]
+Seed = Annotated[int | None, Field(None, description="same seed + same request -> same output")]
+Stop = Annotated[
+    str | Annotated[list[str], Field(max_length=4)] | None,
+    Field(None, description="up to 4 sequences where generation stops (not included)"),
+]
+N = Annotated[int | None, Field(None, ge=1, le=128, description="choices per prompt; only 1 for now")]
+User = Annotated[str | None, Field(None, description="end-user id; accepted and ignored")]
+LogitBias = Annotated[dict[str, float] | None, Field(None)]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    include_usage: bool | None = None
+
+
+class OpenAIModel(BaseModel):
+    """Base of every request model: unknown fields are ignored, types are checked as JSON types."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    def check(self) -> None:
+        """Reject valid-looking requests that ask for something not supported yet."""
+
+
+# OpenAI's rule for function and schema names
+NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+
+
+class JSONSchemaFormat(OpenAIModel):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(OpenAIModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    def check(self) -> None:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise InvalidRequestError(
+                "Missing required parameter: 'response_format.json_schema'.", param="response_format.json_schema"
+            )
+
+    @property
+    def constrained(self) -> bool:
+        return self.type != "text"
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class SamplingRequest(OpenAIModel):
+    """The sampling fields chat and completions share, and their conversion to engine parameters."""
+
+    model: ModelName
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: Temperature = None
+    top_p: TopP = None
+    top_k: TopK = None
+    seed: Seed = None
+    stop: Stop = None
+    presence_penalty: Penalty = None
+    frequency_penalty: Penalty = None
+    repetition_penalty: RepetitionPenalty = None
+    min_tokens: MinTokens = None
+    n: N = None
+    logit_bias: LogitBias = None
+    user: User = None
+
+    # when neither the request nor the model's config sets max_tokens (None: up to the context's end)
+    default_max_tokens: ClassVar[int | None] = None
+
+    def requested_max_tokens(self) -> int | None:
+        raise NotImplementedError
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    def check(self) -> None:
+        if self.n not in (None, 1):
+            raise InvalidRequestError("Only n=1 is supported for now.", param="n")
+        if self.logit_bias:
+            raise NotSupportedError("logit_bias is not supported yet.", param="logit_bias")
+
+    def to_sampling_params(self, defaults: SamplingDefaults | None = None) -> SamplingParams:
+        """Engine parameters: the request's values win over the model's configured defaults."""
+        d = defaults or SamplingDefaults()
+
+        def pick(name: str, fallback: Any) -> Any:
+            value = getattr(self, name)
+            if value is None:
+                value = getattr(d, name)
+            return fallback if value is None else value
+
+        temperature = float(pick("temperature", 1.0))
+        top_p = float(pick("top_p", 1.0))
+        if top_p == 0:  # keep only the likeliest token: that is greedy decoding
+            temperature, top_p = 0.0, 1.0
+        stop = self.stop if self.stop is not None else d.stop
+        if isinstance(stop, str):
+            stop = [stop]
+        max_tokens = self.requested_max_tokens()
+        if max_tokens is None:
+            max_tokens = d.max_tokens if d.max_tokens is not None else self.default_max_tokens
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=int(pick("top_k", 0)),
+            seed=pick("seed", None),
+            stop=tuple(s for s in (stop or ()) if s),
+            presence_penalty=float(pick("presence_penalty", 0.0)),
+            frequency_penalty=float(pick("frequency_penalty", 0.0)),
+            repetition_penalty=float(pick("repetition_penalty", 1.0)),
+            min_tokens=self.min_tokens or 0,
+        )
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> "Usage":
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+
+
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+# ---- parsing -------------------------------------------------------------
+R = TypeVar("R", bound=OpenAIModel)
+
+# Union members show up in pydantic's error locations ("content", "str"); they are not fields.
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _is_type_tag(part: str) -> bool:
+    return part in _TYPE_TAGS or "[" in part or "-" in part or part[:1].isupper()
+
+
+def param_path(loc: tuple[int | str, ...]) -> str | None:
+    parts = [str(p) for p in loc if isinstance(p, int) or not _is_type_tag(p)]
+    return ".".join(parts) or None
+
+
+def validation_error(exc: ValidationError) -> InvalidRequestError:
+    """The most specific of pydantic's errors, as OpenAI's invalid_request_error."""
+    errors = exc.errors(include_url=False)
+    if errors[0]["type"] == "json_invalid":
+        return InvalidRequestError(
+            "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+            "using your HTTP library correctly. The OpenAI API expects a JSON payload.)"
+        )
+    if errors[0]["type"] == "model_type" and not errors[0]["loc"]:
+        return InvalidRequestError("The request body must be a JSON object.")
+    # deepest location first; on a tie, a failed constraint says more than "wrong union member type"
+    best = max(errors, key=lambda e: (len(param_path(e["loc"]) or ""), not e["type"].endswith("_type")))
+    param = param_path(best["loc"])
+    if best["type"] == "missing":
+        return InvalidRequestError(f"Missing required parameter: '{param}'.", param=param)
+    return InvalidRequestError(f"Invalid value for '{param}': {best['msg']}.", param=param)
+
+
+def parse_request(cls: type[R], body: bytes | str | dict[str, Any]) -> R:
+    """Validate a request body (raw JSON or an already decoded object) into `cls`, then `check()` it."""
+    if isinstance(body, (bytes, str)) and not body.strip():
+        raise InvalidRequestError("The request body is empty; expected a JSON object.")
+    try:
+        if isinstance(body, (bytes, str)):
+            request = cls.model_validate_json(body)
+        else:
+            request = cls.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    request.check()
+    return request

@@ -1,0 +1,16 @@
+"""POST /v1/chat/completions"""
+from quart import Blueprint
+
+from server.protocol import ChatCompletionRequest, parse_request
+from server.routes import registry, request_body
+from server.serving import chat as serving
+from server.streaming import sse_response
+
+bp = Blueprint("chat", __name__)
+
+
+@bp.post("/v1/chat/completions")
+async def create_chat_completion():
+    body = parse_request(ChatCompletionRequest, await request_body())
+    result = await serving.create_chat_completion(registry(), body)
+    return await sse_response(result) if body.stream else result

@@ -1,0 +1,1 @@
+"""The serving layer: turns a validated request into engine calls and shapes OpenAI's responses."""

@@ -1,0 +1,147 @@
+"""What chat and completions share: running one engine call, several at once, ids.
+
+A `Generation` is started by awaiting the engine's first event (`Started`), so a
+rejected prompt (too long, bad tokens) raises before any response is sent and
+becomes a normal HTTP error, also for `stream: true`.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Iterable, TypeVar
+
+from server import __version__
+from server.engine.base import Finished, GenerationEvent, GenerationRequest, Started, TextDelta, TextGenerator
+from server.errors import BackendError
+
+SYSTEM_FINGERPRINT = f"fp_ortserve_{__version__}"
+
+T = TypeVar("T")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+@dataclass
+class Generation:
+    """One running engine call, after its prompt was accepted."""
+
+    started: Started
+    events: AsyncIterator[GenerationEvent]
+
+    @classmethod
+    async def start(cls, generator: TextGenerator, request: GenerationRequest) -> "Generation":
+        events = generator.generate(request)
+        try:
+            first = await anext(events)
+            if not isinstance(first, Started):
+                raise BackendError(f"The model sent {type(first).__name__} before Started.")
+        except BaseException:
+            await _aclose(events)
+            raise
+        return cls(first, events)
+
+    async def deltas(self) -> AsyncIterator[TextDelta | Finished]:
+        """The rest of the events; ends after Finished (an engine that stops without one is an error)."""
+        async for event in self.events:
+            if isinstance(event, (TextDelta, Finished)):
+                yield event
+            if isinstance(event, Finished):
+                return
+        raise BackendError("The model stopped without finishing the generation.")
+
+    async def collect(self) -> tuple[str, Finished]:
+        parts: list[str] = []
+        async with aclosing(self.deltas()) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+                else:
+                    return "".join(parts), event
+        raise AssertionError("unreachable")  # deltas() ends with Finished or raises
+
+    async def aclose(self) -> None:
+        await _aclose(self.events)
+
+
+async def _aclose(events: AsyncIterator) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def gather_all(aws: Iterable[Awaitable[T]]) -> list[T]:
+    """Run concurrently; if one fails, cancel the others and raise the first error (not an ExceptionGroup)."""
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        raise
+
+
+async def start_all(generator: TextGenerator, requests: list[GenerationRequest]) -> list[Generation]:
+    """Start every request concurrently; if one is rejected, close those already started."""
+    started: list[Generation] = []
+
+    async def start(request: GenerationRequest) -> Generation:
+        generation = await Generation.start(generator, request)
+        started.append(generation)
+        return generation
+
+    try:
+        return await gather_all(start(r) for r in requests)
+    except BaseException:
+        for generation in started:
+            await generation.aclose()
+        raise
+
+
+async def merge(generations: list[Generation]) -> AsyncIterator[tuple[int, TextDelta | Finished]]:
+    """The events of several generations as they come, tagged with their index."""
+    if len(generations) == 1:
+        try:
+            async with aclosing(generations[0].deltas()) as events:
+                async for event in events:
+                    yield 0, event
+        finally:
+            await generations[0].aclose()
+        return
+    queue: asyncio.Queue[tuple[int, TextDelta | Finished | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, generation: Generation) -> None:
+        try:
+            async with aclosing(generation.deltas()) as events:
+                async for event in events:
+                    await queue.put((index, event))
+        except Exception as exc:
+            await queue.put((index, exc))
+        await queue.put((index, None))
+
+    tasks = [asyncio.ensure_future(pump(i, g)) for i, g in enumerate(generations)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            index, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        for generation in generations:  # also those whose pump was cancelled before it began
+            await generation.aclose()

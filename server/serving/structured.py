@@ -1,0 +1,116 @@
+"""Structured output for a request: the prompt as the model's template wants it, the grammar that
+constrains the reply, and how tool calls are read back out of it."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from typing import Iterable
+
+from server.chat.grammars import chat_guidance, response_format_guidance
+from server.chat.templates import chat_profile
+from server.chat.tool_parsers import ToolParser
+from server.chat.tool_stream import ArgumentsDelta, CallStarted, Content, Event, ToolCallStream, parse_tool_calls
+from server.engine.base import Guidance, Prompt, SamplingParams, TextGenerator
+from server.errors import NotSupportedError
+from server.protocol.chat import (
+    ChatCompletionMessage,
+    ChatCompletionMessageToolCall,
+    ChatCompletionRequest,
+    ChoiceDeltaToolCall,
+    ChoiceDeltaToolCallFunction,
+    DeltaMessage,
+    Function,
+)
+from server.protocol.common import ResponseFormat
+from server.store import ModelEntry
+
+
+@dataclass(frozen=True)
+class ChatPlan:
+    prompt: Prompt
+    params: SamplingParams
+    parser: type[ToolParser] | None  # None: the reply is all content (no tools offered)
+    tool_names: tuple[str, ...] = ()
+    max_calls: int | None = None
+
+    def tool_stream(self) -> ToolCallStream | None:
+        return None if self.parser is None else ToolCallStream(self.parser, self.tool_names, self.max_calls)
+
+    def message(self, text: str) -> ChatCompletionMessage:
+        """The whole reply as OpenAI's assistant message."""
+        if self.parser is None:
+            return ChatCompletionMessage(content=text)
+        reply = parse_tool_calls(self.parser, text, self.tool_names, self.max_calls)
+        calls = [
+            ChatCompletionMessageToolCall(id=call.id, function=Function(name=call.name, arguments=call.arguments))
+            for call in reply.tool_calls
+        ]
+        return ChatCompletionMessage(content=reply.content, tool_calls=calls or None)
+
+
+def finish_reason(engine_reason: str, called: bool) -> str:
+    """OpenAI's "tool_calls" when the model ended its turn with calls."""
+    return "tool_calls" if called and engine_reason == "stop" else engine_reason
+
+
+def deltas(events: Iterable[Event]) -> list[DeltaMessage]:
+    """Stream deltas for parsed events: content; a call's id, type and name (arguments ""); argument fragments."""
+    out = []
+    for event in events:
+        if isinstance(event, Content):
+            out.append(DeltaMessage(content=event.text))
+        elif isinstance(event, CallStarted):
+            function = ChoiceDeltaToolCallFunction(name=event.name, arguments="")
+            out.append(DeltaMessage(tool_calls=[
+                ChoiceDeltaToolCall(index=event.index, id=event.id, type="function", function=function)
+            ]))
+        elif isinstance(event, ArgumentsDelta):
+            function = ChoiceDeltaToolCallFunction(arguments=event.text)
+            out.append(DeltaMessage(tool_calls=[ChoiceDeltaToolCall(index=event.index, function=function)]))
+    return out
+
+
+async def plan_chat(entry: ModelEntry, generator: TextGenerator, request: ChatCompletionRequest) -> ChatPlan:
+    config = entry.config
+    profile = await asyncio.to_thread(chat_profile, entry.folder, entry.manifest)
+    parser = profile.tool_parser
+    prompt = request.to_prompt(system=config.system)
+    messages, template_tools = parser.prepare(prompt.messages or [], prompt.tools)
+    tools = request.tool_dicts()
+    guidance = chat_guidance(
+        parser,
+        tools=tools,
+        tool_choice=request.tool_choice_value(),
+        parallel_tool_calls=request.parallel_tool_calls is not False,
+        response_format=request.response_format.as_dict() if request.response_format else None,
+        special_tokens=profile.special_tokens,
+    )
+    require_guidance(generator, guidance)
+    params = replace(
+        request.to_sampling_params(config.defaults),
+        guidance=guidance,
+        keep_special=parser.special_texts() if tools else (),
+    )
+    return ChatPlan(
+        prompt=Prompt(messages=messages, tools=template_tools),
+        params=params,
+        parser=parser if tools else None,
+        tool_names=tuple(tool["function"]["name"] for tool in tools or ()),
+        max_calls=None if request.parallel_tool_calls is not False else 1,
+    )
+
+
+def completion_guidance(generator: TextGenerator, response_format: ResponseFormat | None) -> Guidance | None:
+    guidance = response_format_guidance(response_format.as_dict() if response_format else None)
+    require_guidance(generator, guidance)
+    return guidance
+
+
+def require_guidance(generator: TextGenerator, guidance: Guidance | None) -> None:
+    """A grammar the model cannot enforce is a 501, never unconstrained text."""
+    if guidance is not None and generator.guidance_error is not None:
+        raise NotSupportedError(
+            f"'{guidance.param}' needs constrained decoding, which is not available with this model "
+            f"({generator.guidance_error}).",
+            param=guidance.param,
+        )

@@ -1,0 +1,57 @@
+"""Server-sent events: OpenAI's streaming wire format.
+
+Each payload is one `data: {json}` event; a stream that ends normally ends with
+`data: [DONE]`. An error after the stream has started cannot change the HTTP
+status any more, so it is sent as one `data: {"error": {...}}` event (the same
+JSON `error_body` gives a normal response) and the stream ends there.
+
+A client that disconnects cancels the task sending the response: the payload
+iterator is closed, and closing it stops the generation behind it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, AsyncIterator
+
+from quart import Response, make_response
+
+from server.errors import APIError, error_body
+
+log = logging.getLogger(__name__)
+
+DONE = "data: [DONE]\n\n"
+HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # reverse proxies: do not buffer the stream
+}
+
+
+def sse_event(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+async def sse_events(payloads: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+    """Encode payloads as SSE, then [DONE]; an error becomes an error event that ends the stream."""
+    try:
+        async for payload in payloads:
+            yield sse_event(payload)
+    except Exception as exc:  # CancelledError (the client left) is not an Exception: it propagates
+        if not isinstance(exc, APIError):
+            log.exception("error inside a stream")
+        body, _status = error_body(exc)
+        yield sse_event(body)
+        return
+    finally:
+        aclose = getattr(payloads, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    yield DONE
+
+
+async def sse_response(payloads: AsyncIterator[dict[str, Any]]) -> Response:
+    """A streaming Quart response (no response timeout: a generation may take minutes)."""
+    response = await make_response(sse_events(payloads), 200, HEADERS)
+    response.timeout = None
+    return response

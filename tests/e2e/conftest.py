@@ -1,0 +1,138 @@
+"""A real `ortserve serve` in a subprocess, driven over HTTP by the official openai client.
+
+The server serves a private copy of the session's chat fixture store (tests here
+may add names and settings to it), bound to 127.0.0.1 on a free port; it is ready
+when GET /health answers 200.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from server.store import MANIFEST, ModelStore
+
+ROOT = Path(__file__).resolve().parents[2]
+CHAT_MODEL = "tiny-llama"
+ALIASES = ["llama:tiny", "org/tiny-llama"]  # given to CHAT_MODEL in the server's store
+TERSE = "tiny-llama:terse"  # a `cp` of CHAT_MODEL with a configured system prompt
+SYSTEM_PROMPT = "You are a terse assistant. Answer in one word."
+EMBEDDER = "e2e-embedder"  # task "embedding"
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+@dataclass
+class Server:
+    base_url: str  # http://127.0.0.1:PORT
+    home: Path
+    log: Path
+    process: subprocess.Popen
+
+    @property
+    def store(self) -> ModelStore:
+        return ModelStore(self.home / "models", self.home / "configs")
+
+    def client(self, **kwargs) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=kwargs.pop("api_key", "unused"), **kwargs)
+
+    def async_client(self, **kwargs) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key=kwargs.pop("api_key", "unused"), **kwargs)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prepare_home(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    store = ModelStore(target / "models", target / "configs")
+    # a model of another task, to check that chat endpoints refuse it (never loaded, so no weights)
+    (target / "models" / EMBEDDER).mkdir()
+    (target / "models" / EMBEDDER / MANIFEST).write_text(json.dumps({"task": "embedding"}), encoding="utf-8")
+    entry = store.get(CHAT_MODEL)
+    store.write_config(CHAT_MODEL, entry.config.model_copy(update={"aliases": ALIASES}))
+    store.copy(CHAT_MODEL, TERSE)
+    terse = store.get(TERSE)
+    store.write_config(TERSE, terse.config.model_copy(update={"system": SYSTEM_PROMPT}))
+    return target
+
+
+def start_server(home: Path, log: Path, *extra_args: str, env: dict[str, str] | None = None,
+                 bootstrap: bool = False, ready_timeout: float = 60) -> Server:
+    port = _free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("ORTSERVE_")}
+    environment.update(
+        ORTSERVE_HOME=str(home),
+        ORTSERVE_MAX_REQUEST_BYTES=str(MAX_REQUEST_BYTES),
+        PYTHONUNBUFFERED="1",
+        **(env or {}),
+    )
+    command = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+               *([] if bootstrap else ["--no-bootstrap"]), *extra_args]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", home, log, process)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    stop_server(server)
+    raise RuntimeError(f"the server did not become ready in {ready_timeout} s:\n{log.read_text()}")
+
+
+def stop_server(server: Server) -> None:
+    if server.process.poll() is None:
+        server.process.terminate()  # SIGTERM: a graceful shutdown (on Windows, a hard stop)
+        try:
+            server.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def server_home(tmp_path_factory, chat_store_home) -> Path:
+    return _prepare_home(chat_store_home, tmp_path_factory.mktemp("e2e") / "home")
+
+
+@pytest.fixture(scope="session")
+def server(server_home, tmp_path_factory):
+    """One real server for the e2e session; at the end it must shut down cleanly, having logged no traceback."""
+    log = tmp_path_factory.mktemp("e2e-logs") / "server.log"
+    server = start_server(server_home, log)
+    yield server
+    stop_server(server)
+    output = log.read_text(errors="replace")
+    assert "Traceback" not in output, output
+    if sys.platform != "win32":
+        assert server.process.returncode == 0, output
+
+
+@pytest.fixture
+def client(server) -> openai.OpenAI:
+    with server.client(max_retries=0, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture
+def http(server) -> httpx.Client:
+    with httpx.Client(base_url=server.base_url, timeout=120) as http:
+        yield http

@@ -1,0 +1,32 @@
+"""`ortserve serve` on an empty store sets up the embedded default models, then serves them."""
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import start_server, stop_server
+
+
+@pytest.fixture(scope="module")
+def fresh_server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("fresh-home")
+    log = home / "server.log"
+    server = start_server(home, log, bootstrap=True, ready_timeout=600)
+    yield server
+    stop_server(server)
+
+
+def test_empty_store_gets_the_default_models(fresh_server):
+    output = fresh_server.log.read_text()
+    assert "empty model store" in output and "'all-minilm' is ready" in output and "'tiny-demo' is ready" in output
+    names = {m.id for m in fresh_server.client().models.list()}
+    assert {"all-minilm", "tiny-demo", "demo"} <= names
+    entry = fresh_server.store.get("tiny-demo")
+    assert entry.manifest["validation"]["greedy_match"] == "3/3"
+    assert fresh_server.store.get("all-minilm").manifest["task"] == "embedding"
+
+
+def test_demo_chat_model_answers(fresh_server):
+    reply = fresh_server.client().chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=5, temperature=0)
+    assert reply.model == "demo" and reply.usage.completion_tokens >= 1
+    assert reply.choices[0].finish_reason in ("stop", "length")
