@@ -12,6 +12,32 @@ from typing import AsyncIterator, Literal, Protocol
 
 
 @dataclass(frozen=True)
+class GuidancePart:
+    """One piece of a grammar, compiled alone to name the request field at fault when the whole fails."""
+
+    param: str  # e.g. "tools.0.function.parameters"
+    kind: str
+    data: str
+    label: str = ""  # what it is, for the message: "function 'get_weather'"
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Constrained decoding: every generated token keeps the output inside this grammar.
+
+    kind is "json_schema", "regex" or "lark_grammar" (llguidance's syntaxes); once the
+    grammar is complete only the end of sequence may follow. `param` names the request
+    field the constraint comes from (in errors); `parts` are checked one by one when
+    `data` does not compile, to say which field is at fault.
+    """
+
+    kind: Literal["json_schema", "regex", "lark_grammar"]
+    data: str
+    param: str
+    parts: tuple[GuidancePart, ...] = ()
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """Engine-neutral sampling settings, already validated by the protocol layer."""
 
@@ -25,6 +51,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     min_tokens: int = 0  # end of sequence is suppressed until this many tokens (vLLM's extension)
+    guidance: Guidance | None = None
+    keep_special: tuple[str, ...] = ()  # special tokens whose text stays in the output (tool-call markers)
 
 
 @dataclass(frozen=True)
@@ -75,6 +103,7 @@ class TextGenerator(Protocol):
     context_length: int  # the served context (num_ctx), in tokens
     fim_tokens: tuple[str, str, str] | None  # (prefix, suffix, middle) special tokens, if the model has them
     device: str  # the execution provider it runs on: "cpu", "cuda", ...
+    guidance_error: str | None  # why grammars (`SamplingParams.guidance`) cannot be enforced; None: they are
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Yield Started, then TextDelta*, then Finished. Errors are raised as server.errors.APIError.

@@ -26,16 +26,25 @@ class Detokenizer(Protocol):
 
 
 class IncrementalDecoder:
-    def __init__(self, tokenizer: Any):
+    """`visible`: special tokens whose text is kept (tool-call markers a parser must see)."""
+
+    def __init__(self, tokenizer: Any, visible: dict[int, str] | None = None):
         self._tok = tokenizer
         self._ids: list[int] = []
         self._prefix = 0  # window start: a character boundary before the last emitted text
         self._read = 0  # ids up to here have been emitted
+        # only tokens that decoding would skip need help; the others decode to their text anyway
+        self._visible = {i: t for i, t in (visible or {}).items() if not self._decode([i])}
 
     def _decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
 
     def feed(self, token: int) -> str:
+        if token in self._visible:  # a special token splits the text, as it does in `decode`
+            text = self.flush()
+            self._ids.append(token)
+            self._prefix = self._read = len(self._ids)
+            return text + self._visible[token]
         self._ids.append(token)
         before = self._decode(self._ids[self._prefix : self._read])
         after = self._decode(self._ids[self._prefix :])

@@ -198,6 +198,7 @@ class GenaiGenerator:
         )
         self.context_length = 0
         self.fim_tokens: tuple[str, str, str] | None = None
+        self.guidance_error: str | None = None
         self._runner: RunnerProcess | None = None
         self._start_lock = asyncio.Lock()
         self._closed = False
@@ -224,6 +225,9 @@ class GenaiGenerator:
                         fresh.process.kill()
                     raise
                 self.context_length, self.fim_tokens = info.context_length, info.fim_tokens
+                self.guidance_error = info.guidance_error
+                if info.guidance_error:
+                    log.warning("model '%s': constrained decoding unavailable: %s", self.name, info.guidance_error)
                 self._runner = fresh
             return self._runner
 

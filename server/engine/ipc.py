@@ -38,6 +38,7 @@ class RunnerInfo:
     fim_tokens: tuple[str, str, str] | None
     device: str
     threads: int
+    guidance_error: str | None = None  # why grammars are not enforced; None: they are
 
 
 @dataclass(frozen=True)

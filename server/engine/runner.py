@@ -61,7 +61,7 @@ def load(folder: Path, options: ipc.RunnerOptions) -> tuple[Any, ipc.RunnerInfo]
     import onnxruntime_genai as og
 
     from server.engine.detok import load_hf_tokenizer
-    from server.engine.slots import LoadedModel
+    from server.engine.slots import LoadedModel, probe_guidance
 
     config = og.Config(str(folder))
     devices.configure(config, options.device, options.threads)
@@ -93,7 +93,10 @@ def load(folder: Path, options: ipc.RunnerOptions) -> tuple[Any, ipc.RunnerInfo]
         special_text=special_text,
         hf_tokenizer=load_hf_tokenizer(folder),
     )
-    info = ipc.RunnerInfo(context_length, find_fim_tokens(tokenizer.to_token_id), options.device, options.threads)
+    lm.guidance_error = probe_guidance(lm)
+    info = ipc.RunnerInfo(
+        context_length, find_fim_tokens(tokenizer.to_token_id), options.device, options.threads, lm.guidance_error
+    )
     return lm, info
 
 

@@ -5,18 +5,22 @@ Imported only by the runner process (it imports onnxruntime-genai).
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnxruntime_genai as og
 
-from server.engine.base import Finished, GenerationRequest, Prompt, SamplingParams, Started, TextDelta
+from server.engine.base import Finished, GenerationRequest, Guidance, Prompt, SamplingParams, Started, TextDelta
 from server.engine.detok import Detokenizer, GenaiStreamDecoder, IncrementalDecoder
 from server.engine.stops import StopMatcher
-from server.errors import ContextLengthError, InvalidRequestError
+from server.errors import ContextLengthError, InvalidRequestError, NotSupportedError
 
 _SEED_RANGE = 2**31 - 1  # og takes a non-negative int32 seed; -1 means "pick one at random"
+_GRAMMAR_CACHE = 256  # compiled-grammar verdicts kept per model (clients resend the same tools and schemas)
+# The start-up check: a grammar that admits only this text. An unconstrained model never writes it by chance.
+GUIDANCE_PROBE = "q7x9z"
 
 
 @dataclass
@@ -32,11 +36,90 @@ class LoadedModel:
     bos_id: int | None
     special_text: dict[int, str] = field(default_factory=dict)  # skipped tokens that must stay visible (<tool_call>)
     hf_tokenizer: Any = None  # tokenizers.Tokenizer from tokenizer.json: decodes output exactly as transformers
+    guidance_error: str | None = None  # why grammars are not enforced (set by the start-up probe)
+    grammar_errors: OrderedDict = field(default_factory=OrderedDict)  # (kind, data) -> compile error or None
 
-    def detokenizer(self) -> Detokenizer:
+    def token_id(self, text: str) -> int | None:
+        """The id of the token spelled exactly `text`, if there is one."""
         if self.hf_tokenizer is not None:
-            return IncrementalDecoder(self.hf_tokenizer)
-        return GenaiStreamDecoder(self.tokenizer.create_stream(), self.special_text)
+            return self.hf_tokenizer.token_to_id(text)
+        found = int(self.tokenizer.to_token_id(text))
+        return found if 0 <= found < self.vocab_size and self.raw_tokenizer.decode([found]) == text else None
+
+    def detokenizer(self, keep_special: tuple[str, ...] = ()) -> Detokenizer:
+        """`keep_special`: special tokens this request must see as text (tool-call markers)."""
+        visible = {found: text for text in keep_special if (found := self.token_id(text)) is not None}
+        if self.hf_tokenizer is not None:
+            return IncrementalDecoder(self.hf_tokenizer, visible)
+        # og's stream already spells tokens it does not skip (non-special added tokens): add only the others
+        visible = {i: t for i, t in {**self.special_text, **visible}.items() if self.tokenizer.decode([i]) != t}
+        return GenaiStreamDecoder(self.tokenizer.create_stream(), visible)
+
+    def grammar_error(self, kind: str, data: str) -> str | None:
+        """llguidance's complaint about a grammar, or None when it compiles (cached)."""
+        key = (kind, data)
+        if key in self.grammar_errors:
+            self.grammar_errors.move_to_end(key)
+            return self.grammar_errors[key]
+        gp = og.GeneratorParams(self.model)
+        gp.set_search_options(max_length=1)  # never run: creating the generator compiles the grammar
+        try:
+            gp.set_guidance(kind, data)
+            og.Generator(self.model, gp)
+            error = None
+        except RuntimeError as exc:
+            error = " ".join(str(exc).removeprefix("Error creating grammar: ").split())[:1000]
+        self.grammar_errors[key] = error
+        if len(self.grammar_errors) > _GRAMMAR_CACHE:
+            self.grammar_errors.popitem(last=False)
+        return error
+
+
+def check_guidance(lm: LoadedModel, guidance: Guidance) -> None:
+    """Raise the request's error when its grammar cannot be enforced, naming the field at fault."""
+    if lm.guidance_error is not None:
+        raise NotSupportedError(
+            f"Constrained decoding is not available on this server ({lm.guidance_error}), so "
+            f"'{guidance.param}' cannot be honoured.",
+            param=guidance.param,
+        )
+    error = lm.grammar_error(guidance.kind, guidance.data)
+    if error is None:
+        return
+    for part in guidance.parts:
+        part_error = lm.grammar_error(part.kind, part.data)
+        if part_error is not None:
+            raise InvalidRequestError(f"Invalid schema for {part.label or part.param}: {part_error}", param=part.param)
+    raise InvalidRequestError(f"Invalid value for '{guidance.param}': {error}", param=guidance.param)
+
+
+def probe_guidance(lm: LoadedModel) -> str | None:
+    """None when onnxruntime-genai enforces grammars; else why not.
+
+    A build without llguidance only logs a warning and generates freely, so the probe
+    generates under a regex that admits one improbable string and checks the output.
+    """
+    budget = len(GUIDANCE_PROBE) + 4
+    try:
+        prompt = list(lm.tokenizer.encode("Hi")) or [lm.bos_id or 0]
+        gp = og.GeneratorParams(lm.model)
+        gp.set_search_options(max_length=len(prompt) + budget, do_sample=False)
+        gp.set_guidance("regex", GUIDANCE_PROBE)
+        generator = og.Generator(lm.model, gp)
+        generator.append_tokens(np.asarray(prompt, dtype=np.int32))
+        out: list[int] = []
+        while not generator.is_done() and len(out) < budget:
+            generator.generate_next_token()
+            token = int(generator.get_next_tokens()[0])
+            if token in lm.eos_ids:
+                break
+            out.append(token)
+        text = lm.raw_tokenizer.decode(np.asarray(out, dtype=np.int32)) if out else ""
+    except Exception as exc:  # noqa: BLE001 - whatever og raises, the answer is "not available"
+        return f"onnxruntime-genai could not apply a grammar: {' '.join(str(exc).split())[:300]}"
+    if text != GUIDANCE_PROBE:
+        return "this onnxruntime-genai build ignores grammars (it was built without llguidance)"
+    return None
 
 
 def encode_prompt(lm: LoadedModel, prompt: Prompt) -> tuple[np.ndarray, str]:
@@ -127,6 +210,10 @@ class Slot:
         self.budget = grant_budget(
             self.prompt_tokens, self.params.max_tokens, lm.context_length, chat=request.prompt.messages is not None
         )
+        if self.params.guidance is not None:
+            if self.params.min_tokens:  # og would suppress the end of sequence the finished grammar demands
+                raise InvalidRequestError("min_tokens cannot be combined with constrained output.", param="min_tokens")
+            check_guidance(lm, self.params.guidance)
         self.started = Started(self.prompt_tokens, self.budget, prompt_text)
         self.prefill_chunk = prefill_chunk
         self.cursor = 0  # prompt tokens appended so far
@@ -134,7 +221,7 @@ class Slot:
         self.done = False
         self.announced = False  # its first text has been sent (set by the runner)
         self.generator: Any = None
-        self._stream = lm.detokenizer()
+        self._stream = lm.detokenizer(self.params.keep_special)
         self._stops = StopMatcher(self.params.stop)
         self._pending: list[int] = []  # generated tokens not yet sent in a delta (text held back or empty)
         self._penalize = bool(self.params.presence_penalty or self.params.frequency_penalty)
@@ -148,6 +235,8 @@ class Slot:
         """Allocate the generator (and its KV cache, sized prompt + budget)."""
         gp = og.GeneratorParams(self.lm.model)
         gp.set_search_options(**search_options(self.params, self.prompt_tokens, self.budget))
+        if self.params.guidance is not None:
+            gp.set_guidance(self.params.guidance.kind, self.params.guidance.data)
         self.generator = og.Generator(self.lm.model, gp)
 
     def close(self) -> None:

@@ -42,3 +42,14 @@ def test_incomplete_character_is_held_until_complete(tokenizer):
     assert len(ids) > 1  # a byte-level tokenizer splits the emoji's 4 bytes
     pieces, tail = stream(tokenizer, ids)
     assert pieces[:-1] == [""] * (len(ids) - 1) and pieces[-1] == "🙂" and tail == ""
+
+
+def test_special_tokens_asked_for_stay_visible(tokenizer):
+    end = tokenizer.token_to_id("<|im_end|>")  # special: decoding skips it
+    ids = tokenizer.encode("Hello").ids + [end] + tokenizer.encode(" world").ids
+    assert "".join(stream(tokenizer, ids)[0]) == "Hello world"
+    decoder = IncrementalDecoder(tokenizer, {end: "<|im_end|>"})
+    assert "".join(decoder.feed(i) for i in ids) + decoder.flush() == "Hello<|im_end|> world"
+    call = tokenizer.token_to_id("<tool_call>")  # not special: decoded as usual, never twice
+    decoder = IncrementalDecoder(tokenizer, {call: "<tool_call>"})
+    assert "".join(decoder.feed(i) for i in [call, *ids]) + decoder.flush() == "<tool_call>Hello world"
