@@ -53,6 +53,14 @@ class SamplingParams:
     min_tokens: int = 0  # end of sequence is suppressed until this many tokens (vLLM's extension)
     guidance: Guidance | None = None
     keep_special: tuple[str, ...] = ()  # special tokens whose text stays in the output (tool-call markers)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit before sampling)
+    logprobs: int | None = None  # None: none; k: each generated token's logprob and its k likeliest alternatives
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (echo); the first one has none
+
+    @property
+    def processes_logits(self) -> bool:
+        """Whether the logits pass through our own processing (the fast path leaves them to onnxruntime-genai)."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias or self.logprobs is not None)
 
 
 @dataclass(frozen=True)
@@ -82,9 +90,30 @@ class Started:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log probability; `top` holds the likeliest tokens at its position, best first."""
+
+    token_id: int
+    token: str  # its text; bytes that are not whole UTF-8 characters are written as \\xNN escapes
+    bytes: bytes  # its exact bytes
+    logprob: float | None  # None: nothing predicts it (a prompt's first token)
+    top: tuple["TokenLogprob", ...] = ()
+
+
+@dataclass(frozen=True)
+class PromptLogprobs:
+    """Sent after the prompt is read, before any text, when `prompt_logprobs` is asked: one entry per
+    prompt token (the first one's logprob is None: nothing predicts it)."""
+
+    entries: tuple[TokenLogprob, ...]
+
+
+@dataclass(frozen=True)
 class TextDelta:
     text: str
     token_ids: tuple[int, ...]
+    # with `logprobs`: the tokens of this delta whose text is in the output (a matched stop string's are not)
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,9 +121,11 @@ class Finished:
     finish_reason: Literal["stop", "length"]
     prompt_tokens: int
     completion_tokens: int
+    # with `logprobs`: the sum over every generated token, the end-of-sequence token included
+    cumulative_logprob: float | None = None
 
 
-GenerationEvent = Started | TextDelta | Finished
+GenerationEvent = Started | PromptLogprobs | TextDelta | Finished
 
 
 class TextGenerator(Protocol):
@@ -106,7 +137,7 @@ class TextGenerator(Protocol):
     guidance_error: str | None  # why grammars (`SamplingParams.guidance`) cannot be enforced; None: they are
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        """Yield Started, then TextDelta*, then Finished. Errors are raised as server.errors.APIError.
+        """Yield Started, PromptLogprobs (if asked), TextDelta*, then Finished. Errors are raised as APIError.
 
         Closing the iterator early (client disconnect) cancels the generation.
         """

@@ -92,6 +92,7 @@ def load(folder: Path, options: ipc.RunnerOptions) -> tuple[Any, ipc.RunnerInfo]
         bos_id=bos if isinstance(bos, int) and bos >= 0 else None,
         special_text=special_text,
         hf_tokenizer=load_hf_tokenizer(folder),
+        logits_output=str(genai.get("decoder", {}).get("outputs", {}).get("logits", "logits")),
     )
     lm.guidance_error = probe_guidance(lm)
     info = ipc.RunnerInfo(
@@ -218,7 +219,10 @@ def merge_deltas(batch: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
         at = open_delta.get(rid)
         if isinstance(item, TextDelta) and at is not None:
             prev = merged[at][1]
-            merged[at] = (rid, TextDelta(prev.text + item.text, prev.token_ids + item.token_ids))
+            merged[at] = (
+                rid,
+                TextDelta(prev.text + item.text, prev.token_ids + item.token_ids, prev.logprobs + item.logprobs),
+            )
             continue
         merged.append((rid, item))
         if isinstance(item, TextDelta):

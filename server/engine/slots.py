@@ -12,8 +12,18 @@ from typing import Any
 import numpy as np
 import onnxruntime_genai as og
 
-from server.engine.base import Finished, GenerationRequest, Guidance, Prompt, SamplingParams, Started, TextDelta
-from server.engine.detok import Detokenizer, GenaiStreamDecoder, IncrementalDecoder
+from server.engine.base import (
+    Finished,
+    GenerationRequest,
+    Guidance,
+    Prompt,
+    PromptLogprobs,
+    SamplingParams,
+    Started,
+    TextDelta,
+)
+from server.engine.detok import Detokenizer, GenaiStreamDecoder, IncrementalDecoder, TokenSpeller
+from server.engine.logits import LogitsProcessor, LogprobsTrail, PromptReader, entry
 from server.engine.stops import StopMatcher
 from server.errors import ContextLengthError, InvalidRequestError, NotSupportedError
 
@@ -38,6 +48,12 @@ class LoadedModel:
     hf_tokenizer: Any = None  # tokenizers.Tokenizer from tokenizer.json: decodes output exactly as transformers
     guidance_error: str | None = None  # why grammars are not enforced (set by the start-up probe)
     grammar_errors: OrderedDict = field(default_factory=OrderedDict)  # (kind, data) -> compile error or None
+    logits_output: str = "logits"  # the model's output name for logits (every position of a prefill chunk)
+    speller: Any = None  # TokenSpeller: each token's text and bytes, for logprobs
+
+    def __post_init__(self) -> None:
+        if self.speller is None:
+            self.speller = TokenSpeller(self.hf_tokenizer, self.raw_tokenizer.decode)
 
     def token_id(self, text: str) -> int | None:
         """The id of the token spelled exactly `text`, if there is one."""
@@ -160,10 +176,10 @@ def _check_token_ids(token_ids: list[int], vocab_size: int) -> np.ndarray:
 
 
 def grant_budget(prompt_tokens: int, max_tokens: int | None, context_length: int, *, chat: bool) -> int:
-    """Completion tokens granted, or ContextLengthError in OpenAI's words."""
+    """Completion tokens granted, or ContextLengthError in OpenAI's words. 0: only read the prompt (echo)."""
     what, param = ("messages", "messages") if chat else ("prompt", "prompt")
-    if max_tokens is not None and max_tokens < 1:
-        raise InvalidRequestError("max_tokens must be at least 1.", param="max_tokens")
+    if max_tokens is not None and max_tokens < 0:
+        raise InvalidRequestError("max_tokens must not be negative.", param="max_tokens")
     if max_tokens is None:
         if prompt_tokens < context_length:
             return context_length - prompt_tokens
@@ -183,9 +199,12 @@ def grant_budget(prompt_tokens: int, max_tokens: int | None, context_length: int
 
 
 def search_options(params: SamplingParams, prompt_tokens: int, budget: int) -> dict[str, Any]:
-    options: dict[str, Any] = {"max_length": prompt_tokens + budget, "repetition_penalty": float(params.repetition_penalty)}
-    if params.min_tokens:
-        options["min_length"] = prompt_tokens + min(params.min_tokens, budget)
+    """onnxruntime-genai's options; with our own logits processing, it applies no penalty of its own."""
+    options: dict[str, Any] = {"max_length": prompt_tokens + budget}
+    if not params.processes_logits:
+        options["repetition_penalty"] = float(params.repetition_penalty)
+        if params.min_tokens:
+            options["min_length"] = prompt_tokens + min(params.min_tokens, budget)
     if params.temperature <= 0:
         return {**options, "do_sample": False}
     return {
@@ -214,6 +233,13 @@ class Slot:
             if self.params.min_tokens:  # og would suppress the end of sequence the finished grammar demands
                 raise InvalidRequestError("min_tokens cannot be combined with constrained output.", param="min_tokens")
             check_guidance(lm, self.params.guidance)
+        bad = [t for t, _ in self.params.logit_bias if not 0 <= t < lm.vocab_size]
+        if bad:
+            raise InvalidRequestError(
+                f"Invalid key in 'logit_bias': token id {bad[0]} is not in this model's vocabulary "
+                f"(ids 0 to {lm.vocab_size - 1}).",
+                param="logit_bias",
+            )
         self.started = Started(self.prompt_tokens, self.budget, prompt_text)
         self.prefill_chunk = prefill_chunk
         self.cursor = 0  # prompt tokens appended so far
@@ -224,8 +250,17 @@ class Slot:
         self._stream = lm.detokenizer(self.params.keep_special)
         self._stops = StopMatcher(self.params.stop)
         self._pending: list[int] = []  # generated tokens not yet sent in a delta (text held back or empty)
-        self._penalize = bool(self.params.presence_penalty or self.params.frequency_penalty)
-        self._counts = np.zeros(lm.vocab_size, dtype=np.float32) if self._penalize else None
+        self._logits = (
+            LogitsProcessor(self.params, lm.vocab_size, lm.eos_ids, self.ids, self.budget)
+            if self.params.processes_logits
+            else None
+        )
+        self._logprobs = LogprobsTrail() if self.params.logprobs is not None else None
+        self._prompt_logprobs = None
+        if self.params.prompt_logprobs is not None:
+            self._prompt_logprobs = PromptReader(
+                self.ids, self.params.prompt_logprobs, lm.vocab_size, lm.logits_output, lm.speller
+            )
 
     @property
     def prefilling(self) -> bool:
@@ -243,27 +278,51 @@ class Slot:
         self.generator = None
         self.done = True
 
-    def step(self) -> list[TextDelta | Finished]:
+    def step(self) -> list[PromptLogprobs | TextDelta | Finished]:
         if self.prefilling:
-            end = min(self.cursor + self.prefill_chunk, self.prompt_tokens)
-            self.generator.append_tokens(self.ids[self.cursor : end])
-            self.cursor = end
-            return []
+            return self._prefill()
+        if self.budget == 0:  # echo of the prompt alone: nothing to generate
+            return self._finish("length")
         return self._decode()
+
+    def _prefill(self) -> list[PromptLogprobs | TextDelta | Finished]:
+        start, end = self.cursor, min(self.cursor + self.prefill_chunk, self.prompt_tokens)
+        self.generator.append_tokens(self.ids[start:end])
+        reader = self._prompt_logprobs
+        if reader is not None and not reader.read(self.generator, start, end):
+            # the model gave the logits of the chunk's last position only: read the rest one token at a time
+            self.generator.rewind_to(start)
+            self.prefill_chunk = 1
+            return []
+        self.cursor = end
+        if reader is not None and not self.prefilling:
+            return [PromptLogprobs(tuple(reader.entries))]
+        return []
 
     def _decode(self) -> list[TextDelta | Finished]:
         g = self.generator
-        if self._penalize:
-            self._apply_penalties()
+        processor = self._logits
+        logprobs = None
+        if processor is not None:
+            logits = processor.process(g.get_logits())
+            if processor.changes_logits:
+                g.set_logits(logits)
+            if self._logprobs is not None:
+                logprobs = processor.logprobs(logits)
         g.generate_next_token()
         token = int(g.get_next_tokens()[0])
         self.generated += 1
+        if processor is not None:
+            processor.observe(token)
+        if logprobs is not None:
+            self._logprobs.cumulative += float(logprobs[token])
         if token in self.lm.eos_ids:
             return self._finish("stop")
         self._pending.append(token)
-        if self._penalize:
-            self._counts[token] += 1
-        text, stopped = self._stops.feed(self._stream.feed(token))
+        piece = self._stream.feed(token)
+        if logprobs is not None:
+            self._logprobs.add(entry(logprobs, token, self.params.logprobs or 0, self.lm.speller), len(piece))
+        text, stopped = self._stops.feed(piece)
         if stopped:
             return self._finish("stop", text)
         if self.generated >= self.budget:
@@ -272,25 +331,25 @@ class Slot:
             return self._finish("stop", text)
         if not text:
             return []
-        delta = TextDelta(text, tuple(self._pending))
+        logprobs_out = () if self._logprobs is None else self._logprobs.release(len(text))
+        delta = TextDelta(text, tuple(self._pending), logprobs_out)
         self._pending = []
         return [delta]
 
-    def _apply_penalties(self) -> None:
-        """OpenAI's formula: logit[j] -= c[j] * frequency_penalty + (c[j] > 0) * presence_penalty."""
-        logits = np.array(self.generator.get_logits(), dtype=np.float32, copy=True)
-        c = self._counts
-        logits[..., : len(c)] -= c * self.params.frequency_penalty + (c > 0) * np.float32(self.params.presence_penalty)
-        self.generator.set_logits(logits)
-
     def _finish(self, reason: str, text: str = "") -> list[TextDelta | Finished]:
-        tail, stopped = self._stops.feed(self._stream.flush())  # bytes that never completed a character
+        tail = self._stream.flush()  # bytes that never completed a character
+        if self._logprobs is not None:
+            self._logprobs.grow(len(tail))
+        tail, stopped = self._stops.feed(tail)
         text += tail
         reason = "stop" if stopped else reason
         text += self._stops.flush()
         events: list[TextDelta | Finished] = []
+        trail = self._logprobs
+        logprobs = () if trail is None else trail.release(len(text), final=not self._stops.stopped)
         if text or self._pending:  # every generated token but the end token travels in exactly one delta
-            events.append(TextDelta(text, tuple(self._pending)))
-        events.append(Finished(reason, self.prompt_tokens, self.generated))  # type: ignore[arg-type]
+            events.append(TextDelta(text, tuple(self._pending), logprobs))
+        cumulative = None if trail is None else trail.cumulative
+        events.append(Finished(reason, self.prompt_tokens, self.generated, cumulative))  # type: ignore[arg-type]
         self.close()
         return events

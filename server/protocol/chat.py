@@ -17,6 +17,7 @@ from server.protocol.common import (
     SamplingRequest,
     Usage,
 )
+from server.protocol.logprobs import ChoiceLogprobs
 
 
 class ContentPart(OpenAIModel):
@@ -105,8 +106,15 @@ class ChatCompletionRequest(SamplingRequest):
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
+    def requested_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     def check(self) -> None:
         super().check()
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidRequestError(
+                "Invalid value for 'top_logprobs': it requires 'logprobs' to be true.", param="top_logprobs"
+            )
         for i, message in enumerate(self.messages):
             if message.role in ("user", "system", "developer", "tool") and message.content is None:
                 raise InvalidRequestError(
@@ -122,8 +130,6 @@ class ChatCompletionRequest(SamplingRequest):
                 "min_tokens cannot be combined with a JSON response_format or a forced tool_choice.",
                 param="min_tokens",
             )
-        if self.logprobs or self.top_logprobs:
-            raise NotSupportedError("logprobs are not supported yet.", param="logprobs")
         if self.functions or self.function_call is not None:
             raise NotSupportedError("functions are deprecated and not supported; use tools.", param="functions")
 
@@ -244,7 +250,7 @@ class ChatCompletionMessage(BaseModel):
 class ChatCompletionChoice(BaseModel):
     index: int
     message: ChatCompletionMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason
 
 
@@ -294,7 +300,7 @@ class DeltaMessage(BaseModel):
 class ChatCompletionChunkChoice(BaseModel):
     index: int
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason | None = None
 
 

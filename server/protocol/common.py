@@ -11,7 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from server.engine.base import SamplingParams
-from server.errors import InvalidRequestError, NotSupportedError
+from server.errors import InvalidRequestError
 from server.settings import SamplingDefaults
 
 # ---- shared field definitions (reused by every request model) -------------
@@ -28,9 +28,11 @@ Stop = Annotated[
     str | Annotated[list[str], Field(max_length=4)] | None,
     Field(None, description="up to 4 sequences where generation stops (not included)"),
 ]
-N = Annotated[int | None, Field(None, ge=1, le=128, description="choices per prompt; only 1 for now")]
+N = Annotated[int | None, Field(None, ge=1, le=128, description="choices per prompt")]
 User = Annotated[str | None, Field(None, description="end-user id; accepted and ignored")]
-LogitBias = Annotated[dict[str, float] | None, Field(None)]
+LogitBias = Annotated[
+    dict[str, float] | None, Field(None, description="token id (a string) -> -100..100, added to its logit")
+]
 
 
 class StreamOptions(BaseModel):
@@ -107,10 +109,24 @@ class SamplingRequest(OpenAIModel):
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
     def check(self) -> None:
-        if self.n not in (None, 1):
-            raise InvalidRequestError("Only n=1 is supported for now.", param="n")
-        if self.logit_bias:
-            raise NotSupportedError("logit_bias is not supported yet.", param="logit_bias")
+        self.logit_bias_pairs()
+
+    def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        """logit_bias as (token id, bias) pairs; whether the ids exist is the model's to say."""
+        pairs = []
+        for key, bias in (self.logit_bias or {}).items():
+            if not (key.isascii() and key.isdigit()):
+                raise InvalidRequestError(
+                    f"Invalid key in 'logit_bias': '{key}' is not a token id (a non-negative integer).",
+                    param="logit_bias",
+                )
+            if not -100 <= bias <= 100:
+                raise InvalidRequestError(
+                    f"Invalid value for 'logit_bias.{key}': {bias} is outside the range -100 to 100.",
+                    param="logit_bias",
+                )
+            pairs.append((int(key), float(bias)))
+        return tuple(sorted(pairs))
 
     def to_sampling_params(self, defaults: SamplingDefaults | None = None) -> SamplingParams:
         """Engine parameters: the request's values win over the model's configured defaults."""
@@ -143,7 +159,13 @@ class SamplingRequest(OpenAIModel):
             frequency_penalty=float(pick("frequency_penalty", 0.0)),
             repetition_penalty=float(pick("repetition_penalty", 1.0)),
             min_tokens=self.min_tokens or 0,
+            logit_bias=self.logit_bias_pairs(),
+            logprobs=self.requested_logprobs(),
         )
+
+    def requested_logprobs(self) -> int | None:
+        """None: no logprobs; k: each token's logprob and its k likeliest alternatives."""
+        raise NotImplementedError
 
 
 class Usage(BaseModel):

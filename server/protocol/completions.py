@@ -6,8 +6,9 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, Field
 
 from server.engine.base import Prompt
-from server.errors import InvalidRequestError, NotSupportedError
-from server.protocol.common import FinishReason, MaxTokens, ResponseFormat, SamplingRequest, Usage
+from server.errors import InvalidRequestError
+from server.protocol.common import FinishReason, ResponseFormat, SamplingRequest, Usage
+from server.protocol.logprobs import CompletionLogprobs
 
 TokenIds = list[int]
 
@@ -19,13 +20,25 @@ class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | TokenIds | list[TokenIds]
     suffix: str | None = None
     echo: bool | None = False
-    max_tokens: MaxTokens = None
-    best_of: int | None = Field(None, ge=1, le=20)
+    # 0 only with echo: the prompt is scored (its logprobs), nothing is generated
+    max_tokens: int | None = Field(None, ge=0, description="most tokens to generate")
+    best_of: int | None = Field(None, ge=1, le=20, description="candidates per prompt; the n likeliest are returned")
     logprobs: int | None = Field(None, ge=0, le=5)
     response_format: ResponseFormat | None = None  # extension (as vLLM): JSON mode for text completions
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
+
+    def requested_logprobs(self) -> int | None:
+        return self.logprobs
+
+    @property
+    def choices_per_prompt(self) -> int:
+        return self.n or 1
+
+    @property
+    def candidates_per_prompt(self) -> int:
+        return self.best_of or self.choices_per_prompt
 
     def prompts(self) -> list[str | list[int]]:
         """One entry per choice: a text or a list of token ids."""
@@ -38,10 +51,15 @@ class CompletionRequest(SamplingRequest):
 
     def check(self) -> None:
         super().check()
-        if self.best_of not in (None, 1):
-            raise InvalidRequestError("Only best_of=1 is supported for now.", param="best_of")
-        if self.logprobs is not None:
-            raise NotSupportedError("logprobs are not supported yet.", param="logprobs")
+        if self.max_tokens == 0 and not self.echo:
+            raise InvalidRequestError(
+                "Invalid value for 'max_tokens': it must be at least 1 (0 only with echo, to score the prompt).",
+                param="max_tokens",
+            )
+        if self.best_of is not None and self.best_of < self.choices_per_prompt:
+            raise InvalidRequestError("best_of must be greater than or equal to n.", param="best_of")
+        if self.stream and self.candidates_per_prompt > self.choices_per_prompt:
+            raise InvalidRequestError("best_of cannot be used with stream: true.", param="best_of")
         if self.response_format is not None:
             self.response_format.check()
             if self.min_tokens and self.response_format.constrained:
@@ -83,7 +101,7 @@ class CompletionRequest(SamplingRequest):
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None
 
 

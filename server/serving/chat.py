@@ -1,10 +1,10 @@
-"""Chat completions: a ChatCompletionRequest in, engine calls, OpenAI's response or chunks out."""
+"""Chat completions: a ChatCompletionRequest in, engine calls (one per choice), OpenAI's response or chunks out."""
 from __future__ import annotations
 
 from contextlib import aclosing
 from typing import Any, AsyncIterator, Callable
 
-from server.engine.base import Finished, GenerationRequest, TextDelta
+from server.engine.base import Finished, GenerationRequest, TextDelta, TokenLogprob
 from server.protocol.chat import (
     ChatCompletionChoice,
     ChatCompletionChunk,
@@ -14,8 +14,18 @@ from server.protocol.chat import (
     DeltaMessage,
 )
 from server.protocol.common import Usage
+from server.protocol.logprobs import ChoiceLogprobs
 from server.registry import Registry
-from server.serving.common import SYSTEM_FINGERPRINT, Generation, new_id, now
+from server.serving.common import (
+    SYSTEM_FINGERPRINT,
+    Generation,
+    choice_params,
+    gather_all,
+    merge,
+    new_id,
+    now,
+    start_all,
+)
 from server.serving.structured import ChatPlan, deltas, finish_reason, plan_chat
 
 
@@ -27,32 +37,41 @@ async def create_chat_completion(
     try:
         plan = await plan_chat(lease.entry, lease.generator, request)
         request_id = new_id("chatcmpl")
-        engine_request = GenerationRequest(request_id=request_id, prompt=plan.prompt, params=plan.params)
-        generation = await Generation.start(lease.generator, engine_request)
+        n = request.n or 1
+        generations = await start_all(
+            lease.generator,
+            [GenerationRequest(f"{request_id}-{i}", plan.prompt, choice_params(plan.params, i)) for i in range(n)],
+        )
     except BaseException:
         lease.release()
         raise
     if request.stream:
-        return _stream(request, request_id, plan, generation, lease.release)
+        return _stream(request, request_id, plan, generations, lease.release)
     try:
-        text, finished = await generation.collect()
+        results = await gather_all(g.collect() for g in generations)
     finally:
-        await generation.aclose()
+        for generation in generations:
+            await generation.aclose()
         lease.release()
-    message = plan.message(text)
+    choices = []
+    for index, result in enumerate(results):
+        message = plan.message(result.text)
+        choices.append(
+            ChatCompletionChoice(
+                index=index,
+                message=message,
+                logprobs=ChoiceLogprobs.of(result.logprobs) if request.logprobs else None,
+                finish_reason=finish_reason(result.finished.finish_reason, bool(message.tool_calls)),
+            )
+        )
     return ChatCompletionResponse(
         id=request_id,
         created=now(),
         model=request.model,
         system_fingerprint=SYSTEM_FINGERPRINT,
-        choices=[
-            ChatCompletionChoice(
-                index=0,
-                message=message,
-                finish_reason=finish_reason(finished.finish_reason, bool(message.tool_calls)),
-            )
-        ],
-        usage=Usage.of(finished.prompt_tokens, finished.completion_tokens),
+        choices=choices,
+        # the prompt is counted once, as OpenAI does; every choice's tokens count
+        usage=Usage.of(results[0].finished.prompt_tokens, sum(r.finished.completion_tokens for r in results)),
     ).model_dump()
 
 
@@ -60,17 +79,21 @@ async def _stream(
     request: ChatCompletionRequest,
     request_id: str,
     plan: ChatPlan,
-    generation: Generation,
+    generations: list[Generation],
     release: Callable[[], None],
 ) -> AsyncIterator[dict[str, Any]]:
     created = now()
     include_usage = request.include_usage
-    calls = plan.tool_stream()  # reads tool calls out of the text as it comes
+    calls = [plan.tool_stream() for _ in generations]  # each choice's tool calls, read out of its text as it comes
+    # logprobs of tokens whose text is not out yet (held by a tool-call parser): they go with the choice's next chunk
+    waiting: list[list[TokenLogprob]] = [[] for _ in generations]
 
-    def chunk(delta: DeltaMessage | None, finish_reason: str | None = None, usage: Usage | None = None) -> dict:
-        choices = [] if delta is None else [
-            ChatCompletionChunkChoice(index=0, delta=delta, finish_reason=finish_reason)
-        ]
+    def chunk(index: int | None, delta: DeltaMessage | None = None, reason: str | None = None, usage=None) -> dict:
+        choices = []
+        if index is not None:
+            logprobs = ChoiceLogprobs.of(waiting[index]) if waiting[index] else None
+            waiting[index] = []
+            choices = [ChatCompletionChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=reason)]
         body = ChatCompletionChunk(
             id=request_id,
             created=created,
@@ -83,22 +106,29 @@ async def _stream(
             del body["usage"]
         return body
 
+    prompt_tokens = completion_tokens = 0
     try:
-        yield chunk(DeltaMessage(role="assistant", content=""))
-        async with aclosing(generation.deltas()) as events:
-            async for event in events:
+        for index in range(len(generations)):
+            yield chunk(index, DeltaMessage(role="assistant", content=""))
+        async with aclosing(merge(generations)) as events:
+            async for index, event in events:
+                parser = calls[index]
                 if isinstance(event, TextDelta):
+                    waiting[index].extend(event.logprobs)
                     if event.text:  # a token that ends mid-character has no text yet
-                        for delta in deltas(calls.feed(event.text)) if calls else [DeltaMessage(content=event.text)]:
-                            yield chunk(delta)
+                        for delta in deltas(parser.feed(event.text)) if parser else [DeltaMessage(content=event.text)]:
+                            yield chunk(index, delta)
                 elif isinstance(event, Finished):
-                    if calls:
-                        for delta in deltas(calls.finish()):
-                            yield chunk(delta)
-                    reason = finish_reason(event.finish_reason, bool(calls and calls.calls))
-                    yield chunk(DeltaMessage(), finish_reason=reason)
-                    if include_usage:
-                        yield chunk(None, usage=Usage.of(event.prompt_tokens, event.completion_tokens))
+                    if parser:
+                        for delta in deltas(parser.finish()):
+                            yield chunk(index, delta)
+                    reason = finish_reason(event.finish_reason, bool(parser and parser.calls))
+                    yield chunk(index, DeltaMessage(), reason)
+                    prompt_tokens = event.prompt_tokens
+                    completion_tokens += event.completion_tokens
+        if include_usage:
+            yield chunk(None, usage=Usage.of(prompt_tokens, completion_tokens))
     finally:
-        await generation.aclose()
+        for generation in generations:
+            await generation.aclose()
         release()

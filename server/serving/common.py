@@ -10,11 +10,21 @@ import asyncio
 import time
 import uuid
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Awaitable, Iterable, TypeVar
 
 from server import __version__
-from server.engine.base import Finished, GenerationEvent, GenerationRequest, Started, TextDelta, TextGenerator
+from server.engine.base import (
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    PromptLogprobs,
+    SamplingParams,
+    Started,
+    TextDelta,
+    TextGenerator,
+    TokenLogprob,
+)
 from server.errors import BackendError
 
 SYSTEM_FINGERPRINT = f"fp_ortserve_{__version__}"
@@ -30,12 +40,37 @@ def now() -> int:
     return int(time.time())
 
 
+def choice_params(params: SamplingParams, index: int) -> SamplingParams:
+    """The parameters of a prompt's choice `index` (n, best_of): with a seed, choice i samples with
+    seed + i, so the choices differ and the same request gives the same choices again."""
+    if index == 0 or params.seed is None:
+        return params
+    return replace(params, seed=params.seed + index)
+
+
+@dataclass
+class Collected:
+    """A whole generation: its text, its end, and (if asked) its tokens' logprobs."""
+
+    text: str
+    finished: Finished
+    logprobs: list[TokenLogprob]
+
+    @property
+    def mean_logprob(self) -> float:
+        """Per generated token, the end of sequence included (best_of's ranking); 0 when nothing was generated."""
+        total = self.finished.cumulative_logprob or 0.0
+        return total / self.finished.completion_tokens if self.finished.completion_tokens else 0.0
+
+
 @dataclass
 class Generation:
     """One running engine call, after its prompt was accepted."""
 
     started: Started
     events: AsyncIterator[GenerationEvent]
+    prompt_logprobs: tuple[TokenLogprob, ...] | None = None  # once read (PromptLogprobs comes before any text)
+    _peeked: list[GenerationEvent] = field(default_factory=list)
 
     @classmethod
     async def start(cls, generator: TextGenerator, request: GenerationRequest) -> "Generation":
@@ -49,23 +84,44 @@ class Generation:
             raise
         return cls(first, events)
 
+    async def read_prompt_logprobs(self) -> tuple[TokenLogprob, ...]:
+        """The prompt's logprobs (asked with `prompt_logprobs`): the engine sends them before any text."""
+        while self.prompt_logprobs is None:
+            event = await anext(self.events, None)
+            if event is None:
+                raise BackendError("The model stopped without finishing the generation.")
+            if isinstance(event, PromptLogprobs):
+                self.prompt_logprobs = event.entries
+            else:
+                self._peeked.append(event)
+                if isinstance(event, Finished):
+                    raise BackendError("The model sent no logprobs for the prompt.")
+        return self.prompt_logprobs
+
     async def deltas(self) -> AsyncIterator[TextDelta | Finished]:
         """The rest of the events; ends after Finished (an engine that stops without one is an error)."""
+        while self._peeked:
+            event = self._peeked.pop(0)
+            yield event  # type: ignore[misc]  # only TextDelta is ever peeked
         async for event in self.events:
+            if isinstance(event, PromptLogprobs):
+                self.prompt_logprobs = event.entries
             if isinstance(event, (TextDelta, Finished)):
                 yield event
             if isinstance(event, Finished):
                 return
         raise BackendError("The model stopped without finishing the generation.")
 
-    async def collect(self) -> tuple[str, Finished]:
+    async def collect(self) -> Collected:
         parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
         async with aclosing(self.deltas()) as events:
             async for event in events:
                 if isinstance(event, TextDelta):
                     parts.append(event.text)
+                    logprobs.extend(event.logprobs)
                 else:
-                    return "".join(parts), event
+                    return Collected("".join(parts), event, logprobs)
         raise AssertionError("unreachable")  # deltas() ends with Finished or raises
 
     async def aclose(self) -> None:

@@ -142,17 +142,40 @@ def test_images_are_refused_with_the_part_path():
     assert "images" in info.value.message
 
 
+def test_unsupported_options_are_refused_not_ignored():
+    with pytest.raises(NotSupportedError) as info:
+        chat(functions=[{"name": "f"}])
+    assert info.value.param == "functions"
+
+
+def test_logprobs_bias_and_n_become_engine_parameters():
+    params = chat(logprobs=True, top_logprobs=5, logit_bias={"7": -100, "3": 2.5}, n=3).to_sampling_params()
+    assert (params.logprobs, params.logit_bias, params.prompt_logprobs) == (5, ((3, 2.5), (7, -100.0)), None)
+    assert params.processes_logits
+    assert chat(logprobs=True).to_sampling_params().logprobs == 0
+    assert chat(logprobs=False, top_logprobs=0).to_sampling_params().logprobs is None
+    assert not chat().to_sampling_params().processes_logits  # the fast path
+    assert completion(logprobs=0).to_sampling_params().logprobs == 0
+    assert completion(logprobs=3, echo=True, max_tokens=0).to_sampling_params().max_tokens == 0
+
+
 @pytest.mark.parametrize(
-    ("fields", "error", "param"),
+    ("fields", "param"),
     [
-        ({"n": 2}, InvalidRequestError, "n"),
-        ({"logprobs": True}, NotSupportedError, "logprobs"),
-        ({"logit_bias": {"50256": -100}}, NotSupportedError, "logit_bias"),
-        ({"functions": [{"name": "f"}]}, NotSupportedError, "functions"),
+        ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+        ({"top_logprobs": -1, "logprobs": True}, "top_logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs: true
+        ({"n": 0}, "n"),
+        ({"n": 129}, "n"),
+        ({"logit_bias": {"12": 100.5}}, "logit_bias"),
+        ({"logit_bias": {"12": -101}}, "logit_bias"),
+        ({"logit_bias": {"hello": 1}}, "logit_bias"),
+        ({"logit_bias": {"-3": 1}}, "logit_bias"),
+        ({"logit_bias": {"3": "up"}}, "logit_bias.3"),
     ],
 )
-def test_unsupported_options_are_refused_not_ignored(fields, error, param):
-    with pytest.raises(error) as info:
+def test_logprobs_bias_and_n_out_of_range(fields, param):
+    with pytest.raises(InvalidRequestError) as info:
         chat(**fields)
     assert info.value.param == param
 
@@ -231,12 +254,27 @@ def test_suffix_uses_fim_tokens_or_is_refused():
     assert info.value.param == "suffix"
 
 
-def test_completion_unsupported_options():
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"logprobs": 6}, "logprobs"),
+        ({"best_of": 2, "n": 3}, "best_of"),
+        ({"best_of": 21}, "best_of"),
+        ({"best_of": 3, "stream": True}, "best_of"),  # as OpenAI: candidates cannot be streamed
+        ({"max_tokens": 0}, "max_tokens"),  # 0 only with echo
+        ({"max_tokens": -1, "echo": True}, "max_tokens"),
+    ],
+)
+def test_completion_logprobs_and_best_of_out_of_range(fields, param):
     with pytest.raises(InvalidRequestError) as info:
-        completion(best_of=3)
-    assert info.value.param == "best_of"
-    with pytest.raises(NotSupportedError):
-        completion(logprobs=2)
+        completion(**fields)
+    assert info.value.param == param
+
+
+def test_completion_candidates():
+    assert (completion().choices_per_prompt, completion().candidates_per_prompt) == (1, 1)
+    assert (completion(n=2).candidates_per_prompt, completion(n=2, best_of=5).candidates_per_prompt) == (2, 5)
+    completion(best_of=1, stream=True)  # no ranking: streams
 
 
 def test_stream_chunk_deltas_carry_only_what_changed():
