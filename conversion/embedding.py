@@ -7,9 +7,9 @@ The output folder is self-contained, served with onnxruntime + `tokenizers` only
     tokenizer.json                  with truncation to max_seq_length and batch-longest right padding set
     tokenizer_config.json, special_tokens_map.json   copied when the source has them
 
-Pooling is *not* in the graph (`pooled_in_graph: False`): the server pools in numpy with `pool()` /
-`embed_texts()` below, the code the conversion validates. One graph serves every pooling mode, and
-pooling costs microseconds next to the encoder.
+Pooling is *not* in the graph (`pooled_in_graph: False`): the server pools in numpy with
+`server.engine.encoder` (`pool`, `embed_texts`, re-exported here), the code the conversion validates.
+One graph serves every pooling mode, and pooling costs microseconds next to the encoder.
 
 Pooling and normalization come from modules.json, 1_Pooling/config.json and a Normalize module. A plain
 Hugging Face folder gets mean pooling + L2 normalization (mean is sentence-transformers' own default
@@ -19,8 +19,8 @@ capped by the tokenizer's model_max_length.
 
 Export: `torch.onnx.export(dynamo=True)` with dynamic batch and sequence axes (the legacy tracer is off
 by 0.05-0.12 on sequence lengths other than the traced one), then ONNX Runtime is checked against
-PyTorch on several shapes. torch/transformers are imported only inside functions, so the server can
-import `pool`, `embed_texts` and `load_tokenizer` without them.
+PyTorch on several shapes. torch/transformers are imported only inside functions; the serving pieces
+live in the server (which never imports this package).
 """
 from __future__ import annotations
 
@@ -33,69 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import numpy as np
-
 from conversion.common import ConversionError, Progress
+from server.engine.encoder import (  # noqa: F401  (embed_texts, load_tokenizer, pool: re-exported)
+    ONNX_OUTPUT,
+    POOLING_MODES,
+    embed_texts,
+    load_tokenizer,
+    pool,
+)
 
 SUPPORTED_PRECISIONS = ("fp32", "fp16", "int8")
-POOLING_MODES = ("mean", "cls", "lasttoken")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-ONNX_OUTPUT = "last_hidden_state"
-
-
-# ---- serving-side pieces (numpy + tokenizers only) -------------------------------------
-def pool(hidden: np.ndarray, attention_mask: np.ndarray, mode: str, normalize: bool) -> np.ndarray:
-    """Sentence embeddings [batch, dim] from token embeddings [batch, seq, dim], as sentence-transformers pools."""
-    mask = attention_mask.astype(np.float32)
-    if mode == "mean":
-        summed = np.einsum("bsd,bs->bd", hidden.astype(np.float32), mask)
-        out = summed / np.clip(mask.sum(axis=1, keepdims=True), 1e-9, None)
-    elif mode == "cls":  # first attended token (index 0 with right padding)
-        out = hidden[np.arange(len(hidden)), attention_mask.argmax(axis=1)]
-    elif mode == "lasttoken":  # last attended token, for right or left padding
-        last = hidden.shape[1] - 1 - attention_mask[:, ::-1].argmax(axis=1)
-        out = hidden[np.arange(len(hidden)), last]
-    else:
-        raise ValueError(f"unknown pooling mode {mode!r}; expected one of {', '.join(POOLING_MODES)}")
-    out = out.astype(np.float32)
-    if normalize:
-        out /= np.clip(np.linalg.norm(out, axis=1, keepdims=True), 1e-12, None)
-    return out
-
-
-def load_tokenizer(folder: Path):
-    """The converted folder's tokenizer, truncation and padding already configured by the conversion."""
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
-
-
-def embed_texts(
-    session, tokenizer, texts: Sequence[str], *, pooling: str, normalize: bool,
-    batch_size: int = 32, prompt: str | None = None, lowercase: bool = False,
-) -> np.ndarray:  # fmt: skip
-    """Embed `texts` with an onnxruntime session; rows come back in input order.
-
-    Texts are batched by length (as sentence-transformers does) so each batch pads little.
-    """
-    names = {i.name for i in session.get_inputs()}
-    texts = [((prompt or "") + t).lower() if lowercase else (prompt or "") + t for t in texts]
-    order = np.argsort([-len(t) for t in texts], kind="stable")
-    out = np.empty((len(texts), 0), dtype=np.float32)
-    for start in range(0, len(texts), batch_size):
-        idx = order[start : start + batch_size]
-        encodings = tokenizer.encode_batch([texts[i] for i in idx])
-        feeds = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
-        (hidden,) = session.run([ONNX_OUTPUT], {k: v for k, v in feeds.items() if k in names})
-        pooled = pool(hidden, feeds["attention_mask"], pooling, normalize)
-        if out.shape[1] == 0:
-            out = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
-        out[idx] = pooled
-    return out
 
 
 # ---- registry of exportable encoders -----------------------------------------------------

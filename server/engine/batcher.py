@@ -99,7 +99,10 @@ class MicroBatcher:
                 await asyncio.sleep(self.window_s)  # idle until now: let the rest of a burst arrive
             while self._pending:
                 items = self._take(ROUND_BATCHES * self.max_batch)
-                await self._round(items)
+                try:
+                    await self._round(items)
+                except Exception as exc:  # a bug past `run` must not leave requests waiting forever
+                    self._fail({job for job, _ in items}, exc)
                 # more than one request in the round, or some arrived while it ran
                 self._company = len({id(job) for job, _ in items}) > 1 or bool(self._pending)
 
