@@ -127,15 +127,20 @@ class Registry:
     def _device(self, entry: ModelEntry) -> str:
         return entry.config.device if entry.config.device != "auto" else self.settings.device
 
+    def _num_ctx(self, entry: ModelEntry) -> int | None:
+        if entry.config.num_ctx:
+            return entry.config.num_ctx
+        return self.settings.num_ctx or None if entry.task == "chat" else None
+
     def _key(self, entry: ModelEntry) -> tuple:
         """What a loaded model depends on: the weights and the serving settings, not aliases or defaults."""
-        return (str(entry.folder), entry.manifest.get("created"), entry.config.num_ctx, self._device(entry))
+        return (str(entry.folder), entry.manifest.get("created"), self._num_ctx(entry), self._device(entry))
 
     async def _load(self, entry: ModelEntry) -> Engine:
         loader = self._loaders.get(entry.task) or _default_loader(entry.task)
         log.info("loading model '%s' from %s", entry.name, entry.folder)
         try:
-            return await loader(entry, num_ctx=entry.config.num_ctx, device=self._device(entry))
+            return await loader(entry, num_ctx=self._num_ctx(entry), device=self._device(entry))
         except APIError:
             raise
         except Exception as exc:

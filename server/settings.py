@@ -84,6 +84,9 @@ class ServerSettings(BaseModel):
     configs_dir: Path = Field(default_factory=default_configs_dir)
     device: str = Field("auto", pattern="^(auto|cpu|cuda|dml|coreml)$")
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    num_ctx: int = Field(4096, ge=0, description="context served for chat models whose settings set none "
+                         "(as Ollama's default); 0: each model's full context. A request's KV cache is sized "
+                         "prompt + max_tokens, so an unbounded default would reserve a 128k context per request")
     bootstrap: bool = Field(True, description="on an empty store, set up the embedded default models first")
 
     @classmethod

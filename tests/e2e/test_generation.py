@@ -128,3 +128,10 @@ def _kill_runner_mid_stream(gen_server, client):
     reply = client.chat.completions.create(model=SLOW, messages=[{"role": "user", "content": "again"}], max_tokens=3)
     assert reply.usage.completion_tokens >= 1
     assert slow_pid not in _runner_pids(gen_server.process.pid)
+
+
+def test_served_context_defaults_to_the_server_num_ctx(gen_server):
+    """SLOW was built with an 8,192-token context; without a per-model num_ctx the server serves 4,096."""
+    with gen_server.client(max_retries=0) as client, pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model=SLOW, messages=[{"role": "user", "content": "hi"}], max_tokens=5000)
+    assert "maximum context length is 4096 tokens" in raised.value.message

@@ -255,7 +255,7 @@ async def test_concurrent_first_requests_share_one_load_and_shutdown_closes_it(s
         names = ["tiny", "tiny:latest"] * 3
         responses = await asyncio.gather(*(client.post(CHAT, json=chat_body(model=m)) for m in names))
         assert [r.status_code for r in responses] == [200] * 6
-        assert backend.loads == [("tiny", None, "auto")]
+        assert backend.loads == [("tiny", 4096, "auto")]  # the server's default num_ctx
         assert (await (await client.get("/health")).get_json())["models_loaded"] == ["tiny"]
     assert backend.generators[0].closed
 
@@ -264,7 +264,7 @@ async def test_changed_serving_settings_reload_the_model(client, store, backend)
     assert (await client.post(CHAT, json=chat_body())).status_code == 200
     store.write_config("tiny", ModelConfig(num_ctx=64, device="cpu"))
     assert (await client.post(CHAT, json=chat_body())).status_code == 200
-    assert backend.loads == [("tiny", None, "auto"), ("tiny", 64, "cpu")]
+    assert backend.loads == [("tiny", 4096, "auto"), ("tiny", 64, "cpu")]
     await asyncio.sleep(0.01)
     assert backend.generators[0].closed and not backend.generators[1].closed
 
