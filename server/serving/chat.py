@@ -18,6 +18,7 @@ from server.protocol.logprobs import ChoiceLogprobs
 from server.registry import Registry
 from server.serving.common import (
     SYSTEM_FINGERPRINT,
+    chunk_body,
     Generation,
     choice_params,
     gather_all,
@@ -94,17 +95,15 @@ async def _stream(
             logprobs = ChoiceLogprobs.of(waiting[index]) if waiting[index] else None
             waiting[index] = []
             choices = [ChatCompletionChunkChoice(index=index, delta=delta, logprobs=logprobs, finish_reason=reason)]
-        body = ChatCompletionChunk(
+        chunk_model = ChatCompletionChunk(
             id=request_id,
             created=created,
             model=request.model,
             system_fingerprint=SYSTEM_FINGERPRINT,
             choices=choices,
             usage=usage,
-        ).model_dump()
-        if not include_usage:
-            del body["usage"]
-        return body
+        )
+        return chunk_body(chunk_model, include_usage)
 
     prompt_tokens = completion_tokens = 0
     try:

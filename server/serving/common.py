@@ -11,7 +11,7 @@ import time
 import uuid
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
-from typing import AsyncIterator, Awaitable, Iterable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Iterable, TypeVar
 
 from server import __version__
 from server.engine.base import (
@@ -30,6 +30,14 @@ from server.errors import BackendError
 SYSTEM_FINGERPRINT = f"fp_ortserve_{__version__}"
 
 T = TypeVar("T")
+
+
+def chunk_body(chunk: Any, include_usage: bool) -> dict[str, Any]:
+    """An SSE chunk as JSON; `usage` appears only when the client asked for stream_options.include_usage."""
+    body = chunk.model_dump()
+    if not include_usage:
+        del body["usage"]
+    return body
 
 
 def new_id(prefix: str) -> str:

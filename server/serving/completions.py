@@ -15,6 +15,7 @@ from server.protocol.logprobs import CompletionLogprobs, TextOffsets
 from server.registry import Registry
 from server.serving.common import (
     SYSTEM_FINGERPRINT,
+    chunk_body,
     Collected,
     Generation,
     choice_params,
@@ -117,17 +118,15 @@ async def _stream(
     waiting: list[list[TokenLogprob]] = [[] for _ in generations]  # logprobs of tokens with no text out yet
 
     def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> dict[str, Any]:
-        body = CompletionResponse(
+        chunk_model = CompletionResponse(
             id=request_id,
             created=created,
             model=request.model,
             system_fingerprint=SYSTEM_FINGERPRINT,
             choices=choices,
             usage=usage,
-        ).model_dump()
-        if not include_usage:
-            del body["usage"]
-        return body
+        )
+        return chunk_body(chunk_model, include_usage)
 
     def choice(index: int, text: str, reason: str | None = None) -> CompletionChoice:
         logprobs = CompletionLogprobs.of(waiting[index], offsets[index]) if want_logprobs else None

@@ -113,17 +113,22 @@ def server_home(tmp_path_factory, chat_store_home) -> Path:
     return _prepare_home(chat_store_home, tmp_path_factory.mktemp("e2e") / "home")
 
 
+def stop_server_cleanly(server: Server) -> None:
+    """Stop a fixture's server; it must shut down cleanly, having logged no traceback."""
+    stop_server(server)
+    output = server.log.read_text(errors="replace")
+    assert "Traceback" not in output, output
+    if sys.platform != "win32":
+        assert server.process.returncode == 0, output
+
+
 @pytest.fixture(scope="session")
 def server(server_home, tmp_path_factory):
     """One real server for the e2e session; at the end it must shut down cleanly, having logged no traceback."""
     log = tmp_path_factory.mktemp("e2e-logs") / "server.log"
     server = start_server(server_home, log)
     yield server
-    stop_server(server)
-    output = log.read_text(errors="replace")
-    assert "Traceback" not in output, output
-    if sys.platform != "win32":
-        assert server.process.returncode == 0, output
+    stop_server_cleanly(server)
 
 
 @pytest.fixture
