@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEVICES = ("auto", "cpu", "cuda", "dml", "coreml")
 
@@ -72,6 +72,9 @@ class ModelConfig(BaseModel):
     owned_by: str = "library"
     system: str | None = None
     defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
+    keep_alive: str | None = Field(None, description="how long the model stays loaded after its last request "
+                                   "(Ollama's syntax: '5m', '1h', '30s', seconds, 0 = unload at once, "
+                                   "negative = forever); default: the server's")
 
 
 class ServerSettings(BaseModel):
@@ -87,7 +90,25 @@ class ServerSettings(BaseModel):
     num_ctx: int = Field(4096, ge=0, description="context served for chat models whose settings set none "
                          "(as Ollama's default); 0: each model's full context. A request's KV cache is sized "
                          "prompt + max_tokens, so an unbounded default would reserve a 128k context per request")
+    # ---- loading (issue 9) ----
+    keep_alive: str = Field("5m", description="default time a model stays loaded after its last request")
+    max_loaded_models: int = Field(3, ge=0, description="models loaded at once; the least recently used is "
+                                   "unloaded first; 0: no limit")
+    max_loaded_bytes: int = Field(0, ge=0, description="memory budget for loaded models' weights; 0: no budget")
+    # ---- images in chat (issue 7) ----
+    image_fetch_allow: list[str] = Field(default_factory=list, description="hosts / addresses / CIDR ranges "
+                                         "that image URLs may reach although they are private or loopback")
+    image_max_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest image, fetched or inline")
+    image_fetch_timeout: float = Field(10.0, gt=0, description="seconds for fetching one image URL, in all")
+    image_max_redirects: int = Field(3, ge=0)
+    max_images: int = Field(8, ge=1, description="images per request")
     bootstrap: bool = Field(True, description="on an empty store, set up the embedded default models first")
+
+    @field_validator("image_fetch_allow", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        """ORTSERVE_IMAGE_FETCH_ALLOW="127.0.0.1,10.0.0.0/8": a comma-separated list in the environment."""
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
     @classmethod
     def load(cls, **overrides: Any) -> "ServerSettings":
