@@ -65,12 +65,17 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class Prompt:
-    """What to generate from: chat messages (rendered by the model's template), text, or token ids."""
+    """What to generate from: chat messages (rendered by the model's template), text, or token ids.
+
+    `images` are the chat's images in the order their parts appear in `messages` (where each image
+    part is `{"type": "image"}`), already decoded and re-encoded as PNG by the server.
+    """
 
     messages: list[dict] | None = None
     tools: list[dict] | None = None
     text: str | None = None
     token_ids: list[int] | None = None
+    images: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
