@@ -26,7 +26,7 @@ from server.errors import (
     error_body,
 )
 from server.registry import Loader, Registry
-from server.routes import EXTENSION, AppState, app_state, chat, completions, embeddings, health, models
+from server.routes import EXTENSION, AppState, app_state, chat, completions, embeddings, health, models, ps
 from server.settings import ServerSettings
 from server.store import ModelStore
 
@@ -117,6 +117,7 @@ def _register_lifecycle(app: Quart, state: AppState, setup: Setup | None) -> Non
 
     @app.before_serving
     async def startup() -> None:
+        state.registry.start()  # the reaper that unloads idle models
         if setup is None:
             state.status = "ok"
         else:  # serve /health ("loading") while the setup runs
@@ -156,7 +157,7 @@ def create_app(
     state = AppState(settings=settings, registry=Registry(settings, store, loader, loaders=loaders))
     app.extensions[EXTENSION] = state
 
-    for module in (chat, completions, embeddings, models, health):
+    for module in (chat, completions, embeddings, models, ps, health):
         app.register_blueprint(module.bp)
     _register_error_handlers(app)
     _register_checks(app, settings)

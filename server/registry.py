@@ -1,4 +1,4 @@
-"""Which models exist, their aliases, and loading them on first use.
+"""Which models exist, their aliases, and loading, keeping and unloading them.
 
 The store is re-read on every lookup, so names added, copied, re-configured or
 removed while the server runs are seen at once. A model is loaded on the first
@@ -6,20 +6,35 @@ request that needs it; concurrent first requests share one load (one task per
 model). Each task has its loader (`LOADERS`: chat models load a `TextGenerator`,
 embedding models an `Embedder`), and this registry owns every loaded model. A
 loaded model is used through a `Lease`, so one whose weights or serving settings
-changed in the store is replaced, and closed once the requests still using it are
-done. The `Registry` lives on the app, never in a module global.
+changed in the store (or that was removed from it) is replaced, and closed once
+the requests still using it are done. The `Registry` lives on the app, never in
+a module global.
+
+Keep-alive (as Ollama): once its last request is done, a model stays loaded for
+its keep-alive time (the request's `keep_alive`, else the model's settings, else
+the server's; 0: unload at once, negative: forever), then the reaper task
+(`start()`/`close()`, run by the app's lifecycle) unloads it. Limits: at most
+`max_loaded_models` models and `max_loaded_bytes` of weights (their size on
+disk) are loaded at once; loading one more first unloads the least recently used
+idle models. A model with requests in flight is never unloaded: when every
+loaded model is busy, the new one is loaded over the limit (with a warning), and
+the limit is restored as soon as models become idle.
 """
 from __future__ import annotations
 
 import asyncio
 import importlib
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, cast
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Awaitable, Callable, cast
 
 from server.engine.base import TextGenerator
 from server.engine.embedder import Embedder
 from server.errors import APIError, BackendError, InvalidRequestError, ModelNotFoundError
+from server.modelfile import FOREVER, parse_duration
 from server.protocol.models import ModelCard
 from server.settings import ServerSettings
 from server.store import ModelEntry, ModelStore, StoreError
@@ -43,14 +58,31 @@ def _default_loader(task: str) -> Loader:
     return getattr(importlib.import_module(module), function)
 
 
+def weights_size(folder: Path) -> int:
+    """A model's memory estimate: the size of its files on disk (the weights dominate)."""
+    try:
+        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    except OSError:
+        return 0
+
+
 @dataclass(eq=False)
 class _Slot:
-    """One load of one model: the task that loads it, and who is using the result."""
+    """One load of one model: the task that loads it, who is using the result, and when it expires."""
 
     key: tuple
     task: asyncio.Task[Engine]
+    entry: ModelEntry | None = None
+    size: int = 0  # estimated bytes
     users: int = 0
     retired: bool = False
+    keep_alive: float = 0.0  # seconds after the last request (FOREVER: never unloaded for idleness)
+    last_used: float = field(default_factory=time.monotonic)
+    expires: float | None = None  # monotonic deadline while idle; None while in use
+
+    @property
+    def ready(self) -> bool:
+        return self.task.done() and not self.task.cancelled() and self.task.exception() is None
 
 
 @dataclass(eq=False)
@@ -92,6 +124,9 @@ class Registry:
         self._loaders = {**({"chat": loader} if loader else {}), **(loaders or {})}
         self._slots: dict[str, _Slot] = {}
         self._closing: set[asyncio.Task] = set()
+        self._keep_alive = parse_duration(settings.keep_alive)  # a bad server setting fails at start
+        self._wake = asyncio.Event()
+        self._reaper: asyncio.Task | None = None
 
     # ---- what exists -----------------------------------------------------
     def _entries(self) -> list[ModelEntry]:
@@ -121,6 +156,9 @@ class Registry:
         try:
             return await asyncio.to_thread(self.store.get, model)
         except StoreError:
+            slot = self._slots.get(model)
+            if slot is not None:  # removed from the store: unload it once its requests are done
+                self._drop(model, slot)
             raise ModelNotFoundError(model, param=param) from None
 
     # ---- loading ---------------------------------------------------------
@@ -136,7 +174,24 @@ class Registry:
         """What a loaded model depends on: the weights and the serving settings, not aliases or defaults."""
         return (str(entry.folder), entry.manifest.get("created"), self._num_ctx(entry), self._device(entry))
 
-    async def _load(self, entry: ModelEntry) -> Engine:
+    def keep_alive(self, entry: ModelEntry, requested: str | float | None = None) -> float:
+        """Seconds `entry` stays loaded after its last request: the request's, else its settings', else the
+        server's. A bad value in a request is a 400 naming `keep_alive`; in the settings, a logged warning."""
+        if requested is not None:
+            try:
+                return parse_duration(requested)
+            except ValueError as exc:
+                raise InvalidRequestError(f"Invalid value for 'keep_alive': {exc}.", param="keep_alive") from None
+        if entry.config.keep_alive is not None:
+            try:
+                return parse_duration(entry.config.keep_alive)
+            except ValueError as exc:
+                log.warning("model '%s': %s; using the server's keep_alive", entry.name, exc)
+        return self._keep_alive
+
+    async def _load(self, entry: ModelEntry, after: list[asyncio.Task]) -> Engine:
+        if after:  # models unloaded to make room: let them free their memory first
+            await asyncio.wait(after)
         loader = self._loaders.get(entry.task) or _default_loader(entry.task)
         log.info("loading model '%s' from %s", entry.name, entry.folder)
         try:
@@ -155,24 +210,31 @@ class Registry:
 
         slot.task.add_done_callback(done)
 
-    async def acquire(self, model: str, *, task: str = "chat") -> Lease:
-        """The loaded model for `model` (which must be a `task` model), loading it (once, shared) if needed."""
+    async def acquire(self, model: str, *, task: str = "chat", keep_alive: str | float | None = None) -> Lease:
+        """The loaded model for `model` (which must be a `task` model), loading it (once, shared) if needed.
+
+        `keep_alive` (a request's, Ollama's syntax) sets how long the model stays loaded after this request."""
         entry = await self.resolve(model)
         if entry.task != task:
             raise InvalidRequestError(
                 f"The model '{model}' is a {entry.task} model and cannot be used for this endpoint.",
                 param="model",
             )
+        keep = self.keep_alive(entry, keep_alive)
         key = self._key(entry)
         slot = self._slots.get(entry.name)
         if slot is not None and slot.key != key:
-            self._retire(slot)
+            self._drop(entry.name, slot)
             slot = None
         if slot is None:
-            slot = _Slot(key, asyncio.ensure_future(self._load(entry)))
+            size = weights_size(entry.folder)
+            freed = self._make_room(size, entry.name)
+            slot = _Slot(key, asyncio.ensure_future(self._load(entry, freed)), entry=entry, size=size)
             self._slots[entry.name] = slot
             self._forget_failed(entry.name, slot)
+        slot.entry, slot.keep_alive, slot.expires = entry, keep, None
         slot.users += 1
+        slot.last_used = time.monotonic()
         try:
             # shield: a request that goes away does not cancel a load others are waiting on
             engine = await asyncio.shield(slot.task)
@@ -181,20 +243,65 @@ class Registry:
             raise
         return Lease(entry, engine, slot, self)
 
+    # ---- limits and keep-alive -------------------------------------------
+    def _over(self, extra_models: int, extra_bytes: int) -> bool:
+        models = len(self._slots) + extra_models
+        size = sum(s.size for s in self._slots.values()) + extra_bytes
+        limit_models, limit_bytes = self.settings.max_loaded_models, self.settings.max_loaded_bytes
+        return bool((limit_models and models > limit_models) or (limit_bytes and size > limit_bytes))
+
+    def _make_room(self, size: int = 0, incoming: str | None = None) -> list[asyncio.Task]:
+        """Unload idle models, least recently used first, until the limits hold (with the incoming model
+        counted); returns the closing tasks. Busy models stay: then the limits are exceeded for a while."""
+        extra = 1 if incoming else 0
+        freed: list[asyncio.Task] = []
+        idle = sorted((s for s in self._slots.values() if s.users == 0), key=lambda s: s.last_used)
+        for slot in idle:
+            if not self._over(extra, size):
+                break
+            name = next(n for n, s in self._slots.items() if s is slot)
+            log.info("unloading model '%s' to make room%s", name, f" for '{incoming}'" if incoming else "")
+            closing = self._drop(name, slot)
+            if closing is not None:
+                freed.append(closing)
+        if incoming and self._over(extra, size):
+            log.warning("loading model '%s' over the limits (max_loaded_models=%d, max_loaded_bytes=%d): "
+                        "every loaded model has requests in flight", incoming, self.settings.max_loaded_models,
+                        self.settings.max_loaded_bytes)
+        return freed
+
     def _release(self, slot: _Slot) -> None:
         slot.users -= 1
-        if slot.retired and slot.users == 0:
+        slot.last_used = time.monotonic()
+        if slot.users > 0:
+            return
+        if slot.retired:
             self._close_later(slot)
+            return
+        name = slot.entry.name if slot.entry else None
+        if slot.keep_alive <= 0 and name is not None:
+            log.info("unloading model '%s' (keep_alive 0)", name)
+            self._drop(name, slot)
+            return
+        slot.expires = slot.last_used + slot.keep_alive
+        if self._over(0, 0):
+            self._make_room()  # models loaded over the limits while all were busy
+        self._wake.set()
 
-    def _retire(self, slot: _Slot) -> None:
+    def _drop(self, name: str, slot: _Slot) -> asyncio.Task | None:
+        """Forget `slot` (a later request loads the model anew) and close it once it is not in use."""
+        if self._slots.get(name) is slot:
+            del self._slots[name]
+        if slot.retired:
+            return None
         slot.retired = True
-        if slot.users == 0:
-            self._close_later(slot)
+        return self._close_later(slot) if slot.users == 0 else None
 
-    def _close_later(self, slot: _Slot) -> None:
+    def _close_later(self, slot: _Slot) -> asyncio.Task:
         closing = asyncio.ensure_future(self._close_slot(slot))
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
+        return closing
 
     @staticmethod
     async def _close_slot(slot: _Slot) -> None:
@@ -208,13 +315,76 @@ class Registry:
         except Exception:
             log.exception("closing a model failed")
 
-    def loaded(self) -> list[str]:
-        def ok(task: asyncio.Task) -> bool:
-            return task.done() and not task.cancelled() and task.exception() is None
+    def unload_expired(self) -> float | None:
+        """Unload the idle models whose keep-alive ran out; the seconds until the next one expires, if any."""
+        now = time.monotonic()
+        wait: float | None = None
+        for name, slot in list(self._slots.items()):
+            if slot.users or slot.expires is None or slot.expires == FOREVER:
+                continue
+            if slot.expires <= now:
+                log.info("unloading model '%s' (idle for its keep_alive)", name)
+                self._drop(name, slot)
+            else:
+                wait = min(wait if wait is not None else FOREVER, slot.expires - now)
+        return wait
 
-        return [name for name, slot in self._slots.items() if ok(slot.task)]
+    async def _reap(self) -> None:
+        while True:
+            self._wake.clear()
+            wait = self.unload_expired()
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait)
+            except TimeoutError:
+                pass
+
+    def start(self) -> None:
+        """Start the reaper that unloads idle models (the app's startup)."""
+        if self._reaper is None:
+            self._wake = asyncio.Event()  # bound to the running loop
+            self._reaper = asyncio.ensure_future(self._reap())
+
+    # ---- what is loaded ----------------------------------------------------
+    def loaded(self) -> list[str]:
+        return [name for name, slot in self._slots.items() if slot.ready]
+
+    def running(self) -> list[dict[str, Any]]:
+        """The loaded models, as Ollama's GET /api/ps lists them, plus `device`, `task`, `expires_in`."""
+        now, wall = time.monotonic(), time.time()
+        models = []
+        for name, slot in self._slots.items():
+            if not slot.ready or slot.entry is None:
+                continue
+            engine, manifest = slot.task.result(), slot.entry.manifest
+            device = getattr(engine, "device", None) or "cpu"
+            left = slot.keep_alive if slot.expires is None else slot.expires - now
+            forever = left == FOREVER
+            expires_at = None if forever else datetime.fromtimestamp(wall + max(0.0, left), timezone.utc)
+            models.append({
+                "name": name,
+                "model": name,
+                "size": slot.size,
+                "size_vram": 0 if device == "cpu" else slot.size,
+                "digest": "",
+                "details": {
+                    "format": "onnx",
+                    "family": manifest.get("family") or manifest.get("model_type"),
+                    "quantization_level": manifest.get("precision"),
+                },
+                "expires_at": expires_at.isoformat(timespec="seconds") if expires_at else None,
+                "expires_in": None if forever else round(max(0.0, left), 1),
+                "device": device,
+                "task": slot.entry.task,
+                "context_length": getattr(engine, "context_length", None),
+                "requests": slot.users,
+            })
+        return models
 
     async def close(self) -> None:
-        """Close every loaded model (at shutdown)."""
+        """Stop the reaper and close every loaded model (at shutdown)."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.wait([self._reaper])
+            self._reaper = None
         slots, self._slots = list(self._slots.values()), {}
         await asyncio.gather(*(self._close_slot(s) for s in slots), *self._closing)

@@ -44,6 +44,16 @@ def default_configs_dir() -> Path:
     return Path(env).expanduser() if env else default_home() / "configs"
 
 
+def _check_duration(value: Any) -> Any:
+    """A keep_alive in Ollama's syntax ("5m", "1h30m", 300, -1), kept as text; ValueError otherwise."""
+    if value is None:
+        return None
+    from server.modelfile import parse_duration  # (it imports this module)
+
+    parse_duration(value)
+    return str(value)
+
+
 class SamplingDefaults(BaseModel):
     """Per-model defaults, used when a request leaves the field out."""
 
@@ -76,6 +86,8 @@ class ModelConfig(BaseModel):
                                    "(Ollama's syntax: '5m', '1h', '30s', seconds, 0 = unload at once, "
                                    "negative = forever); default: the server's")
 
+    _keep_alive = field_validator("keep_alive", mode="before")(_check_duration)
+
 
 class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -103,6 +115,8 @@ class ServerSettings(BaseModel):
     image_max_redirects: int = Field(3, ge=0)
     max_images: int = Field(8, ge=1, description="images per request")
     bootstrap: bool = Field(True, description="on an empty store, set up the embedded default models first")
+
+    _keep_alive = field_validator("keep_alive", mode="before")(_check_duration)
 
     @field_validator("image_fetch_allow", mode="before")
     @classmethod

@@ -26,6 +26,7 @@ import tomli_w
 from server.settings import ModelConfig
 
 MANIFEST = "manifest.json"
+REMOVED_MANIFEST = "manifest.removed.json"  # a removed model whose files were still in use (Windows)
 STAGING_PREFIX = ".staging-"
 
 
@@ -192,23 +193,55 @@ class ModelStore:
         return self.get(dst)
 
     def remove(self, name: str) -> None:
+        """Remove a name; its weights go when no other name uses them.
+
+        A running server that has the model loaded keeps serving the requests in flight: on Linux and macOS
+        its open (mapped) files outlive the deletion. On Windows open files cannot be deleted or moved, so the
+        folder is hidden at once (its manifest renamed) and deleted later (by the next `rm` or `serve` start)."""
         entry = self._entry_or_none(name)
         config_path = self._config_path(name)
         if entry is None and not config_path.is_file():
             raise StoreError(f"model '{name}' is not in the store ({self.models_dir})")
         config_path.unlink(missing_ok=True)
-        if entry is None:
+        if entry is not None:
+            weights = entry.config.weights or entry.name
+            if not any((e.config.weights or e.name) == weights for e in self.entries() if e.name != name):
+                self._hide_or_delete(entry.folder)  # no other name serves these weights
+            elif weights == name:
+                # other names still serve these weights: keep the folder, stop listing it under its own name
+                manifest = {k: v for k, v in entry.manifest.items() if not k.startswith("_")}
+                text = json.dumps({**manifest, "unlisted": True}, indent=2)
+                (entry.folder / MANIFEST).write_text(text, encoding="utf-8")
+        self._sweep_removed()
+
+    @staticmethod
+    def _delete_folder(folder: Path) -> bool:
+        """Delete a model folder; False when its files are in use (Windows) and it has to wait."""
+        trash = folder.with_name(f"{STAGING_PREFIX}removed-{uuid.uuid4().hex}")
+        try:
+            os.replace(folder, trash)  # the name is free at once, even if deleting the files takes a while
+        except OSError:
+            return False
+        shutil.rmtree(trash, ignore_errors=True)  # what is still open stays behind until the next sweep
+        return True
+
+    def _hide_or_delete(self, folder: Path) -> None:
+        if not self._delete_folder(folder):  # Windows, files in use: hide the model now, delete it later
+            os.replace(folder / MANIFEST, folder / REMOVED_MANIFEST)
+
+    def _sweep_removed(self) -> None:
+        """Delete what removed models left because their files were in use, where they no longer are."""
+        if not self.models_dir.is_dir():
             return
-        weights = entry.config.weights or entry.name
-        if any((e.config.weights or e.name) == weights for e in self.entries() if e.name != name):
-            # other names still serve these weights: keep the folder, stop listing it under its own name
-            manifest = {k: v for k, v in entry.manifest.items() if not k.startswith("_")}
-            (entry.folder / MANIFEST).write_text(json.dumps({**manifest, "unlisted": True}, indent=2), encoding="utf-8")
-        else:
-            shutil.rmtree(entry.folder, ignore_errors=True)
+        for p in self.models_dir.glob(f"{STAGING_PREFIX}removed-*"):
+            shutil.rmtree(p, ignore_errors=True)
+        for p in self.models_dir.glob(f"*/{REMOVED_MANIFEST}"):
+            if not (p.parent / MANIFEST).exists():
+                self._delete_folder(p.parent)
 
     def clean_staging(self) -> None:
-        """Remove leftovers of a conversion that was killed hard (kill -9, power loss)."""
+        """Remove leftovers of a conversion that was killed hard (kill -9, power loss) and of removed models."""
         if self.models_dir.is_dir():
             for p in self.models_dir.glob(f"{STAGING_PREFIX}*"):
                 shutil.rmtree(p, ignore_errors=True)
+        self._sweep_removed()

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from server.engine.base import SamplingParams
 from server.errors import InvalidRequestError
+from server.modelfile import parse_duration
 from server.settings import SamplingDefaults
 
 # ---- shared field definitions (reused by every request model) -------------
@@ -30,6 +31,20 @@ Stop = Annotated[
 ]
 N = Annotated[int | None, Field(None, ge=1, le=128, description="choices per prompt")]
 User = Annotated[str | None, Field(None, description="end-user id; accepted and ignored")]
+
+
+def _check_duration(value: str | float | None) -> str | float | None:
+    if value is not None:
+        parse_duration(value)  # ValueError -> a 400 naming keep_alive
+    return value
+
+
+KeepAlive = Annotated[
+    str | float | None,
+    AfterValidator(_check_duration),
+    Field(None, description="extension (Ollama): how long the model stays loaded after this request: seconds "
+          "or a duration ('5m', '1h30m'); 0 = unload at once, negative = forever"),
+]
 LogitBias = Annotated[
     dict[str, float] | None, Field(None, description="token id (a string) -> -100..100, added to its logit")
 ]
@@ -97,6 +112,7 @@ class SamplingRequest(OpenAIModel):
     n: N = None
     logit_bias: LogitBias = None
     user: User = None
+    keep_alive: KeepAlive = None
 
     # when neither the request nor the model's config sets max_tokens (None: up to the context's end)
     default_max_tokens: ClassVar[int | None] = None

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from server.errors import InvalidRequestError
-from server.protocol.common import ModelName, OpenAIModel, User
+from server.protocol.common import KeepAlive, ModelName, OpenAIModel, User
 
 MAX_INPUTS = 2048  # OpenAI's limit on the items of one request
 
@@ -30,6 +30,7 @@ class EmbeddingRequest(OpenAIModel):
     dimensions: int | None = Field(None, ge=1, description="keep the first n dimensions (Matryoshka)")
     user: User = None
     truncate: bool | None = Field(False, description="extension: cut inputs past the model's limit, no 400")
+    keep_alive: KeepAlive = None
 
     def inputs(self) -> list[str] | list[list[int]]:
         """One entry per vector: texts, or token-id lists."""

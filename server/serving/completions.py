@@ -43,7 +43,7 @@ async def create_completion(
     registry: Registry, request: CompletionRequest
 ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
     """The response JSON, or (for `stream: true`) an iterator of chunk JSONs, started already."""
-    lease = await registry.acquire(request.model, task="chat")
+    lease = await registry.acquire(request.model, task="chat", keep_alive=request.keep_alive)
     try:
         config = lease.entry.config
         request_id = new_id("cmpl")

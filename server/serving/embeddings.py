@@ -70,7 +70,7 @@ async def response_pieces(vectors: np.ndarray, encoding_format: Literal["float",
 
 async def create_embedding(registry: Registry, request: EmbeddingRequest) -> dict[str, Any] | AsyncIterator[bytes]:
     """The response JSON, or for a large one its bytes in pieces (see `response_pieces`)."""
-    lease = await registry.acquire(request.model, task="embedding")
+    lease = await registry.acquire(request.model, task="embedding", keep_alive=request.keep_alive)
     try:
         embedder = lease.embedder
         if request.dimensions is not None and request.dimensions > embedder.dimensions:

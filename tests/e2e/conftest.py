@@ -98,6 +98,14 @@ def start_server(home: Path, log: Path, *extra_args: str, env: dict[str, str] | 
     raise RuntimeError(f"the server did not become ready in {ready_timeout} s:\n{log.read_text()}")
 
 
+def run_ortserve(home: Path, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The real `ortserve` command in a subprocess, on the store at `home` (as a user runs it beside a server)."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("ORTSERVE_")}
+    environment.update(ORTSERVE_HOME=str(home), PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "server.cli", *argv], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def stop_server(server: Server) -> None:
     if server.process.poll() is None:
         server.process.terminate()  # SIGTERM: a graceful shutdown (on Windows, a hard stop)

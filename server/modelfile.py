@@ -1,0 +1,235 @@
+"""Ollama's formats that model management reads: the Modelfile, and duration strings (`keep_alive`).
+
+Pure functions, no I/O: `parse_modelfile(text)` returns a `Modelfile`, or raises
+`ModelfileError` listing every bad line by its number; `parse_duration` reads
+Ollama's keep-alive values.
+
+What a Modelfile can say here (instructions and parameter names are
+case-insensitive, as in Ollama):
+
+  FROM <model in the store | local folder | hub id>      exactly once
+  PARAMETER <name> <value>                               see PARAMETERS; `stop` may repeat
+  SYSTEM <text> | SYSTEM "<text>" | SYSTEM \"\"\"<lines>\"\"\"   the last one wins
+  # a comment
+
+Errors (nothing is created): a missing or repeated FROM, an unknown instruction
+or parameter, a bad value, and what would change what the model reads or how it
+samples without us being able to do it: TEMPLATE (we always use the model's own
+chat template), ADAPTER, MESSAGE, and the sampling parameters we do not
+implement (mirostat*, tfs_z, typical_p, min_p, repeat_last_n, penalize_newline).
+Warnings (the line is ignored): LICENSE and REQUIRES, which are metadata, and
+Ollama's hardware/runtime tuning parameters (num_gpu, num_thread, num_batch, ...),
+which have no meaning for ONNX Runtime and never change the output.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from server.settings import ModelConfig, SamplingDefaults
+
+
+class ModelfileError(ValueError):
+    """A Modelfile that cannot be used; the message names every bad line."""
+
+
+def _number(kind: type) -> Callable[[str], Any]:
+    def convert(value: str) -> Any:
+        try:
+            return kind(value)
+        except ValueError:
+            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+
+    return convert
+
+
+# Ollama's name -> (our name: num_ctx or a SamplingDefaults field, how to read the value)
+PARAMETERS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "num_ctx": ("num_ctx", _number(int)),
+    "temperature": ("temperature", _number(float)),
+    "top_p": ("top_p", _number(float)),
+    "top_k": ("top_k", _number(int)),
+    "seed": ("seed", _number(int)),
+    "num_predict": ("max_tokens", _number(int)),
+    "repeat_penalty": ("repetition_penalty", _number(float)),
+    "presence_penalty": ("presence_penalty", _number(float)),
+    "frequency_penalty": ("frequency_penalty", _number(float)),
+    "stop": ("stop", str),
+}
+UNSUPPORTED_PARAMETERS = {  # change sampling in ways we cannot reproduce: an error
+    "mirostat", "mirostat_eta", "mirostat_tau", "tfs_z", "typical_p", "min_p", "repeat_last_n", "penalize_newline",
+}
+IGNORED_PARAMETERS = {  # llama.cpp hardware and runtime tuning: a warning
+    "num_gpu", "num_thread", "num_batch", "num_keep", "main_gpu", "low_vram", "f16_kv", "use_mmap", "use_mlock",
+    "numa", "vocab_only", "logits_all", "num_gqa",
+}
+UNSUPPORTED_INSTRUCTIONS = {
+    "TEMPLATE": "ortserve always renders prompts with the model's own chat template",
+    "ADAPTER": "LoRA adapters cannot be applied to converted ONNX models yet",
+    "MESSAGE": "a conversation that precedes every request is not supported",
+}
+IGNORED_INSTRUCTIONS = {"LICENSE", "REQUIRES"}
+INSTRUCTIONS = {"FROM", "PARAMETER", "SYSTEM", *UNSUPPORTED_INSTRUCTIONS, *IGNORED_INSTRUCTIONS}
+
+
+@dataclass
+class Modelfile:
+    source: str  # FROM: a stored model, a local folder or a hub id
+    source_line: int = 1
+    num_ctx: int | None = None
+    system: str | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)  # SamplingDefaults fields
+    warnings: list[str] = field(default_factory=list)
+
+    def to_config(self, base: ModelConfig, weights: str | None) -> ModelConfig:
+        """The new name's settings: the base's, overridden by what this Modelfile sets; no aliases (they stay
+        the base's). `weights`: the folder it serves (None: its own, for a model converted under the name)."""
+        defaults = SamplingDefaults(**{**base.defaults.model_dump(exclude_none=True), **self.defaults})
+        update: dict[str, Any] = {"weights": weights, "aliases": [], "defaults": defaults.model_dump()}
+        if self.num_ctx is not None:
+            update["num_ctx"] = self.num_ctx
+        if self.system is not None:
+            update["system"] = self.system
+        return ModelConfig(**{**base.model_dump(), **update})
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def _logical_lines(text: str) -> list[tuple[int, str, str, bool]]:
+    """(line number, INSTRUCTION, argument, triple-quoted) per instruction; a \"\"\" argument may span lines."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    out: list[tuple[int, str, str, bool]] = []
+    i = 0
+    while i < len(lines):
+        number, line = i + 1, lines[i].strip()
+        i += 1
+        if not line or line.startswith("#"):
+            continue
+        instruction, argument = re.match(r"(\S+)\s*(.*)", line).groups()  # type: ignore[union-attr]
+        triple = '"""' in argument
+        if triple:
+            head, _, tail = argument.partition('"""')
+            body = [tail]
+            while '"""' not in body[-1]:
+                if i >= len(lines):
+                    raise ModelfileError(f"line {number}: the \"\"\" opened here is never closed")
+                body.append(lines[i])
+                i += 1
+            closed, _, after = body[-1].partition('"""')
+            if after.strip():
+                raise ModelfileError(f"line {number}: unexpected text after the closing \"\"\": {after.strip()!r}")
+            body[-1] = closed
+            argument = head + "\n".join(body).strip()
+        out.append((number, instruction.upper(), argument, triple))
+    return out
+
+
+def parse_modelfile(text: str) -> Modelfile:
+    """Read a Modelfile; raise ModelfileError naming every line that cannot be used."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    sources: list[tuple[int, str]] = []
+    values: dict[str, Any] = {}
+    stops: list[str] = []
+    system: str | None = None
+    for number, instruction, argument, triple in _logical_lines(text):
+        where = f"line {number}"
+        if instruction not in INSTRUCTIONS:
+            errors.append(f"{where}: unknown instruction {instruction!r}")
+        elif instruction in UNSUPPORTED_INSTRUCTIONS:
+            errors.append(f"{where}: {instruction} is not supported ({UNSUPPORTED_INSTRUCTIONS[instruction]})")
+        elif instruction in IGNORED_INSTRUCTIONS:
+            warnings.append(f"{where}: {instruction} is ignored")
+        elif instruction == "FROM":
+            if not argument:
+                errors.append(f"{where}: FROM needs a model name, a folder or a hub id")
+            sources.append((number, _unquote(argument)))
+        elif instruction == "SYSTEM":
+            system = argument if triple else _unquote(argument)
+        else:  # PARAMETER
+            name, raw = (argument.split(None, 1) + ["", ""])[:2]
+            name, raw = name.lower(), raw.strip() if triple else _unquote(raw.strip())
+            if not name or not raw:
+                errors.append(f"{where}: PARAMETER needs a name and a value")
+            elif name in UNSUPPORTED_PARAMETERS:
+                errors.append(f"{where}: PARAMETER {name} is not supported by ortserve's sampler")
+            elif name in IGNORED_PARAMETERS:
+                warnings.append(f"{where}: PARAMETER {name} is ignored (llama.cpp tuning, no meaning here)")
+            elif name not in PARAMETERS:
+                errors.append(f"{where}: unknown parameter {name!r}")
+            else:
+                ours, read = PARAMETERS[name]
+                try:
+                    value = read(raw)
+                    if ours == "num_ctx":
+                        ModelConfig(num_ctx=value)
+                    elif ours != "stop":
+                        SamplingDefaults(**{ours: value})
+                except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                    reason = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+                    errors.append(f"{where}: PARAMETER {name}: {reason}")
+                    continue
+                if ours == "stop":
+                    stops.append(value)
+                else:
+                    values[ours] = value
+    if not sources and not errors:
+        errors.append("the Modelfile has no FROM line")
+    for number, _ in sources[1:]:
+        errors.append(f"line {number}: only one FROM is allowed")
+    if errors:
+        raise ModelfileError("\n".join(errors))
+    num_ctx = values.pop("num_ctx", None)
+    if stops:
+        values["stop"] = stops
+    return Modelfile(source=sources[0][1], source_line=sources[0][0], num_ctx=num_ctx, system=system,
+                     defaults=values, warnings=warnings)
+
+
+# ---- durations (keep_alive) ---------------------------------------------
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+FOREVER = math.inf
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds from Ollama's keep_alive: a number of seconds, or Go's duration syntax ("5m", "1h30m",
+    "10s", "1.5h"), or a string of seconds ("300"). 0 means at once; any negative value means forever
+    (`FOREVER`). Raises ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = value.strip()
+        sign = -1.0 if text.startswith("-") else 1.0
+        body = text.lstrip("+-")
+        try:
+            seconds = sign * float(body)
+        except ValueError:
+            seconds = math.nan
+            if body and _PART.sub("", body) == "":
+                seconds = sign * sum(float(n) * _UNITS[u] for n, u in _PART.findall(body))
+        if len(text) - len(body) > 1 or not body or math.isnan(seconds):
+            raise ValueError(f"invalid duration {value!r}: use seconds or units such as '5m', '1h30m', '10s'")
+    if math.isnan(seconds):
+        raise ValueError(f"invalid duration {value!r}")
+    return FOREVER if seconds < 0 else seconds
+
+
+def format_duration(seconds: float) -> str:
+    """A short human form: 'forever', '45s', '4m 59s', '2h 3m'."""
+    if seconds == FOREVER:
+        return "forever"
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    return f"{s // 3600}h {s % 3600 // 60}m"

@@ -1,0 +1,13 @@
+"""GET /api/ps: the loaded models, in Ollama's shape ({"models": [{"name", "model", "size", "size_vram",
+"expires_at", "details", ...}]}) plus our `device`, `task`, `expires_in` (seconds; null: kept forever),
+`context_length` and `requests` (in flight). Behind the same API key as /v1."""
+from quart import Blueprint
+
+from server.routes import registry
+
+bp = Blueprint("ps", __name__)
+
+
+@bp.get("/api/ps")
+async def list_running_models():
+    return {"models": registry().running()}

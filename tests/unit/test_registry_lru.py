@@ -1,0 +1,321 @@
+"""The registry's keep-alive and limits (server/registry.py) on a real store with fake loaders.
+
+The engines are fakes (loading real models is tests/e2e's work): these tests check which model is
+loaded, kept or unloaded when, with time read from `time.monotonic` (patched where a test needs it).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from server import registry as registry_module
+from server.errors import InvalidRequestError, ModelNotFoundError
+from server.registry import Registry
+from server.settings import ModelConfig, ServerSettings
+from server import store as store_module
+from server.store import MANIFEST, REMOVED_MANIFEST, ModelStore
+
+
+class FakeEngine:
+    device = "cpu"
+    context_length = 64
+
+    def __init__(self, name: str):
+        self.name, self.closed = name, False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class Loads:
+    """A loader that records what it loaded; `gate` holds loads until set."""
+
+    def __init__(self):
+        self.engines: list[FakeEngine] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def __call__(self, entry, *, num_ctx, device):
+        await self.gate.wait()
+        engine = FakeEngine(entry.name)
+        self.engines.append(engine)
+        return engine
+
+    def of(self, name: str) -> list[FakeEngine]:
+        return [e for e in self.engines if e.name == name]
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path) -> ModelStore:
+    store = ModelStore(tmp_path / "models", tmp_path / "configs")
+    for name, size in (("a", 1000), ("b", 2000), ("c", 3000)):
+        folder = tmp_path / "models" / name
+        folder.mkdir(parents=True)
+        (folder / MANIFEST).write_text(json.dumps({"task": "chat", "precision": "int4"}), encoding="utf-8")
+        (folder / "model.onnx.data").write_bytes(b"\0" * size)
+    return store
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(registry_module.time, "monotonic", clock)
+    return clock
+
+
+def make(store, loads, **settings) -> Registry:
+    return Registry(ServerSettings(models_dir=store.models_dir, configs_dir=store.configs_dir.parent, **settings),
+                    store, loaders={"chat": loads})
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def use(registry: Registry, name: str, keep_alive=None) -> None:
+    lease = await registry.acquire(name, keep_alive=keep_alive)
+    lease.release()
+    await settle()
+
+
+async def test_idle_model_stays_for_its_keep_alive_then_unloads(store, clock):
+    loads = Loads()
+    registry = make(store, loads, keep_alive="5m")
+    await use(registry, "a")
+    clock.now += 299
+    assert registry.unload_expired() == pytest.approx(1)
+    assert registry.loaded() == ["a"]
+    clock.now += 2
+    assert registry.unload_expired() is None
+    await settle()
+    assert registry.loaded() == [] and loads.of("a")[0].closed
+    await use(registry, "a")  # loaded again on the next request
+    assert len(loads.of("a")) == 2 and registry.loaded() == ["a"]
+
+
+async def test_request_keep_alive_wins_over_config_and_server(store, clock):
+    loads = Loads()
+    store.write_config("b", ModelConfig(keep_alive="10s"))
+    registry = make(store, loads, keep_alive="5m")
+    await use(registry, "a")
+    await use(registry, "b")
+    assert {m["name"]: m["expires_in"] for m in registry.running()} == {"a": 300, "b": 10}
+    await use(registry, "b", keep_alive="1h")
+    assert {m["name"]: m["expires_in"] for m in registry.running()}["b"] == 3600
+    await use(registry, "b", keep_alive=-1)
+    assert {m["name"]: m["expires_in"] for m in registry.running()}["b"] is None  # forever
+    clock.now += 10**6
+    registry.unload_expired()
+    await settle()
+    assert registry.loaded() == ["b"]
+
+
+async def test_keep_alive_zero_unloads_right_after_the_request(store, clock):
+    loads = Loads()
+    registry = make(store, loads)
+    lease = await registry.acquire("a", keep_alive=0)
+    assert registry.loaded() == ["a"]  # in use: never unloaded under a request
+    lease.release()
+    await settle()
+    assert registry.loaded() == [] and loads.of("a")[0].closed
+
+
+async def test_bad_keep_alive(store, clock):
+    registry = make(store, Loads())
+    with pytest.raises(InvalidRequestError) as caught:
+        await registry.acquire("a", keep_alive="soon")
+    assert caught.value.param == "keep_alive"
+    with pytest.raises(ValueError):
+        make(store, Loads(), keep_alive="whenever")
+    store.write_config("a", ModelConfig(keep_alive="whenever"))  # a bad setting: the server's value
+    await use(registry, "a")
+    assert registry.running()[0]["expires_in"] == 300
+
+
+async def test_a_model_in_use_never_expires(store, clock):
+    loads = Loads()
+    registry = make(store, loads, keep_alive="1s")
+    lease = await registry.acquire("a")
+    clock.now += 3600
+    registry.unload_expired()
+    await settle()
+    assert registry.loaded() == ["a"] and not loads.of("a")[0].closed
+    lease.release()
+    clock.now += 0.5
+    registry.unload_expired()
+    assert registry.loaded() == ["a"]
+    clock.now += 1
+    registry.unload_expired()
+    await settle()
+    assert registry.loaded() == []
+
+
+async def test_least_recently_used_goes_first(store, clock):
+    loads = Loads()
+    registry = make(store, loads, max_loaded_models=2)
+    await use(registry, "a")
+    clock.now += 1
+    await use(registry, "b")
+    clock.now += 1
+    await use(registry, "a")  # a is now more recent than b
+    clock.now += 1
+    await use(registry, "c")
+    assert sorted(registry.loaded()) == ["a", "c"]
+    assert loads.of("b")[0].closed and not loads.of("a")[0].closed
+
+
+async def test_limit_of_one_model(store, clock):
+    loads = Loads()
+    registry = make(store, loads, max_loaded_models=1)
+    for name in ("a", "b", "a"):
+        await use(registry, name)
+        assert registry.loaded() == [name]
+    assert [e.closed for e in loads.engines] == [True, True, False]
+
+
+async def test_memory_budget(store, clock):
+    loads = Loads()
+    registry = make(store, loads, max_loaded_models=0, max_loaded_bytes=4500)
+    await use(registry, "a")  # 1000 bytes (+ its manifest)
+    await use(registry, "b")  # 2000
+    assert sorted(registry.loaded()) == ["a", "b"]
+    await use(registry, "c")  # 3000: a and b cannot both stay
+    assert registry.loaded() == ["c"]
+    sizes = {m["name"]: m["size"] for m in registry.running()}
+    assert sizes["c"] > 3000
+
+
+async def test_busy_models_are_not_evicted_and_the_limit_comes_back(store, clock):
+    loads = Loads()
+    registry = make(store, loads, max_loaded_models=1)
+    lease_a = await registry.acquire("a")
+    await use(registry, "b")  # a is busy: b is loaded over the limit, and unloaded at once when idle
+    assert registry.loaded() == ["a"]
+    lease_b = await registry.acquire("b")
+    assert sorted(registry.loaded()) == ["a", "b"]
+    lease_a.release()  # a is idle now, and the least recently used: the limit holds again
+    await settle()
+    assert registry.loaded() == ["b"] and loads.of("a")[0].closed
+    lease_b.release()
+
+
+async def test_eviction_waits_for_the_unloaded_model_to_close(store, clock):
+    order: list[str] = []
+    closing = asyncio.Event()
+
+    class SlowClose(FakeEngine):
+        async def close(self) -> None:
+            await closing.wait()
+            order.append(f"closed {self.name}")
+
+    async def loader(entry, *, num_ctx, device):
+        order.append(f"load {entry.name}")
+        return SlowClose(entry.name)
+
+    registry = Registry(ServerSettings(max_loaded_models=1), store, loaders={"chat": loader})
+    await use(registry, "a")
+    second = asyncio.ensure_future(registry.acquire("b"))
+    await settle()
+    assert order == ["load a"] and not second.done()  # b waits until a has freed its memory
+    closing.set()
+    (await second).release()
+    assert order == ["load a", "closed a", "load b"]
+
+
+async def test_concurrent_first_requests_share_one_load_and_wait(store, clock):
+    loads = Loads()
+    loads.gate.clear()
+    registry = make(store, loads)
+    waiting = [asyncio.ensure_future(registry.acquire("a")) for _ in range(3)]
+    await settle()
+    assert not any(w.done() for w in waiting) and registry.loaded() == []
+    loads.gate.set()
+    leases = await asyncio.gather(*waiting)
+    assert len(loads.engines) == 1 and {id(lease.engine) for lease in leases} == {id(loads.engines[0])}
+    assert registry.running()[0]["requests"] == 3
+    for lease in leases:
+        lease.release()
+
+
+async def test_removed_model_is_unloaded_after_its_requests(store, clock):
+    loads = Loads()
+    registry = make(store, loads, keep_alive="-1")
+    lease = await registry.acquire("a")
+    store.remove("a")
+    with pytest.raises(ModelNotFoundError):
+        await registry.acquire("a")
+    assert not loads.of("a")[0].closed  # the request in flight goes on
+    lease.release()
+    await settle()
+    assert registry.loaded() == [] and loads.of("a")[0].closed
+
+
+def test_rm_of_a_model_whose_files_are_in_use_hides_it_then_deletes_it(store, monkeypatch):
+    """Windows cannot move or delete the files of a loaded model: `rm` hides it; a later sweep deletes it."""
+    real_replace = store_module.os.replace
+    in_use = {store.models_dir / "a"}
+
+    def replace(src, dst):
+        if Path(src) in in_use:
+            raise PermissionError(13, "The process cannot access the file because it is being used")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(store_module.os, "replace", replace)
+    store.remove("a")
+    assert "a" not in store.names() and not store.exists("a")
+    assert (store.models_dir / "a" / REMOVED_MANIFEST).is_file()  # still there, in use
+    store.remove("b")  # every rm sweeps; "a" is still in use
+    assert (store.models_dir / "a").is_dir() and not (store.models_dir / "b").exists()
+    in_use.clear()  # the server unloaded it
+    store.clean_staging()
+    assert not (store.models_dir / "a").exists() and store.names() == ["c"]
+    assert not list(store.models_dir.glob(".*"))
+
+
+def test_rm_of_a_copy_keeps_the_shared_weights_listed(store):
+    store.copy("a", "a2")
+    store.remove("a2")
+    assert store.names() == ["a", "b", "c"]
+    store.copy("a", "a3")
+    store.remove("a")  # a3 still serves a's weights: the folder stays, unlisted
+    assert store.names() == ["a3", "b", "c"] and (store.models_dir / "a").is_dir()
+    store.remove("a3")  # the last name: the weights go
+    assert not (store.models_dir / "a").exists()
+
+
+async def test_reaper_runs_with_the_app_lifecycle(store):
+    loads = Loads()
+    registry = make(store, loads, keep_alive="0.2s")
+    registry.start()
+    try:
+        await use(registry, "a")
+        deadline = time.monotonic() + 10
+        while registry.loaded() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert registry.loaded() == [] and loads.of("a")[0].closed
+    finally:
+        await registry.close()
+
+
+async def test_ps_shape(store, clock):
+    registry = make(store, Loads(), keep_alive="5m")
+    await use(registry, "a")
+    (model,) = registry.running()
+    assert model["name"] == model["model"] == "a"
+    assert model["device"] == "cpu" and model["size_vram"] == 0 and model["task"] == "chat"
+    assert model["details"]["quantization_level"] == "int4" and model["details"]["format"] == "onnx"
+    assert model["expires_in"] == 300 and model["expires_at"].endswith("+00:00")
+    assert model["context_length"] == 64 and model["requests"] == 0
