@@ -35,6 +35,12 @@ register_chat("Phi3ForCausalLM", "PhiForCausalLM", family="phi")
 register_chat("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM", family="gemma")
 register_chat("NemotronForCausalLM", "InternLM2ForCausalLM", "Ernie4_5ForCausalLM", family="generic")
 
+# Vision-language models: the builder makes the text decoder (exclude_embeds=true), conversion/vision.py
+# exports the vision encoder and embeddings. Qwen2.5-VL is the type onnxruntime-genai 0.18 runs exactly
+# as transformers does (see conversion/vision.py for why not Gemma 3 or Phi-3.5-vision).
+VISION_ARCHITECTURES: frozenset[str] = frozenset({"Qwen2_5_VLForConditionalGeneration"})
+register_chat(*VISION_ARCHITECTURES, family="hermes")
+
 
 # (task, device) -> precisions that build AND load there, best first (the default).
 _MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
@@ -49,8 +55,11 @@ _MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 _WHY = {
-    ("chat", "coreml"): "onnxruntime-genai has no CoreML build; on a Mac convert chat models with --device cpu (int4 runs well on Apple silicon)",
-    ("chat", "cuda", "fp32"): "the builder's fp32 CUDA model does not load in onnxruntime-genai 0.18; use fp16 or int4",
+    ("chat", "coreml"): "onnxruntime-genai's models (GroupQueryAttention, MatMulNBits) do not run on CoreML; "
+                        "on a Mac convert chat models with --device cpu (they are served on the CPU)",
+    ("chat", "cuda", "fp32"): "the builder's fp32 CUDA model does not load in onnxruntime-genai 0.18 (\"Graph output "
+                              "(present.0.key) does not exist\", seen on an H100), and paged attention needs fp16 "
+                              "activations; use fp16 or int4 (the default)",
     ("chat", "cpu", "fp16"): "fp16 has no fast CPU kernels; use int4 (fastest) or fp32 (exact) on cpu",
 }
 

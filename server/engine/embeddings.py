@@ -4,12 +4,14 @@ Per request: tokenizing (a worker thread; `tokenizers` releases the GIL) checks 
 and token ids before anything runs, then the sequences join the model's `MicroBatcher`, which runs
 `InferenceSession.run` in its own thread. The event loop only moves requests around.
 
-The execution providers come from `EXECUTION_PROVIDERS` (device name -> onnxruntime providers): the
-CPU only for now; CUDA / DirectML / CoreML are one entry each.
+The execution providers come from the registry in `server.engine.devices` (device name -> onnxruntime
+provider, checked against `onnxruntime.get_available_providers()`), with the CPU behind each for what
+the accelerator cannot run. "auto" takes the best one available and falls back to the CPU.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -33,9 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXECUTION_PROVIDERS: dict[str, list[Any]] = {
-    "cpu": ["CPUExecutionProvider"],
-}
 MAX_BATCH = 32  # rows per session.run: past this, CPU throughput no longer grows
 MAX_BATCH_TOKENS = 16384  # padded tokens per session.run (bounds activation memory for long inputs)
 WINDOW_S = 0.002  # an idle model waits this long for the rest of a burst of requests
@@ -43,14 +42,36 @@ INLINE_SIZE = 2048  # inputs up to this many characters / token ids are tokenize
 # a few tens of microseconds, less than a hop to a worker thread and back
 
 
-def providers_for(device: str) -> list[Any]:
-    """The onnxruntime providers for a device name ("auto": the best registered one)."""
-    if device == "auto":
-        device = "cpu"
-    if device not in EXECUTION_PROVIDERS:
-        available = ", ".join(sorted(EXECUTION_PROVIDERS))
-        raise NotSupportedError(f"device '{device}' is not supported for embeddings yet; available: {available}")
-    return list(EXECUTION_PROVIDERS[device])
+def providers_for(device: str, available: Sequence[str] | None = None) -> tuple[str, list[str]]:
+    """(device, onnxruntime providers) for a device name; "auto" is the best available one, else the CPU.
+
+    `available`: onnxruntime's providers (default: `onnxruntime.get_available_providers()`). A device this
+    onnxruntime lacks is a NotSupportedError that says what to install."""
+    from server.engine import devices
+
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    env = dataclasses.replace(devices.detect(), ort_providers=tuple(available))
+    chosen = devices.resolve_device(device, "embeddings", env)
+    return chosen, devices.ort_providers(chosen)
+
+
+def check_session_device(session_providers: list[str], chosen: str, *, asked: str) -> str:
+    """The device a session really runs on. onnxruntime quietly falls back to the CPU when an accelerator's
+    provider cannot start (no GPU, missing CUDA libraries): for a device asked by name that is an error,
+    for "auto" a warning."""
+    from server.engine import devices
+
+    running = devices.device_of_providers(session_providers)
+    if running != chosen:
+        message = (f"onnxruntime could not start {devices.PROVIDERS[chosen].ort_ep} (the session runs on "
+                   f"{', '.join(session_providers)}): check the GPU driver and the CUDA / DirectML libraries")
+        if asked != "auto":
+            raise NotSupportedError(f"device '{asked}' is not available for embeddings: {message}")
+        log.warning("device auto: embeddings on %s, not %s: %s", running, chosen, message)
+    return running
 
 
 def session_options(threads: int | None = None):
@@ -110,11 +131,12 @@ class OrtEmbedder:
             load_tokenizer(folder), max_length=limit, lowercase=bool(manifest.get("lowercase")),
             prompt=prompts.get(manifest.get("default_prompt_name") or ""),
         )  # fmt: skip
-        providers = providers_for(device)
+        chosen, providers = providers_for(device)
         session = ort.InferenceSession(str(folder / "model.onnx"), session_options(threads), providers=providers)
+        running = check_session_device(session.get_providers(), chosen, asked=device)
         embedder = cls(session, tokenizer, name=name or folder.name, pooling=manifest["pooling"],
                        normalize=bool(manifest["normalize"]), dimensions=int(manifest["dimensions"]),
-                       device="cpu" if device == "auto" else device, **batching)  # fmt: skip
+                       device=running, **batching)  # fmt: skip
         embedder._check()
         return embedder
 
@@ -174,8 +196,9 @@ async def load_embedder(
 ) -> OrtEmbedder:
     """Load `entry`'s converted folder without blocking the event loop.
 
-    num_ctx: the most tokens per input, if lower than the model's max_seq_length; device: "cpu" or
-    "auto" for now; threads: intra-op threads (default: physical cores, or $ORTSERVE_THREADS).
+    num_ctx: the most tokens per input, if lower than the model's max_seq_length; device: "auto", "cpu",
+    "cuda", "dml" or "coreml" (see `server.engine.devices`); threads: intra-op threads (default: physical
+    cores, or $ORTSERVE_THREADS).
     """
     return await asyncio.to_thread(
         OrtEmbedder.from_folder, entry.folder, entry.manifest, name=entry.name, device=device, threads=threads,

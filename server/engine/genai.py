@@ -188,7 +188,8 @@ class GenaiGenerator:
 
         self.name = entry.name
         self.folder = Path(entry.folder)
-        self.device = devices.resolve_device(device)
+        # "auto" chosen (the device the model was built for, if here), or a 501 saying what is missing
+        self.device = devices.resolve_device(device, built_for=entry.manifest.get("device"))
         self._options = ipc.RunnerOptions(
             num_ctx=num_ctx,
             device=self.device,
@@ -225,6 +226,7 @@ class GenaiGenerator:
                         fresh.process.kill()
                     raise
                 self.context_length, self.fim_tokens = info.context_length, info.fim_tokens
+                self.device = info.device  # what the runner really loaded the model on
                 self.guidance_error = info.guidance_error
                 if info.guidance_error:
                     log.warning("model '%s': constrained decoding unavailable: %s", self.name, info.guidance_error)

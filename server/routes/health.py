@@ -1,4 +1,8 @@
-"""GET /health: 200 {"status": "ok"} once the server is ready; 503 while it is loading (or failed)."""
+"""GET /health: 200 {"status": "ok"} once the server is ready; 503 while it is loading (or failed).
+
+The body also names the loaded models and the device each one runs on (`devices`: name -> "cpu",
+"cuda", ...), which `ortserve info --url` reads.
+"""
 from quart import Blueprint
 
 from server.routes import app_state
@@ -9,7 +13,11 @@ bp = Blueprint("health", __name__)
 @bp.get("/health")
 async def health():
     state = app_state()
-    body = {"status": state.status, "models_loaded": state.registry.loaded()}
+    body = {
+        "status": state.status,
+        "models_loaded": state.registry.loaded(),
+        "devices": {model["name"]: model["device"] for model in state.registry.running()},
+    }
     if state.error:
         body["error"] = state.error
     return body, 200 if state.status == "ok" else 503

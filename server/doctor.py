@@ -1,0 +1,167 @@
+"""`ortserve info`: what this machine can run, and where a running server's models run.
+
+It reports the installed packages, which variant of each runtime the import really is (onnxruntime and
+onnxruntime-genai each come in several packages that install the same module), the providers each
+runtime offers, every device's availability for generation and embeddings (with the reason when not),
+the device `auto` resolves to and why, and, from a running server's /health, each loaded model's device.
+`collect()` builds the report as data (`--json` prints it); `render()` writes it for people.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from server.engine import devices
+from server.errors import NotSupportedError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+# what `auto` picks, per kind of model: (label, runtime, the device a chat model was converted for)
+AUTO_CASES = (
+    ("embeddings", "embeddings", None),
+    ("chat built for cpu", "generation", "cpu"),
+    ("chat built for cuda", "generation", "cuda"),
+    ("chat built for dml", "generation", "dml"),
+    ("chat, build unknown", "generation", None),  # a model whose manifest names no device (registered as it was)
+)
+# distributions that install the same module: (module, the distributions)
+_SHARED_MODULES = (
+    ("onnxruntime_genai", ("onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime-genai-directml",
+                           "onnxruntime-genai-winml")),
+    ("onnxruntime", ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml")),
+)  # fmt: skip
+
+
+def conflicts(packages: dict[str, str]) -> list[str]:
+    """Plain warnings for runtime packages that overwrite each other's files."""
+    out = []
+    for module, names in _SHARED_MODULES:
+        present = [n for n in names if n in packages]
+        if len(present) > 1:
+            keep = next((n for n in present if n != names[0]), present[-1])
+            out.append(
+                f"{' and '.join(present)} are all installed and share the module '{module}': the files of the one "
+                f"installed last win. Keep one: pip uninstall -y {' '.join(n for n in present if n != keep)} && "
+                f"pip install --force-reinstall --no-deps {keep}"
+            )
+    return out
+
+
+def _onnxruntime() -> dict[str, Any]:
+    try:
+        import onnxruntime as ort
+        from onnxruntime.capi import build_and_package_info
+    except Exception as exc:  # noqa: BLE001 - a broken install is what this command is for
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"package": getattr(build_and_package_info, "package_name", "onnxruntime"), "version": ort.__version__,
+            "providers": list(ort.get_available_providers())}  # fmt: skip
+
+
+def _onnxruntime_genai() -> dict[str, Any]:
+    try:
+        import onnxruntime_genai as og
+    except Exception as exc:  # noqa: BLE001
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"package": getattr(og, "__id__", "onnxruntime-genai"), "version": og.__version__,
+            "devices": sorted(devices.genai_devices(og))}  # fmt: skip
+
+
+def server_devices(url: str, timeout: float = 3.0) -> dict[str, Any]:
+    """A running server's /health: its status and each loaded model's device; or why it did not answer."""
+    target = url.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(target, timeout=timeout) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as exc:  # 503 while loading still has a body
+        try:
+            body = json.load(exc)
+        except ValueError:
+            return {"url": url, "error": f"HTTP {exc.code}"}
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return {"url": url, "error": f"no server answers ({getattr(exc, 'reason', exc)})"}
+    return {"url": url, "status": body.get("status"), "devices": body.get("devices", {})}
+
+
+def collect(url: str | None = DEFAULT_URL) -> dict[str, Any]:
+    ort_info, genai_info = _onnxruntime(), _onnxruntime_genai()
+    base = devices.detect()
+    env = devices.Environment(  # what the runtimes say wins; the package metadata speaks for one that fails to import
+        base.platform, base.machine, base.packages, base.gpu,
+        tuple(ort_info["providers"]) if "providers" in ort_info else None,
+        frozenset(genai_info["devices"]) if "devices" in genai_info else None,
+    )  # fmt: skip
+    table = {
+        name: {runtime: devices.unavailable(name, env, runtime) for runtime in ("generation", "embeddings")}
+        for name in devices.PROVIDERS
+    }
+    auto = {}
+    for label, runtime, built_for in AUTO_CASES:
+        try:
+            choice = devices.choose("auto", env, runtime, built_for)  # type: ignore[arg-type]
+        except NotSupportedError as exc:
+            auto[label] = {"device": None, "reason": exc.message, "missed": None}
+            continue
+        missed = devices.missed_accelerator(env, runtime) if built_for is None else None  # type: ignore[arg-type]
+        auto[label] = {"device": choice.device, "reason": choice.reason, "missed": missed}
+    report: dict[str, Any] = {
+        "ortserve": __import__("server").__version__,
+        "platform": {"system": platform.system(), "machine": env.machine, "python": platform.python_version()},
+        "packages": dict(base.packages),
+        "conflicts": conflicts(dict(base.packages)),
+        "onnxruntime": ort_info,
+        "onnxruntime_genai": genai_info,
+        "nvidia_gpu_visible": env.gpu,
+        "devices": table,
+        "auto": auto,
+    }
+    if url:
+        report["server"] = server_devices(url)
+    return report
+
+
+def render(report: dict[str, Any]) -> str:
+    p = report["platform"]
+    lines = [f"ortserve {report['ortserve']} on {p['system']} {p['machine']}, Python {p['python']}", "", "packages"]
+    lines += [f"  {name:<28} {version}" for name, version in report["packages"].items()]
+    lines += [f"  warning: {c}" for c in report["conflicts"]]
+    ort, genai = report["onnxruntime"], report["onnxruntime_genai"]
+    lines += ["", "runtimes"]
+    lines.append(f"  onnxruntime (embeddings):       " + (
+        f"{ort['package']} {ort['version']}: {', '.join(ort['providers'])}" if "error" not in ort
+        else f"cannot be imported: {ort['error']}"))  # fmt: skip
+    lines.append(f"  onnxruntime-genai (generation): " + (
+        f"{genai['package']} {genai['version']}: {', '.join(genai['devices'])}" if "error" not in genai
+        else f"cannot be imported: {genai['error']}"))  # fmt: skip
+    lines.append(f"  NVIDIA GPU visible:             {'yes' if report['nvidia_gpu_visible'] else 'no'}")
+    lines += ["", "devices"]
+    for name, runtimes in report["devices"].items():
+        for runtime, why in runtimes.items():
+            lines.append(f"  {name:<7} {runtime:<11} {'yes' if why is None else 'no: ' + why}")
+    lines += ["", "--device auto (the default)"]
+    for label, choice in report["auto"].items():
+        lines.append(f"  {label:<20} -> {choice['device'] or 'cannot run'}: {choice['reason']}")
+        if choice["missed"]:
+            lines.append(f"  {'':<20}    warning: an accelerator is half set up: {choice['missed']}")
+    server = report.get("server")
+    if server:
+        lines += ["", f"server {server['url']}"]
+        if "error" in server:
+            lines.append(f"  {server['error']}")
+        else:
+            lines.append(f"  status: {server['status']}")
+            loaded = server["devices"]
+            lines += [f"  {name:<28} {device}" for name, device in loaded.items()] or ["  no model loaded yet"]
+    return "\n".join(lines)
+
+
+def main(url: str | None, as_json: bool = False) -> int:
+    report = collect(url)
+    print(json.dumps(report, indent=2) if as_json else render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(DEFAULT_URL))

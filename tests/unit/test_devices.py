@@ -1,0 +1,249 @@
+"""Choosing execution providers, from made-up machines (no GPU is needed to test the choice).
+
+`server.engine.devices` decides from an `Environment` (platform, packages, a visible GPU, what the
+runtimes report); these tests hand it the environments of machines this one is not.
+"""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from server import doctor
+from server.engine import devices, embeddings, paged
+from server.engine.base import Guidance, Prompt, SamplingParams
+from server.errors import NotSupportedError
+
+CPU_ONLY = {"onnxruntime-genai": "0.18.0", "onnxruntime": "1.32.0"}
+CUDA = {"onnxruntime-genai-cuda": "0.18.0", "onnxruntime-gpu": "1.31.1"}
+
+
+def env(platform="linux", machine="x86_64", packages=CPU_ONLY, gpu=False, ort=None, genai=None):
+    return devices.Environment(platform, machine, packages, gpu, ort, None if genai is None else frozenset(genai))
+
+
+# ---- auto ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("machine", "runtime", "expected"), [
+    (env(packages=CUDA, gpu=True), "generation", "cuda"),
+    (env(packages=CUDA, gpu=True), "embeddings", "cuda"),
+    (env(platform="win32", packages=CUDA, gpu=True), "generation", "cuda"),  # CUDA before DirectML
+    (env(packages=CUDA, gpu=False), "generation", "cpu"),  # the packages, but no GPU
+    (env(packages=CPU_ONLY, gpu=True), "generation", "cpu"),  # a GPU, but the CPU builds
+    (env(platform="win32", packages={**CPU_ONLY, "onnxruntime-directml": "1.24.4"}), "embeddings", "dml"),
+    (env(platform="win32", packages={**CPU_ONLY, "onnxruntime-genai-winml": "0.18.0"}), "generation", "dml"),
+    (env(platform="win32"), "generation", "cpu"),  # the stock Windows wheels have no DirectML
+    (env(platform="darwin", machine="arm64"), "embeddings", "coreml"),  # the stock macOS onnxruntime has it
+    (env(platform="darwin", machine="arm64"), "generation", "cpu"),  # genai models do not run on CoreML
+    (env(platform="darwin", machine="x86_64"), "embeddings", "cpu"),  # CoreML only on Apple silicon
+])  # fmt: skip
+def test_auto_picks_the_first_provider_that_can_run(machine, runtime, expected):
+    assert devices.choose("auto", machine, runtime).device == expected
+
+
+def test_what_the_runtimes_report_beats_the_package_metadata():
+    # onnxruntime-gpu installed, but its CUDA provider is missing (the CPU wheel's files won): embeddings on the CPU
+    broken = env(packages={**CPU_ONLY, **CUDA}, gpu=True, ort=("CPUExecutionProvider",), genai={"cpu", "cuda"})
+    assert devices.choose("auto", broken, "embeddings").device == "cpu"
+    assert devices.choose("auto", broken, "generation").device == "cuda"
+    assert devices.choose("auto", env(gpu=True, genai={"cpu", "cuda"}), "generation").device == "cuda"
+
+
+def test_auto_on_the_cpu_warns_only_when_an_accelerator_was_half_there(caplog):
+    with caplog.at_level(logging.WARNING, logger="server.engine.devices"):
+        assert devices.resolve_device("auto", "generation", env(packages=CUDA, gpu=False)) == "cpu"
+        assert devices.resolve_device("auto", "generation", env(packages=CPU_ONLY, gpu=True)) == "cpu"
+        assert devices.resolve_device("auto", "generation", env()) == "cpu"
+        assert devices.resolve_device("auto", "generation", env(platform="darwin", machine="arm64")) == "cpu"
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert "no NVIDIA GPU is visible" in warnings[0]
+    assert "onnxruntime-genai-cuda" in warnings[1]
+
+
+# ---- a device asked by name ------------------------------------------------------------------------
+@pytest.mark.parametrize(("device", "machine", "runtime", "words"), [
+    ("cuda", env(), "generation", ["onnxruntime-genai-cuda", "ortserve[cuda]"]),
+    ("cuda", env(), "embeddings", ["onnxruntime-gpu"]),
+    ("cuda", env(packages=CUDA), "generation", ["no NVIDIA GPU is visible"]),
+    ("cuda", env(platform="darwin", machine="arm64", packages=CUDA), "generation", ["Linux or Windows", "macOS"]),
+    ("dml", env(), "generation", ["Windows only", "Linux"]),
+    ("dml", env(platform="win32"), "generation", ["DirectML", "onnxruntime-genai-directml"]),
+    ("dml", env(platform="win32"), "embeddings", ["onnxruntime-directml"]),
+    ("coreml", env(platform="darwin", machine="arm64"), "generation", ["do not run on CoreML", "--device cpu"]),
+    ("coreml", env(platform="darwin", machine="x86_64"), "embeddings", ["arm64"]),
+    ("tpu", env(), "generation", ["unknown device 'tpu'", "cpu"]),
+])  # fmt: skip
+def test_an_unavailable_device_is_a_501_that_says_what_is_missing(device, machine, runtime, words):
+    with pytest.raises(NotSupportedError) as info:
+        devices.choose(device, machine, runtime)
+    assert info.value.status == 501
+    for word in words:
+        assert word in info.value.message
+
+
+def test_an_available_device_is_kept():
+    assert devices.choose("cuda", env(packages=CUDA, gpu=True), "generation").device == "cuda"
+    assert devices.choose("cpu", env(packages=CUDA, gpu=True), "generation").device == "cpu"
+
+
+def test_the_registry_order_is_autos_preference():
+    assert list(devices.PROVIDERS) == ["cuda", "dml", "coreml", "cpu"]
+    assert set(devices.PROVIDERS) | {"auto"} == set(devices.DEVICES)
+
+
+# ---- onnxruntime-genai: og.Config calls -----------------------------------------------------------
+class FakeConfig:
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name, *args))
+
+
+class FakeOg:
+    def __init__(self, cuda=False, dml=False):
+        self.is_cuda_available = lambda: cuda
+        self.is_dml_available = lambda: dml
+
+
+def test_configure_appends_the_provider_through_og_config():
+    config = FakeConfig()
+    devices.configure(config, "cuda", 8, FakeOg(cuda=True))
+    assert config.calls[:3] == [("clear_providers",), ("append_provider", "cuda"),
+                                ("set_provider_option", "cuda", "enable_cuda_graph", "0")]  # fmt: skip
+    assert config.calls[3][0] == "overlay" and '"intra_op_num_threads": 8' in config.calls[3][1]
+
+
+def test_configure_for_the_cpu_clears_what_the_builder_wrote():
+    config = FakeConfig()
+    devices.configure(config, "cpu", 2, FakeOg())
+    assert [c[0] for c in config.calls] == ["clear_providers", "overlay"]
+
+
+def test_configure_refuses_a_device_the_og_build_lacks():
+    with pytest.raises(NotSupportedError, match="onnxruntime-genai-cuda"):
+        devices.configure(FakeConfig(), "cuda", 2, FakeOg(cuda=False))
+    assert devices.genai_devices(FakeOg(cuda=True, dml=True)) == {"cpu", "cuda", "dml"}
+
+
+# ---- onnxruntime (embeddings) --------------------------------------------------------------------
+def test_onnxruntime_providers_keep_the_cpu_behind_the_accelerator():
+    assert devices.ort_providers("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert devices.ort_providers("cpu") == ["CPUExecutionProvider"]
+    assert devices.device_of_providers(["DmlExecutionProvider", "CPUExecutionProvider"]) == "dml"
+    assert devices.device_of_providers(["CPUExecutionProvider"]) == "cpu"
+
+
+def test_embedding_providers_follow_what_onnxruntime_offers(monkeypatch):
+    monkeypatch.setattr(devices, "detect", lambda **_: env(packages=CUDA, gpu=True))
+    assert embeddings.providers_for("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == (
+        "cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert embeddings.providers_for("auto", ["CPUExecutionProvider"]) == ("cpu", ["CPUExecutionProvider"])
+    with pytest.raises(NotSupportedError, match="CUDAExecutionProvider"):
+        embeddings.providers_for("cuda", ["CPUExecutionProvider"])
+
+
+def test_a_session_that_fell_back_to_the_cpu(caplog):
+    session = ["CPUExecutionProvider"]  # what onnxruntime did when CUDA would not start
+    with pytest.raises(NotSupportedError, match="could not start CUDAExecutionProvider"):
+        embeddings.check_session_device(session, "cuda", asked="cuda")
+    with caplog.at_level(logging.WARNING):
+        assert embeddings.check_session_device(session, "cuda", asked="auto") == "cpu"
+    assert "could not start" in caplog.text
+    assert embeddings.check_session_device(["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda",
+                                           asked="cuda") == "cuda"  # fmt: skip
+
+
+# ---- ortserve info ---------------------------------------------------------------------------------
+def test_info_warns_about_runtime_packages_that_overwrite_each_other():
+    warnings = doctor.conflicts({**CPU_ONLY, **CUDA})
+    assert len(warnings) == 2
+    assert "pip uninstall -y onnxruntime-genai " in warnings[0] and "--no-deps onnxruntime-genai-cuda" in warnings[0]
+    assert "pip uninstall -y onnxruntime " in warnings[1] and "--no-deps onnxruntime-gpu" in warnings[1]
+    assert doctor.conflicts(CPU_ONLY) == []
+
+
+def test_info_report_on_this_machine_renders():
+    report = doctor.collect(url=None)
+    assert report["auto"]["chat built for cpu"]["device"] == "cpu"
+    assert report["auto"]["embeddings"]["device"] in devices.PROVIDERS
+    assert report["devices"]["cpu"] == {"generation": None, "embeddings": None}
+    text = doctor.render(report)
+    assert "--device auto" in text and "onnxruntime-genai (generation)" in text
+
+
+# ---- the Engine path's request mapping (server/engine/paged.py) ------------------------------------
+def test_turn_settings_map_sampling_to_og_turn_options():
+    params = SamplingParams(max_tokens=9, temperature=0.7, top_p=0.9, top_k=40, seed=2**40 + 5,
+                            repetition_penalty=1.1, min_tokens=20, guidance=Guidance("regex", "a+", param="p"))
+    calls = dict(paged.turn_settings(params, budget=9))
+    assert calls["set_max_generated_tokens"] == (9,) and calls["set_do_sample"] == (True,)
+    assert calls["set_temperature"] == (0.7,) and calls["set_top_p"] == (0.9,) and calls["set_top_k"] == (40,)
+    assert calls["set_seed"] == ((2**40 + 5) % (2**31 - 1),)
+    assert calls["set_repetition_penalty"] == (1.1,) and calls["set_min_generated_tokens"] == (9,)
+    assert calls["set_guidance"] == ("regex", "a+")
+    greedy = dict(paged.turn_settings(SamplingParams(temperature=0, seed=3), budget=4))
+    assert greedy == {"set_max_generated_tokens": (4,), "set_do_sample": (False,)}
+
+
+def test_engine_refuses_what_it_cannot_do_naming_the_field():
+    plain = Prompt(text="hi")
+    assert paged.unsupported(SamplingParams(), plain, dynamic=False) is None
+    assert paged.unsupported(SamplingParams(logprobs=0), plain, dynamic=True)[0] == "logprobs"
+    assert paged.unsupported(SamplingParams(prompt_logprobs=1), plain, dynamic=True)[0] == "logprobs"
+    assert paged.unsupported(SamplingParams(frequency_penalty=1.0), plain, dynamic=True)[0] == "frequency_penalty"
+    assert paged.unsupported(SamplingParams(), Prompt(messages=[], images=(b"png",)), dynamic=True)[0] == "messages"
+    seeded = SamplingParams(seed=1, temperature=0.8)
+    assert paged.unsupported(seeded, plain, dynamic=False)[0] == "seed"
+    assert paged.unsupported(seeded, plain, dynamic=True) is None
+    assert paged.unsupported(SamplingParams(seed=1, temperature=0), plain, dynamic=False) is None  # greedy
+
+
+# ---- auto for a chat model: where it was built to run ----------------------------------------------
+def test_auto_runs_a_chat_model_where_it_was_built_for():
+    gpu_box = env(packages=CUDA, gpu=True)
+    assert devices.choose("auto", gpu_box, "generation", built_for="cuda").device == "cuda"
+    # a CPU build keeps fp32 activations: it stays on the CPU even beside a GPU
+    assert devices.choose("auto", gpu_box, "generation", built_for="cpu").device == "cpu"
+    assert devices.choose("auto", gpu_box, "embeddings", built_for="cpu").device == "cuda"  # embeddings: no such rule
+    assert devices.choose("auto", env(), "generation", built_for="dml").device == "cpu"  # falls back
+    assert devices.choose("auto", env(), "generation", built_for=None).device == "cpu"
+
+
+def test_a_cuda_build_has_no_cpu_fallback():
+    with pytest.raises(NotSupportedError) as info:
+        devices.choose("auto", env(packages=CUDA), "generation", built_for="cuda")
+    assert "built for cuda" in info.value.message and "no NVIDIA GPU is visible" in info.value.message
+
+
+def test_auto_warns_when_a_model_cannot_run_where_it_was_built_for(caplog):
+    with caplog.at_level(logging.WARNING, logger="server.engine.devices"):
+        assert devices.resolve_device("auto", env=env(), built_for="dml") == "cpu"
+        assert devices.resolve_device("auto", env=env(gpu=True), built_for="cpu") == "cpu"  # no warning: built so
+    assert [r.getMessage() for r in caplog.records] == [
+        "device auto: running generation on the CPU (the model was built for dml, which is not available here: "
+        "DirectML runs on Windows only (this is Linux))"
+    ]
+
+
+# ---- serve --device ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(("machine", "device", "code", "words"), [
+    (env(), "cuda", 2, "install onnxruntime-genai-cuda"),  # runs nothing here: refused before serving
+    (env(), "coreml", 2, "macOS only"),
+])  # fmt: skip
+def test_serve_refuses_a_device_that_runs_nothing_here(monkeypatch, tmp_path, capsys, machine, device, code, words):
+    from tests.conftest import run_cli
+
+    monkeypatch.setattr(devices, "detect", lambda **_: machine)
+    assert run_cli(tmp_path, "serve", "--device", device, "--no-bootstrap", "--port", "0") == code
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "models").exists()  # it stopped before touching the store
+
+
+def test_serve_warns_when_a_device_runs_only_embeddings(monkeypatch, capsys):
+    from server.cli import _device_usable
+
+    monkeypatch.setattr(devices, "detect", lambda **_: env(platform="darwin", machine="arm64"))
+    assert _device_usable("coreml")
+    err = capsys.readouterr().err
+    assert "cannot run generation" in err and "cannot run embeddings" not in err
