@@ -15,7 +15,8 @@ from server.store import ModelStore, check_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="a local Hugging Face model folder or a hub id (owner/name)")
+    parser.add_argument("source", help="a local Hugging Face model folder, a hub id (owner/name), or a local "
+                        "onnxruntime-genai folder (genai_config.json + ONNX), registered as it is")
     parser.add_argument("--name", help="name in the store (default: the source's last path part, lower-case)")
     parser.add_argument("--task", choices=("chat", "embedding"), help="default: detected from the checkpoint")
     parser.add_argument("--precision", choices=PRECISIONS, help="default: int4 for chat, fp32 for embeddings (cpu)")
@@ -31,7 +32,7 @@ def convert(source: str, store: ModelStore, *, name: str | None = None, task: st
             force: bool = False, validate: bool = True, progress: Progress | None = None,
             config: ModelConfig | None = None) -> dict:
     """Convert SOURCE into the store under NAME; returns the manifest. Nothing is left behind on failure."""
-    from conversion.source import default_name, detect_task, resolve_source
+    from conversion.source import default_name, detect_task, is_genai_folder, resolve_source
 
     progress = progress or Progress()
     name = check_name(name or default_name(source))
@@ -40,11 +41,18 @@ def convert(source: str, store: ModelStore, *, name: str | None = None, task: st
     if task is not None:
         precision = check_precision(task, device, precision)
     src = resolve_source(source, progress, revision)
+    if is_genai_folder(src):
+        return _register_ready(source, src, store, name, task, force, progress, config)
     task = task or detect_task(src)
     precision = check_precision(task, device, precision)
     progress.info(f"converting {source} -> '{name}' ({task}, {precision}, {device})")
     with store.staging(name, force=force) as out:
-        if task == "chat":
+        if task == "chat" and _is_vision(src):
+            from conversion.vision import convert_vision
+
+            manifest = convert_vision(src, out, precision=precision, device=device, progress=progress,
+                                      validate=validate)
+        elif task == "chat":
             from conversion.chat import convert_chat
 
             manifest = convert_chat(src, out, precision=precision, device=device, progress=progress, validate=validate)
@@ -56,6 +64,30 @@ def convert(source: str, store: ModelStore, *, name: str | None = None, task: st
         manifest = {**manifest, "source": source, "validated": validate}
         store.add(name, out, manifest, config or ModelConfig(device=device if device != "cpu" else "auto"))
     progress.info(f"'{name}' is ready in {store.models_dir / name}")
+    return manifest
+
+
+def _is_vision(src: Path) -> bool:
+    from conversion.registry import VISION_ARCHITECTURES
+    from conversion.source import read_config
+
+    return any(a in VISION_ARCHITECTURES for a in read_config(src).get("architectures") or [])
+
+
+def _register_ready(source: str, src: Path, store: ModelStore, name: str, task: str | None, force: bool,
+                    progress: Progress, config: ModelConfig | None) -> dict:
+    """An onnxruntime-genai folder (genai_config.json + ONNX files) is added as it is, unvalidated."""
+    from conversion.vision_ready import register_genai_folder
+
+    if task not in (None, "chat"):
+        raise ConversionError(f"{source}: an onnxruntime-genai folder is a chat model, not {task}")
+    progress.info(f"registering the onnxruntime-genai folder {source} -> '{name}' (no conversion)")
+    with store.staging(name, force=force) as out:
+        manifest = register_genai_folder(src, out, progress=progress)
+        manifest = {**manifest, "source": source, "validated": False}
+        device = manifest["device"]
+        store.add(name, out, manifest, config or ModelConfig(device=device if device != "cpu" else "auto"))
+    progress.info(f"'{name}' is ready in {store.models_dir / name} (not validated: already converted)")
     return manifest
 
 

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from conversion.common import ConversionError, Progress
+from conversion.registry import VISION_ARCHITECTURES
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a conversion reads: configs, tokenizers, templates, weights. Never optimizer states or other formats.
@@ -54,7 +55,7 @@ def detect_task(src: Path) -> str:
     config = read_config(src)
     if (src / "modules.json").is_file():  # sentence-transformers, decoder-based embedders included
         return "embedding"
-    if any(a.endswith(_CAUSAL_SUFFIXES) for a in config.get("architectures") or []):
+    if any(a.endswith(_CAUSAL_SUFFIXES) or a in VISION_ARCHITECTURES for a in config.get("architectures") or []):
         return "chat"
     from conversion.embedding import is_embedding_checkpoint
 
@@ -63,6 +64,12 @@ def detect_task(src: Path) -> str:
     raise ConversionError(
         f"{src}: cannot tell the task of model_type '{config['model_type']}'; pass --task chat or --task embedding"
     )
+
+
+def is_genai_folder(src: Path) -> bool:
+    """A folder onnxruntime-genai already runs (genai_config.json beside its ONNX files), as published
+    for Phi-3.5-vision and others: registered as it is, without conversion."""
+    return (src / "genai_config.json").is_file() and any(src.glob("*.onnx"))
 
 
 def default_name(source: str) -> str:

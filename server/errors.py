@@ -87,3 +87,13 @@ def error_body(exc: BaseException) -> tuple[dict[str, Any], int]:
         exc = APIError(f"Internal server error: {type(exc).__name__}: {exc}")
     body = {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
     return body, exc.status
+
+
+class ImageError(InvalidRequestError):
+    """An image content part that cannot be used: a refused or failed URL, too large, not a supported image.
+
+    A 400 (the request body itself was within `max_request_bytes`; its 413 is for that) whose `code`
+    says which: invalid_image, image_too_large, image_url_refused, image_fetch_failed, image_fetch_timeout.
+    """
+
+    code = "invalid_image"

@@ -85,3 +85,21 @@ def chat_store(chat_store_home):
     from server.store import ModelStore
 
     return ModelStore(chat_store_home / "models", chat_store_home / "configs")
+
+
+# ---- vision (issue 7) ---------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def vlm_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random-weight Qwen2.5-VL Hugging Face folder (conversion/demo_vlm.py), about 5 s."""
+    from conversion.demo_vlm import build_tiny_vlm_checkpoint
+
+    return build_tiny_vlm_checkpoint(tmp_path_factory.mktemp("vlm") / "tiny-vlm")
+
+
+@pytest.fixture(scope="session")
+def vision_store_home(tmp_path_factory, vlm_checkpoint) -> Path:
+    """An ORTSERVE_HOME holding `tiny-vlm` (fp32), converted and validated with `ortserve convert`."""
+    home = tmp_path_factory.mktemp("vision-home")
+    code = run_cli(home, "convert", str(vlm_checkpoint), "--name", "tiny-vlm", "--precision", "fp32", "--quiet")
+    assert code == 0, "converting tiny-vlm failed"
+    return home

@@ -48,13 +48,16 @@ def main(folder: str, options: ipc.RunnerOptions, requests: Any, events: Any) ->
     """Entry point of the runner process."""
     # Ctrl-C reaches the whole process group; the server decides when runners stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from server.engine import paged
+
+    engine = paged.uses_engine(Path(folder))  # a paged-attention model: served by og.Engine (paged.py)
     try:
-        lm, info = load(Path(folder), options)
+        lm, info = (paged.load if engine else load)(Path(folder), options)
     except Exception as exc:  # a broken model must not look like a crash: say why
         events.send((ipc.FAILED, f"{type(exc).__name__}: {exc}"))
         return
     events.send((ipc.READY, info))
-    Runner(lm, options, requests, events).serve()
+    (paged.EngineRunner if engine else Runner)(lm, options, requests, events).serve()
 
 
 def load(folder: Path, options: ipc.RunnerOptions) -> tuple[Any, ipc.RunnerInfo]:
@@ -64,7 +67,7 @@ def load(folder: Path, options: ipc.RunnerOptions) -> tuple[Any, ipc.RunnerInfo]
     from server.engine.slots import LoadedModel, probe_guidance
 
     config = og.Config(str(folder))
-    devices.configure(config, options.device, options.threads)
+    devices.configure(config, options.device, options.threads, og)
     model = og.Model(config)
     tokenizer = og.Tokenizer(model)
     raw_tokenizer = og.Tokenizer(model)
@@ -93,6 +96,9 @@ def load(folder: Path, options: ipc.RunnerOptions) -> tuple[Any, ipc.RunnerInfo]
         special_text=special_text,
         hf_tokenizer=load_hf_tokenizer(folder),
         logits_output=str(genai.get("decoder", {}).get("outputs", {}).get("logits", "logits")),
+        model_type=str(genai.get("type", "")),
+        # images go through onnxruntime-genai's multimodal processor (vision encoder + embeddings at prefill)
+        processor=model.create_multimodal_processor() if genai.get("vision") else None,
     )
     lm.guidance_error = probe_guidance(lm)
     info = ipc.RunnerInfo(

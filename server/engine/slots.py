@@ -4,6 +4,7 @@ Imported only by the runner process (it imports onnxruntime-genai).
 """
 from __future__ import annotations
 
+import io
 import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ class LoadedModel:
     grammar_errors: OrderedDict = field(default_factory=OrderedDict)  # (kind, data) -> compile error or None
     logits_output: str = "logits"  # the model's output name for logits (every position of a prefill chunk)
     speller: Any = None  # TokenSpeller: each token's text and bytes, for logprobs
+    processor: Any = None  # og.MultiModalProcessor for models with a vision section (images in chats)
+    model_type: str = ""  # onnxruntime-genai's model type (picks the image marker its processor reads)
 
     def __post_init__(self) -> None:
         if self.speller is None:
@@ -164,6 +167,75 @@ def encode_prompt(lm: LoadedModel, prompt: Prompt) -> tuple[np.ndarray, str]:
     return ids, text
 
 
+# What each onnxruntime-genai image processor looks for in the prompt, one per image (n counts from 1).
+# Chat templates of these families render `{"type": "image"}` parts as exactly this; when a template
+# does not (Phi-3.5-vision's leaves images to the processor), the parts are written as the marker.
+IMAGE_MARKERS = {
+    "qwen2_5_vl": ("<|vision_start|>", "<|vision_start|><|image_pad|><|vision_end|>"),
+    "fara": ("<|vision_start|>", "<|vision_start|><|image_pad|><|vision_end|>"),
+    "phi3v": ("<|image_", "<|image_{n}|>\n"),
+    "gemma3": ("<start_of_image>", "<start_of_image>"),
+}
+
+
+def encode_image_prompt(lm: LoadedModel, prompt: Prompt) -> tuple[np.ndarray, str, Any]:
+    """(expanded token ids, prompt text, the processor's named tensors) for a chat with images."""
+    if lm.processor is None:
+        raise InvalidRequestError("This model does not accept images.", param="messages")
+    if prompt.messages is None:
+        raise InvalidRequestError("Images are accepted in chat messages only.", param="prompt")
+    count, marker = IMAGE_MARKERS.get(lm.model_type, IMAGE_MARKERS["qwen2_5_vl"])
+    try:
+        _, text = encode_prompt(lm, prompt)
+        rendered = text.count(count) == len(prompt.images)
+    except InvalidRequestError:  # a template that expects string contents (Phi-3.5-vision's)
+        rendered = False
+    if not rendered:  # the template dropped the image parts or failed on them: write the markers ourselves
+        _, text = encode_prompt(lm, Prompt(messages=_inline_images(prompt.messages, marker), tools=prompt.tools))
+    for index, image in enumerate(prompt.images):
+        _check_png(image, index)
+    try:
+        images = og.Images.open_bytes(*prompt.images)
+        inputs = lm.processor(text, images=images)
+    except RuntimeError as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise InvalidRequestError(f"The images could not be read: {reason}", param="messages") from None
+    ids = np.asarray(inputs["input_ids"].as_numpy(), dtype=np.int32).reshape(-1)
+    return ids, text, inputs
+
+
+def _check_png(data: bytes, index: int) -> None:
+    """The server sends PNG; anything else could make onnxruntime-genai's decoders end the process
+    (libjpeg exits on bytes that are not a JPEG), so it is refused here first."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+            raise ValueError("not a PNG")
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as exc:
+        raise InvalidRequestError(f"Image {index + 1} could not be read ({exc}).", param="messages") from None
+
+
+def _inline_images(messages: list[dict], marker: str) -> list[dict]:
+    """Messages whose list contents become strings, each image part written as `marker`."""
+    n, out = 0, []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            pieces = []
+            for part in content:
+                if isinstance(part, dict) and part.get("type") in ("image", "image_url"):
+                    n += 1
+                    pieces.append(marker.format(n=n))
+                elif isinstance(part, dict):
+                    pieces.append(str(part.get("text", "")))
+            message = {**message, "content": "".join(pieces)}
+        out.append(message)
+    return out
+
+
 def _check_token_ids(token_ids: list[int], vocab_size: int) -> np.ndarray:
     if not all(isinstance(t, int) and not isinstance(t, bool) for t in token_ids):
         raise InvalidRequestError("Token ids must be integers.", param="prompt")
@@ -224,7 +296,13 @@ class Slot:
         self.rid = rid
         self.lm = lm
         self.params = request.params
-        self.ids, prompt_text = encode_prompt(lm, request.prompt)
+        self._images: Any = None  # the processor's tensors, read in one set_inputs (not chunked)
+        if request.prompt.images:
+            if self.params.prompt_logprobs is not None:
+                raise NotSupportedError("prompt_logprobs cannot be combined with images.", param="prompt_logprobs")
+            self.ids, prompt_text, self._images = encode_image_prompt(lm, request.prompt)
+        else:
+            self.ids, prompt_text = encode_prompt(lm, request.prompt)
         self.prompt_tokens = len(self.ids)
         self.budget = grant_budget(
             self.prompt_tokens, self.params.max_tokens, lm.context_length, chat=request.prompt.messages is not None
@@ -276,6 +354,7 @@ class Slot:
 
     def close(self) -> None:
         self.generator = None
+        self._images = None
         self.done = True
 
     def step(self) -> list[PromptLogprobs | TextDelta | Finished]:
@@ -286,6 +365,11 @@ class Slot:
         return self._decode()
 
     def _prefill(self) -> list[PromptLogprobs | TextDelta | Finished]:
+        if self._images is not None:  # the vision encoder, the embeddings and the whole prompt, at once
+            self.generator.set_inputs(self._images)
+            self._images = None
+            self.cursor = self.prompt_tokens
+            return []
         start, end = self.cursor, min(self.cursor + self.prefill_chunk, self.prompt_tokens)
         self.generator.append_tokens(self.ids[start:end])
         reader = self._prompt_logprobs

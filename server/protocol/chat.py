@@ -20,12 +20,22 @@ from server.protocol.common import (
 from server.protocol.logprobs import ChoiceLogprobs
 
 
+class ImageURL(OpenAIModel):
+    url: str  # http(s)://, data:image/...;base64,..., or bare base64
+    detail: Literal["auto", "low", "high"] | None = None  # accepted; the model's own processor sizes the image
+
+
 class ContentPart(OpenAIModel):
-    """One part of an array `content`; only text parts are accepted for now."""
+    """One part of an array `content`: text (or refusal) parts, and image parts in user messages."""
 
     type: str
     text: str | None = None
     refusal: str | None = None
+    image_url: ImageURL | str | None = None  # a bare string: the URL itself (a common client shorthand)
+
+    @property
+    def image_source(self) -> str | None:
+        return self.image_url.url if isinstance(self.image_url, ImageURL) else self.image_url
 
 
 class FunctionCall(OpenAIModel):
@@ -68,26 +78,42 @@ class NamedToolChoice(OpenAIModel):
     function: NamedFunction
 
 
-_MEDIA = {"image_url": "images", "input_image": "images", "input_audio": "audio", "file": "files"}
+_MEDIA = {"input_audio": "audio", "file": "files"}
 
 
 def _text_of(content: str | list[ContentPart] | None, param: str) -> str | None:
     """A message's content as one string: text parts joined with newlines."""
     if content is None or isinstance(content, str):
         return content
-    texts = []
-    for i, part in enumerate(content):
-        if part.type in _MEDIA:
-            raise InvalidRequestError(f"This model does not accept {_MEDIA[part.type]}.", param=f"{param}.{i}")
-        if part.type == "text" and part.text is not None:
-            texts.append(part.text)
-        elif part.type == "refusal" and part.refusal is not None:
-            texts.append(part.refusal)
-        else:
-            raise InvalidRequestError(
-                f"Invalid content part of type '{part.type}': expected a text part.", param=f"{param}.{i}"
-            )
-    return "\n".join(texts)
+    return "\n".join(_part_text(part, f"{param}.{i}") for i, part in enumerate(content))
+
+
+def _part_text(part: ContentPart, param: str) -> str:
+    if part.type in _MEDIA:
+        raise InvalidRequestError(f"This model does not accept {_MEDIA[part.type]}.", param=param)
+    if part.type == "text" and part.text is not None:
+        return part.text
+    if part.type == "refusal" and part.refusal is not None:
+        return part.refusal
+    if part.type == "input_image":
+        raise InvalidRequestError(
+            "Invalid content part of type 'input_image' (the Responses API's): chat messages take images as "
+            "{'type': 'image_url', 'image_url': {'url': ...}}.",
+            param=param,
+        )
+    raise InvalidRequestError(f"Invalid content part of type '{part.type}': expected a text part.", param=param)
+
+
+def _has_images(content: list[ContentPart]) -> bool:
+    return any(part.type == "image_url" for part in content)
+
+
+def _parts_of(content: list[ContentPart], param: str) -> list[dict[str, str]]:
+    """Content with images in Hugging Face's chat-template shape: {"type": "text", "text"} / {"type": "image"}."""
+    return [
+        {"type": "image"} if part.type == "image_url" else {"type": "text", "text": _part_text(part, f"{param}.{i}")}
+        for i, part in enumerate(content)
+    ]
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -121,7 +147,7 @@ class ChatCompletionRequest(SamplingRequest):
                     f"Invalid value for 'messages.{i}.content': a {message.role} message needs content.",
                     param=f"messages.{i}.content",
                 )
-            _text_of(message.content, f"messages.{i}.content")
+            self._check_content(message, f"messages.{i}.content")
         if self.response_format is not None:
             self.response_format.check()
         self._check_tools()
@@ -132,6 +158,32 @@ class ChatCompletionRequest(SamplingRequest):
             )
         if self.functions or self.function_call is not None:
             raise NotSupportedError("functions are deprecated and not supported; use tools.", param="functions")
+
+    @staticmethod
+    def _check_content(message: ChatMessage, param: str) -> None:
+        if not isinstance(message.content, list):
+            return
+        for j, part in enumerate(message.content):
+            if part.type != "image_url":
+                _part_text(part, f"{param}.{j}")
+            elif message.role != "user":  # as OpenAI: images are user content
+                raise InvalidRequestError(
+                    f"Invalid content part in '{param}.{j}': image_url parts are only accepted in user messages.",
+                    param=f"{param}.{j}",
+                )
+            elif not part.image_source:
+                raise InvalidRequestError(
+                    f"Missing required parameter: '{param}.{j}.image_url.url'.", param=f"{param}.{j}.image_url"
+                )
+
+    def image_parts(self) -> list[tuple[str, str]]:
+        """(param, URL or base64) of every image part, in order: "messages.0.content.1.image_url"."""
+        return [
+            (f"messages.{i}.content.{j}.image_url", part.image_source or "")
+            for i, message in enumerate(self.messages)
+            for j, part in enumerate(message.content if isinstance(message.content, list) else ())
+            if part.type == "image_url"
+        ]
 
     def _check_tools(self) -> None:
         for i, message in enumerate(self.messages):
@@ -182,11 +234,21 @@ class ChatCompletionRequest(SamplingRequest):
         choice = self.tool_choice
         return choice.model_dump() if isinstance(choice, NamedToolChoice) else choice
 
-    def to_prompt(self, system: str | None = None) -> Prompt:
-        """The messages as template input; `system` (the model's configured one) is used when none is sent."""
+    def to_prompt(self, system: str | None = None, images: tuple[bytes, ...] = ()) -> Prompt:
+        """The messages as template input; `system` (the model's configured one) is used when none is sent.
+
+        A message with image parts keeps its parts (`{"type": "image"}` where each image goes, the
+        template's convention), and `images` (one per image part, in order) go with the prompt; every
+        other message's content is one string, as for a text-only request.
+        """
         messages: list[dict[str, Any]] = []
         for i, message in enumerate(self.messages):
-            content = _text_of(message.content, f"messages.{i}.content")
+            param = f"messages.{i}.content"
+            content: str | list[dict[str, str]] | None
+            if isinstance(message.content, list) and _has_images(message.content):
+                content = _parts_of(message.content, param)
+            else:
+                content = _text_of(message.content, param)
             out: dict[str, Any] = {
                 # "developer" is OpenAI's newer name for the system role; templates know "system".
                 "role": "system" if message.role == "developer" else message.role,
@@ -202,7 +264,7 @@ class ChatCompletionRequest(SamplingRequest):
             messages.append(out)
         if system and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": system})
-        return Prompt(messages=messages, tools=self.tool_dicts())
+        return Prompt(messages=messages, tools=self.tool_dicts(), images=images)
 
 
 def _template_call(call: ToolCall) -> dict[str, Any]:

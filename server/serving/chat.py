@@ -34,9 +34,9 @@ async def create_chat_completion(
     registry: Registry, request: ChatCompletionRequest
 ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
     """The response JSON, or (for `stream: true`) an iterator of chunk JSONs, started already."""
-    lease = await registry.acquire(request.model, task="chat")
+    lease = await registry.acquire(request.model, task="chat", keep_alive=request.keep_alive)
     try:
-        plan = await plan_chat(lease.entry, lease.generator, request)
+        plan = await plan_chat(lease.entry, lease.generator, request, registry.settings)
         request_id = new_id("chatcmpl")
         n = request.n or 1
         generations = await start_all(

@@ -11,7 +11,8 @@ from server.chat.templates import chat_profile
 from server.chat.tool_parsers import ToolParser
 from server.chat.tool_stream import ArgumentsDelta, CallStarted, Content, Event, ToolCallStream, parse_tool_calls
 from server.engine.base import Guidance, Prompt, SamplingParams, TextGenerator
-from server.errors import NotSupportedError
+from server.errors import InvalidRequestError, NotSupportedError
+from server.images import ImageRef, load_images
 from server.protocol.chat import (
     ChatCompletionMessage,
     ChatCompletionMessageToolCall,
@@ -22,6 +23,7 @@ from server.protocol.chat import (
     Function,
 )
 from server.protocol.common import ResponseFormat
+from server.settings import ServerSettings
 from server.store import ModelEntry
 
 
@@ -70,8 +72,14 @@ def deltas(events: Iterable[Event]) -> list[DeltaMessage]:
     return out
 
 
-async def plan_chat(entry: ModelEntry, generator: TextGenerator, request: ChatCompletionRequest) -> ChatPlan:
+async def plan_chat(
+    entry: ModelEntry, generator: TextGenerator, request: ChatCompletionRequest, settings: ServerSettings | None = None
+) -> ChatPlan:
+    """The prompt (its images loaded last, after every cheaper check), grammar and tool-call reading."""
     config = entry.config
+    settings = settings or ServerSettings()
+    image_parts = request.image_parts()
+    check_images_accepted(entry, request.model, image_parts, settings.max_images)
     profile = await asyncio.to_thread(chat_profile, entry.folder, entry.manifest)
     parser = profile.tool_parser
     prompt = request.to_prompt(system=config.system)
@@ -91,13 +99,37 @@ async def plan_chat(entry: ModelEntry, generator: TextGenerator, request: ChatCo
         guidance=guidance,
         keep_special=parser.special_texts() if tools else (),
     )
+    images = await load_images([ImageRef(url, param) for param, url in image_parts], settings) if image_parts else ()
     return ChatPlan(
-        prompt=Prompt(messages=messages, tools=template_tools),
+        prompt=Prompt(messages=messages, tools=template_tools, images=images),
         params=params,
         parser=parser if tools else None,
         tool_names=tuple(tool["function"]["name"] for tool in tools or ()),
         max_calls=None if request.parallel_tool_calls is not False else 1,
     )
+
+
+def accepts_images(entry: ModelEntry) -> bool:
+    """A model reads images when its manifest lists the "image" modality."""
+    return "image" in (entry.manifest.get("modalities") or ())
+
+
+def check_images_accepted(entry: ModelEntry, model: str, image_parts: list[tuple[str, str]], max_images: int) -> None:
+    """Refuse images a model cannot read, or too many, before anything is fetched (param: the part)."""
+    if not image_parts:
+        return
+    part = image_parts[0][0].removesuffix(".image_url")
+    if not accepts_images(entry):
+        raise InvalidRequestError(
+            f"Invalid content part in '{part}': the model '{model}' does not accept images (a text-only model).",
+            param=part,
+        )
+    if len(image_parts) > max_images:
+        extra = image_parts[max_images][0].removesuffix(".image_url")
+        raise InvalidRequestError(
+            f"Too many images: the request has {len(image_parts)}, at most {max_images} are accepted (max_images).",
+            param=extra,
+        )
 
 
 def completion_guidance(generator: TextGenerator, response_format: ResponseFormat | None) -> Guidance | None:

@@ -134,12 +134,11 @@ def test_tools_reach_the_template_unless_tool_choice_is_none():
     assert chat(tools=tools, tool_choice="none").to_prompt().tools is None
 
 
-def test_images_are_refused_with_the_part_path():
+def test_image_parts_are_kept_for_the_template():
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
-    with pytest.raises(InvalidRequestError) as info:
-        chat(messages=[*USER, {"role": "user", "content": [{"type": "text", "text": "see"}, image]}])
-    assert info.value.param == "messages.1.content.1"
-    assert "images" in info.value.message
+    request = chat(messages=[*USER, {"role": "user", "content": [{"type": "text", "text": "see"}, image]}])
+    assert request.image_parts() == [("messages.1.content.1.image_url", "data:image/png;base64,AAAA")]
+    assert request.to_prompt().messages[1]["content"] == [{"type": "text", "text": "see"}, {"type": "image"}]
 
 
 def test_unsupported_options_are_refused_not_ignored():
