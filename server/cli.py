@@ -1,4 +1,4 @@
-"""The `ortserve` command: convert, serve, list, show, cp, rm.
+"""The `ortserve` command: convert, create, serve, ps, list, show, cp, rm.
 
 Each command imports what it needs inside its handler, so `ortserve list` never
 pays for torch and `ortserve serve` never loads transformers.
@@ -76,6 +76,98 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_create(args: argparse.Namespace) -> int:
+    """A new name from a Modelfile (Ollama's syntax, see server/modelfile.py): FROM a stored model shares its
+    weights with new settings; FROM a folder or hub id converts it under the new name."""
+    from server.modelfile import ModelfileError, parse_modelfile
+    from server.settings import ModelConfig
+    from server.store import check_name
+
+    path: Path = args.file
+    try:
+        modelfile = parse_modelfile(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ModelfileError as exc:
+        raise StoreError(f"{path} cannot be used:\n  " + str(exc).replace("\n", "\n  ")) from None
+    for warning in modelfile.warnings:
+        print(f"warning: {path}: {warning}", file=sys.stderr)
+    store, name, source = _store(args), check_name(args.name), modelfile.source
+    try:
+        base = store.get(source)
+    except StoreError:
+        base = None
+    if base is not None:
+        weights = base.config.weights or base.name
+        try:  # as Ollama, create replaces a name's settings; but it never orphans weights converted under it
+            existing = store.get(name)
+        except StoreError:
+            existing = None
+        if existing is not None and existing.name == name and not existing.config.weights and weights != name:
+            raise StoreError(f"model '{name}' has weights of its own; remove it first (ortserve rm {name})")
+        store.write_config(name, modelfile.to_config(base.config, None if weights == name else weights))
+        done = "updated the settings of" if name == base.name else "created"
+        print(f"{done} '{name}' from '{base.name}' (shares the weights in {base.folder})")
+        return 0
+    folder = (path.parent / source).expanduser()
+    if folder.is_dir():
+        source = str(folder.resolve())
+    elif source.count("/") != 1 or Path(source).is_absolute() or source.startswith("."):
+        raise StoreError(f"{path} line {modelfile.source_line}: FROM {modelfile.source}: not a model in the "
+                         "store, a local folder or a hub id (owner/name)")
+    from conversion.cli import convert
+
+    convert(source, store, name=name, precision=args.precision, device=args.device,
+            config=modelfile.to_config(ModelConfig(), None))
+    print(f"created '{name}' from {source}")
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    """The models a running server has loaded (GET /api/ps), as `ollama ps` shows them."""
+    import os
+    import urllib.error
+    import urllib.request
+
+    from server.modelfile import format_duration
+
+    key = args.api_key or os.environ.get("ORTSERVE_API_KEY")
+    url = args.url.rstrip("/") + "/api/ps"
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as response:
+            models = json.load(response)["models"]
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.load(exc)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        raise StoreError(f"{url}: {exc.code} {message}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise StoreError(f"no server answers at {args.url}: {getattr(exc, 'reason', exc)}") from None
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return 0
+    rows = [("NAME", "TASK", "SIZE", "DEVICE", "UNTIL")]
+    for m in models:
+        left = m.get("expires_in")
+        until = "forever" if left is None else f"{format_duration(left)} from now"
+        if m.get("requests"):
+            until = f"in use; then {format_duration(left) if left is not None else 'forever'}"
+        rows.append((m["name"], m.get("task", "?"), _human(m.get("size", 0)), m.get("device", "cpu"), until))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Packages, runtimes, devices (and what `auto` picks), and a running server's models' devices."""
+    from server.doctor import main
+
+    return main(None if args.no_server else args.url, as_json=args.json)
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from conversion.cli import run
 
@@ -93,6 +185,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.no_bootstrap:
         overrides["bootstrap"] = False
     settings = ServerSettings.load(**overrides)
+    if settings.device != "auto" and not _device_usable(settings.device):
+        return 2
     store = ModelStore(settings.models_dir, settings.configs_dir)
     store.clean_staging()
     if settings.bootstrap and not store.entries():
@@ -101,6 +195,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         bootstrap(store)
     asyncio.run(serve(settings, store))
     return 0
+
+
+def _device_usable(device: str) -> bool:
+    """A device named for the whole server: refuse to start when it runs nothing here, warn when it runs only
+    one kind of model (CoreML: embeddings only). The per-model check at load says the same per request."""
+    from server.engine.devices import detect, unavailable
+
+    env = detect()
+    problems = {runtime: unavailable(device, env, runtime) for runtime in ("generation", "embeddings")}
+    if all(problems.values()):
+        print(f"error: device '{device}' cannot run models here: {problems['generation']}", file=sys.stderr)
+        return False
+    for runtime, why in problems.items():
+        if why:
+            print(f"warning: device '{device}' cannot run {runtime} here ({why}); such models answer 501",
+                  file=sys.stderr)
+    return True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +236,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set ORTSERVE_API_KEY)")
     p.add_argument("--no-bootstrap", action="store_true", help="do not set up the default models on an empty store")
 
+    p = command("create", cmd_create, "create a model from a Modelfile (Ollama's syntax: FROM, PARAMETER, SYSTEM)")
+    p.add_argument("name")
+    p.add_argument("-f", "--file", type=Path, default=Path("Modelfile"), help="the Modelfile (default: ./Modelfile)")
+    p.add_argument("--precision", choices=("int4", "int8", "fp16", "fp32"),
+                   help="when FROM is a folder or hub id to convert (default: as `convert`)")
+    p.add_argument("--device", choices=("cpu", "cuda", "dml", "coreml"), default="cpu",
+                   help="when FROM is converted: the device it is built for")
+
+    p = command("ps", cmd_ps, "list the models a running server has loaded")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default http://127.0.0.1:8000)")
+    p.add_argument("--api-key", help="its API key (default: $ORTSERVE_API_KEY)")
+    p.add_argument("--json", action="store_true")
+
+    p = command("info", cmd_info, "show the installed runtimes, the devices they offer and what auto picks")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="a running server to ask for its models' devices")
+    p.add_argument("--no-server", action="store_true", help="do not ask a server")
+    p.add_argument("--json", action="store_true")
+
     p = command("list", cmd_list, "list the models in the store")
     p.add_argument("--json", action="store_true")
     p = command("show", cmd_show, "show a model's manifest and settings")
@@ -138,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
     from conversion.common import ConversionError
 
     args = build_parser().parse_args(argv)
@@ -146,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConversionError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except ValidationError as exc:  # settings from configs/server.toml, ORTSERVE_* or flags
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"error: invalid settings: {problems}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
