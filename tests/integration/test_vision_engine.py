@@ -14,11 +14,11 @@ import pytest
 from server.engine import load_generator
 from server.engine.base import Finished, GenerationRequest, Prompt, SamplingParams, Started, TextDelta
 from server.errors import InvalidRequestError, NotSupportedError
+from tests.vision_reference import hf_greedy, load_reference
 
 pytestmark = pytest.mark.slow
 
 HANG = 60  # seconds: only to turn a hang into a failure
-EOS = "<|im_end|>"
 
 
 def png(pattern: str, size: tuple[int, int] = (112, 84)) -> bytes:
@@ -58,36 +58,7 @@ async def vision_generator(vision_store_home):
 
 @pytest.fixture(scope="session")
 def reference(vlm_checkpoint):
-    import torch
-    import transformers
-
-    return (
-        transformers.AutoTokenizer.from_pretrained(vlm_checkpoint),
-        transformers.AutoImageProcessor.from_pretrained(vlm_checkpoint),
-        transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(vlm_checkpoint, dtype=torch.float32).eval(),
-    )
-
-
-def hf_greedy(reference, messages, images: list[bytes], max_new_tokens: int) -> tuple[list[int], int]:
-    """transformers' greedy tokens (end token cut) and its prompt length, images expanded as its processor does."""
-    import torch
-    from PIL import Image
-
-    tokenizer, image_processor, model = reference
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    kwargs = {}
-    if images:
-        pixels = image_processor(images=[Image.open(io.BytesIO(b)).convert("RGB") for b in images], return_tensors="pt")
-        counts = [int(g.prod()) // 4 for g in pixels["image_grid_thw"]]
-        parts = text.split("<|image_pad|>")
-        text = parts[0] + "".join("<|image_pad|>" * n + rest for n, rest in zip(counts, parts[1:]))
-        kwargs = {"pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"]}
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id, **kwargs)[0, ids.shape[1]:].tolist()
-    eos = tokenizer.convert_tokens_to_ids(EOS)
-    return (out[: out.index(eos)] if eos in out else out), ids.shape[1]
+    return load_reference(vlm_checkpoint)
 
 
 async def run(gen, req) -> tuple[Started, list[TextDelta], Finished]:
