@@ -127,9 +127,14 @@ def _validate_paged(src: Path, out: Path, config: dict, *, precision: str, devic
     import onnxruntime_genai as og
 
     from conversion.validate_chat import validate_chat
+    from server.engine import devices
 
     if not og.is_cuda_available():  # validate_chat says it skipped, and why
         return validate_chat(src, out, precision=precision, device=device, progress=progress)
+    if not devices.nvidia_gpu_visible():  # the CUDA wheel says how og was built, not that a GPU is here
+        progress.info(f"    warning: no NVIDIA GPU is visible here, so the {device} build was not run; "
+                      f"validate it on that machine")  # fmt: skip
+        return {"skipped": "no NVIDIA GPU visible on the converting machine"}
     twin = out / ".unpaged-for-validation"
     try:
         run_builder(src, twin, precision, device, progress, paged=False)

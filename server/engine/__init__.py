@@ -23,13 +23,20 @@ async def load_generator(
 ) -> "TextGenerator":
     """Start a runner process for `entry` and return once its model is loaded (the event loop keeps running).
 
-    num_ctx: context served (capped at the model's); device: "cpu" or "auto" for now;
+    num_ctx: context served (capped at the model's); device: "auto" or one of server.engine.devices.DEVICES;
     threads: intra-op threads (default: physical cores, or $ORTSERVE_THREADS);
     parallel: requests generating at once (default 4, or $ORTSERVE_NUM_PARALLEL);
     prefill_chunk: prompt tokens per scheduler step (default 128, or $ORTSERVE_PREFILL_CHUNK).
-    Raises BackendError if the model cannot be loaded, NotSupportedError for an unknown device.
+    Raises BackendError if the model cannot be loaded, NotSupportedError for a device not available here.
     """
+    import asyncio
+
+    from server.engine import devices
     from server.engine.genai import GenaiGenerator
+
+    # the machine's facts (package metadata, maybe `nvidia-smi`) are probed once, off the event loop;
+    # choosing the device in GenaiGenerator then reads them from the cache
+    await asyncio.to_thread(devices.detect)
 
     generator = GenaiGenerator(
         entry, num_ctx=num_ctx, device=device, threads=threads, parallel=parallel, prefill_chunk=prefill_chunk

@@ -194,6 +194,10 @@ def resolve_device(device: str, runtime: Runtime = "generation", env: Environmen
                    built_for: str | None = None) -> str:
     """`device` checked against this machine; "auto" becomes the best available one (the CPU, with a warning
     when an accelerator was meant to be there). NotSupportedError (501) names what is missing."""
+    if device == "cpu" or (device == "auto" and runtime == "generation" and built_for == "cpu"):
+        # The CPU always runs, and a CPU build stays there under auto: no probing (package metadata, nvidia-smi)
+        # on the caller's thread, which for a chat model is the event loop
+        return "cpu"
     env = env or detect()
     chosen = choose(device, env, runtime, built_for)
     if device == "auto" and chosen.device == "cpu":
@@ -278,6 +282,10 @@ def installed_packages() -> dict[str, str]:
     return found
 
 
+# where nvidia-smi lives when it is not on PATH: WSL2 (which has no /proc/driver/nvidia), older Windows drivers
+_SMI_OFF_PATH = ("/usr/lib/wsl/lib/nvidia-smi", r"C:\Program Files\NVIDIA Corporation\NVSMI\nvidia-smi.exe")
+
+
 @functools.cache
 def nvidia_gpu_visible() -> bool:
     """An NVIDIA GPU this process may use, judged without CUDA: the driver's device list, then nvidia-smi."""
@@ -286,7 +294,7 @@ def nvidia_gpu_visible() -> bool:
     gpus = Path("/proc/driver/nvidia/gpus")
     if sys.platform.startswith("linux") and gpus.is_dir():
         return any(gpus.iterdir())
-    smi = shutil.which("nvidia-smi")
+    smi = shutil.which("nvidia-smi") or next((p for p in _SMI_OFF_PATH if os.path.isfile(p)), None)
     if smi is None:
         return False
     try:

@@ -210,6 +210,36 @@ def test_auto_runs_a_chat_model_where_it_was_built_for():
     assert devices.choose("auto", env(), "generation", built_for=None).device == "cpu"
 
 
+def test_a_model_that_runs_on_the_cpu_is_resolved_without_probing_the_machine(monkeypatch):
+    """resolve_device runs on the event loop when a chat model loads; detect() may start nvidia-smi (Windows, WSL).
+    A CPU build under auto, or --device cpu, runs on the CPU whatever the machine: nothing to probe, as before."""
+    def probe(**_):
+        raise AssertionError("detect() ran")
+
+    monkeypatch.setattr(devices, "detect", probe)
+    assert devices.resolve_device("cpu") == "cpu"
+    assert devices.resolve_device("auto", built_for="cpu") == "cpu"
+    assert devices.resolve_device("cpu", "embeddings") == "cpu"
+    with pytest.raises(AssertionError):  # anything else still looks at the machine
+        devices.resolve_device("auto", built_for="cuda")
+
+
+def test_nvidia_smi_off_the_path_is_found(monkeypatch):
+    """WSL2 has no /proc/driver/nvidia and keeps nvidia-smi in /usr/lib/wsl/lib, often not on PATH; older Windows
+    drivers keep it in Program Files\\NVIDIA Corporation\\NVSMI. Either way the GPU is there."""
+    import subprocess
+
+    ran = []
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(devices.shutil, "which", lambda name: None)
+    monkeypatch.setattr(devices.Path, "is_dir", lambda self: False)  # no /proc/driver/nvidia/gpus
+    monkeypatch.setattr(devices.os.path, "isfile", lambda path: path == "/usr/lib/wsl/lib/nvidia-smi")
+    monkeypatch.setattr(devices.subprocess, "run", lambda cmd, **_: ran.append(cmd) or subprocess.CompletedProcess(
+        cmd, 0, "GPU 0: NVIDIA GeForce RTX 4090 (UUID: GPU-1)\n", ""))
+    assert devices.nvidia_gpu_visible.__wrapped__() is True
+    assert ran == [["/usr/lib/wsl/lib/nvidia-smi", "-L"]]
+
+
 def test_a_cuda_build_has_no_cpu_fallback():
     with pytest.raises(NotSupportedError) as info:
         devices.choose("auto", env(packages=CUDA), "generation", built_for="cuda")
@@ -247,3 +277,23 @@ def test_serve_warns_when_a_device_runs_only_embeddings(monkeypatch, capsys):
     assert _device_usable("coreml")
     err = capsys.readouterr().err
     assert "cannot run generation" in err and "cannot run embeddings" not in err
+
+
+# ---- convert --device cuda: validating a paged build -----------------------------------------------
+def test_a_paged_build_is_not_validated_without_a_gpu_even_with_the_cuda_wheel(monkeypatch, tmp_path):
+    """og.is_cuda_available() says how onnxruntime-genai was compiled, not that a GPU is here: with the CUDA wheel on
+    a machine without a GPU, validation is skipped (saying so) instead of building a twin that cannot load."""
+    import io
+
+    import onnxruntime_genai as og
+
+    from conversion import chat
+    from conversion.common import Progress
+
+    built = []
+    monkeypatch.setattr(og, "is_cuda_available", lambda: True)
+    monkeypatch.setattr(devices, "nvidia_gpu_visible", lambda: False)
+    monkeypatch.setattr(chat, "run_builder", lambda *args, **kwargs: built.append(args))
+    out = io.StringIO()
+    figures = chat._validate_paged(tmp_path, tmp_path, {}, precision="int4", device="cuda", progress=Progress(out))
+    assert built == [] and "GPU" in figures["skipped"] and "not run" in out.getvalue()
