@@ -88,6 +88,8 @@ def cmd_create(args: argparse.Namespace) -> int:
         modelfile = parse_modelfile(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise StoreError(f"{path} cannot be used: it is not UTF-8 text") from None
     except ModelfileError as exc:
         raise StoreError(f"{path} cannot be used:\n  " + str(exc).replace("\n", "\n  ")) from None
     for warning in modelfile.warnings:
@@ -105,7 +107,10 @@ def cmd_create(args: argparse.Namespace) -> int:
             existing = None
         if existing is not None and existing.name == name and not existing.config.weights and weights != name:
             raise StoreError(f"model '{name}' has weights of its own; remove it first (ortserve rm {name})")
-        store.write_config(name, modelfile.to_config(base.config, None if weights == name else weights))
+        config = modelfile.to_config(base.config, None if weights == name else weights)
+        if name == base.name:  # new settings for the same name: its aliases stay its own
+            config = config.model_copy(update={"aliases": base.config.aliases})
+        store.write_config(name, config)
         done = "updated the settings of" if name == base.name else "created"
         print(f"{done} '{name}' from '{base.name}' (shares the weights in {base.folder})")
         return 0
@@ -131,11 +136,17 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
     from server.modelfile import format_duration
 
+    from urllib.parse import urlsplit
+
     key = args.api_key or os.environ.get("ORTSERVE_API_KEY")
     url = args.url.rstrip("/") + "/api/ps"
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    host = urlsplit(url).hostname or ""
+    local = host == "localhost" or host == "::1" or host.startswith("127.")
+    # a server on this machine is never reached through $HTTP_PROXY (as Go's clients, ollama's, do)
+    opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as response:
+        with opener.open(urllib.request.Request(url, headers=headers), timeout=30) as response:
             models = json.load(response)["models"]
     except urllib.error.HTTPError as exc:
         try:
@@ -145,6 +156,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
         raise StoreError(f"{url}: {exc.code} {message}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise StoreError(f"no server answers at {args.url}: {getattr(exc, 'reason', exc)}") from None
+    except (ValueError, KeyError, TypeError):
+        raise StoreError(f"{url} did not answer as ortserve does (a JSON object with 'models')") from None
     if args.json:
         print(json.dumps(models, indent=2))
         return 0
@@ -185,6 +198,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.no_bootstrap:
         overrides["bootstrap"] = False
     settings = ServerSettings.load(**overrides)
+    _configure_logging()
     if settings.device != "auto" and not _device_usable(settings.device):
         return 2
     store = ModelStore(settings.models_dir, settings.configs_dir)
@@ -195,6 +209,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         bootstrap(store)
     asyncio.run(serve(settings, store))
     return 0
+
+
+def _configure_logging() -> None:
+    """Our loggers (model loads, unloads, warnings) to stderr at $ORTSERVE_LOG_LEVEL (default INFO)."""
+    import logging
+    import os
+
+    level = os.environ.get("ORTSERVE_LOG_LEVEL", "INFO").upper()
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    for name in ("server", "conversion"):  # not the root: Hypercorn has its own handlers
+        logger = logging.getLogger(name)
+        logger.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
+        logger.addHandler(handler)
 
 
 def _device_usable(device: str) -> bool:

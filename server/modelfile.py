@@ -9,7 +9,7 @@ case-insensitive, as in Ollama):
 
   FROM <model in the store | local folder | hub id>      exactly once
   PARAMETER <name> <value>                               see PARAMETERS; `stop` may repeat
-  SYSTEM <text> | SYSTEM "<text>" | SYSTEM \"\"\"<lines>\"\"\"   the last one wins
+  SYSTEM <text> | SYSTEM "<text>" | SYSTEM \"\"\"<text>\"\"\"  the last one wins; a quoted value may span lines
   # a comment
 
 Errors (nothing is created): a missing or repeated FROM, an unknown instruction
@@ -95,38 +95,48 @@ class Modelfile:
         return ModelConfig(**{**base.model_dump(), **update})
 
 
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1]
-    return value
+def _quoted(lines: list[str], i: int, number: int, value: str) -> tuple[str, int]:
+    """A value that opens a quote, read on (from `lines[i]`) until it closes, as Ollama reads it: \"\"\"...\"\"\"
+    (stripped) or "..." (as is; it closes on the first line that ends with a quote); the value and the next i."""
+    if value.startswith('"""'):
+        body = [value[3:]]
+        while '"""' not in body[-1]:
+            if i >= len(lines):
+                raise ModelfileError(f"line {number}: the \"\"\" opened here is never closed")
+            body.append(lines[i])
+            i += 1
+        closed, _, after = body[-1].partition('"""')
+        if after.strip():
+            raise ModelfileError(f"line {number}: unexpected text after the closing \"\"\": {after.strip()!r}")
+        body[-1] = closed
+        return "\n".join(body).strip(), i
+    body = [value]
+    while len("\n".join(body).strip()) < 2 or not body[-1].rstrip().endswith('"'):
+        if i >= len(lines):
+            raise ModelfileError(f"line {number}: the \" opened here is never closed")
+        body.append(lines[i])
+        i += 1
+    return "\n".join(body).strip()[1:-1], i
 
 
-def _logical_lines(text: str) -> list[tuple[int, str, str, bool]]:
-    """(line number, INSTRUCTION, argument, triple-quoted) per instruction; a \"\"\" argument may span lines."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    out: list[tuple[int, str, str, bool]] = []
+def _logical_lines(text: str) -> list[tuple[int, str, str, str]]:
+    """(line number, INSTRUCTION, parameter name or "", value unquoted) per instruction; a quoted value (the
+    argument, or PARAMETER's after its name) may span lines."""
+    lines = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")  # a BOM: Notepad
+    out: list[tuple[int, str, str, str]] = []
     i = 0
     while i < len(lines):
         number, line = i + 1, lines[i].strip()
         i += 1
         if not line or line.startswith("#"):
             continue
-        instruction, argument = re.match(r"(\S+)\s*(.*)", line).groups()  # type: ignore[union-attr]
-        triple = '"""' in argument
-        if triple:
-            head, _, tail = argument.partition('"""')
-            body = [tail]
-            while '"""' not in body[-1]:
-                if i >= len(lines):
-                    raise ModelfileError(f"line {number}: the \"\"\" opened here is never closed")
-                body.append(lines[i])
-                i += 1
-            closed, _, after = body[-1].partition('"""')
-            if after.strip():
-                raise ModelfileError(f"line {number}: unexpected text after the closing \"\"\": {after.strip()!r}")
-            body[-1] = closed
-            argument = head + "\n".join(body).strip()
-        out.append((number, instruction.upper(), argument, triple))
+        instruction, value = re.match(r"(\S+)\s*(.*)", line).groups()  # type: ignore[union-attr]
+        name = ""
+        if instruction.upper() == "PARAMETER":
+            name, value = (value.split(None, 1) + ["", ""])[:2]
+        if value.startswith('"'):
+            value, i = _quoted(lines, i, number, value)
+        out.append((number, instruction.upper(), name.lower(), value))
     return out
 
 
@@ -138,7 +148,7 @@ def parse_modelfile(text: str) -> Modelfile:
     values: dict[str, Any] = {}
     stops: list[str] = []
     system: str | None = None
-    for number, instruction, argument, triple in _logical_lines(text):
+    for number, instruction, name, argument in _logical_lines(text):
         where = f"line {number}"
         if instruction not in INSTRUCTIONS:
             errors.append(f"{where}: unknown instruction {instruction!r}")
@@ -149,12 +159,11 @@ def parse_modelfile(text: str) -> Modelfile:
         elif instruction == "FROM":
             if not argument:
                 errors.append(f"{where}: FROM needs a model name, a folder or a hub id")
-            sources.append((number, _unquote(argument)))
+            sources.append((number, argument))
         elif instruction == "SYSTEM":
-            system = argument if triple else _unquote(argument)
+            system = argument
         else:  # PARAMETER
-            name, raw = (argument.split(None, 1) + ["", ""])[:2]
-            name, raw = name.lower(), raw.strip() if triple else _unquote(raw.strip())
+            raw = argument
             if not name or not raw:
                 errors.append(f"{where}: PARAMETER needs a name and a value")
             elif name in UNSUPPORTED_PARAMETERS:

@@ -7,8 +7,11 @@ model). Each task has its loader (`LOADERS`: chat models load a `TextGenerator`,
 embedding models an `Embedder`), and this registry owns every loaded model. A
 loaded model is used through a `Lease`, so one whose weights or serving settings
 changed in the store (or that was removed from it) is replaced, and closed once
-the requests still using it are done. The `Registry` lives on the app, never in
-a module global.
+the requests still using it are done (each time a model goes idle the store is
+checked, on a thread, so a model removed while serving is unloaded even if no
+request names it again). A model is never loaded twice at once: a reload waits
+until its previous instance has closed. The `Registry` lives on the app, never
+in a module global; after `close()` (shutdown) requests get a 503.
 
 Keep-alive (as Ollama): once its last request is done, a model stays loaded for
 its keep-alive time (the request's `keep_alive`, else the model's settings, else
@@ -27,13 +30,13 @@ import importlib
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable, cast
 
 from server.engine.base import TextGenerator
 from server.engine.embedder import Embedder
-from server.errors import APIError, BackendError, InvalidRequestError, ModelNotFoundError
+from server.errors import APIError, BackendError, InvalidRequestError, ModelNotFoundError, OverloadedError
 from server.modelfile import FOREVER, parse_duration
 from server.protocol.models import ModelCard
 from server.settings import ServerSettings
@@ -123,7 +126,9 @@ class Registry:
         self.store = store
         self._loaders = {**({"chat": loader} if loader else {}), **(loaders or {})}
         self._slots: dict[str, _Slot] = {}
-        self._closing: set[asyncio.Task] = set()
+        self._closing: dict[asyncio.Task, str] = {}  # a model being closed -> its name
+        self._checks: set[asyncio.Task] = set()  # is an idle model still in the store?
+        self._closed = False
         self._keep_alive = parse_duration(settings.keep_alive)  # a bad server setting fails at start
         self._wake = asyncio.Event()
         self._reaper: asyncio.Task | None = None
@@ -176,7 +181,8 @@ class Registry:
 
     def keep_alive(self, entry: ModelEntry, requested: str | float | None = None) -> float:
         """Seconds `entry` stays loaded after its last request: the request's, else its settings', else the
-        server's. A bad value in a request is a 400 naming `keep_alive`; in the settings, a logged warning."""
+        server's. A bad value in a request is a 400 naming `keep_alive`; a model's file with one is refused
+        when read (the store lists it as a problem), so the fallback below is only a safeguard."""
         if requested is not None:
             try:
                 return parse_duration(requested)
@@ -190,7 +196,7 @@ class Registry:
         return self._keep_alive
 
     async def _load(self, entry: ModelEntry, after: list[asyncio.Task]) -> Engine:
-        if after:  # models unloaded to make room: let them free their memory first
+        if after:  # models unloaded to make room, or this one's previous instance: let them free their memory
             await asyncio.wait(after)
         loader = self._loaders.get(entry.task) or _default_loader(entry.task)
         log.info("loading model '%s' from %s", entry.name, entry.folder)
@@ -222,14 +228,16 @@ class Registry:
             )
         keep = self.keep_alive(entry, keep_alive)
         key = self._key(entry)
-        slot = self._slots.get(entry.name)
-        if slot is not None and slot.key != key:
-            self._drop(entry.name, slot)
-            slot = None
+        slot = self._current(entry.name, key)
         if slot is None:
-            size = weights_size(entry.folder)
-            freed = self._make_room(size, entry.name)
-            slot = _Slot(key, asyncio.ensure_future(self._load(entry, freed)), entry=entry, size=size)
+            size = await asyncio.to_thread(weights_size, entry.folder)  # a walk over files: off the event loop
+            slot = self._current(entry.name, key)  # a concurrent first request may have started the load
+        if self._closed:
+            raise OverloadedError("The server is shutting down.")
+        if slot is None:
+            # wait for models unloaded to make room, and for this model's previous instance if still closing
+            after = self._make_room(size, entry.name) + [t for t, n in self._closing.items() if n == entry.name]
+            slot = _Slot(key, asyncio.ensure_future(self._load(entry, after)), entry=entry, size=size)
             self._slots[entry.name] = slot
             self._forget_failed(entry.name, slot)
         slot.entry, slot.keep_alive, slot.expires = entry, keep, None
@@ -238,10 +246,23 @@ class Registry:
         try:
             # shield: a request that goes away does not cancel a load others are waiting on
             engine = await asyncio.shield(slot.task)
-        except BaseException:
+        except BaseException as exc:
             self._release(slot)
+            current = asyncio.current_task()
+            cancelled_here = current is not None and current.cancelling() > 0
+            if isinstance(exc, asyncio.CancelledError) and slot.task.cancelled() and not cancelled_here:
+                # the load was cancelled (the server is stopping), not this request: an error JSON, not a hang-up
+                raise OverloadedError(f"The model '{model}' was unloaded while it was loading; try again.") from None
             raise
         return Lease(entry, engine, slot, self)
+
+    def _current(self, name: str, key: tuple) -> _Slot | None:
+        """The slot loading or holding `name` as `key` says; a slot of older weights or settings is dropped."""
+        slot = self._slots.get(name)
+        if slot is not None and slot.key != key:
+            self._drop(name, slot)
+            slot = None
+        return slot
 
     # ---- limits and keep-alive -------------------------------------------
     def _over(self, extra_models: int, extra_bytes: int) -> bool:
@@ -273,7 +294,7 @@ class Registry:
     def _release(self, slot: _Slot) -> None:
         slot.users -= 1
         slot.last_used = time.monotonic()
-        if slot.users > 0:
+        if slot.users > 0 or self._closed:  # closed: `close()` has closed every model already
             return
         if slot.retired:
             self._close_later(slot)
@@ -286,7 +307,28 @@ class Registry:
         slot.expires = slot.last_used + slot.keep_alive
         if self._over(0, 0):
             self._make_room()  # models loaded over the limits while all were busy
+        if name is not None:
+            self._check_later(name, slot)
         self._wake.set()
+
+    def _check_later(self, name: str, slot: _Slot) -> None:
+        """Unload `slot`, now idle, if its model left the store (or changed) while requests used it: a model
+        removed while serving is unloaded after its requests even if none names it again."""
+        check = asyncio.ensure_future(self._check_stored(name, slot))
+        self._checks.add(check)
+        check.add_done_callback(self._checks.discard)
+
+    async def _check_stored(self, name: str, slot: _Slot) -> None:
+        try:
+            entry: ModelEntry | None = await asyncio.to_thread(self.store.get, name)
+        except StoreError:
+            entry = None
+        except Exception:  # an unreadable store: the next request says so
+            log.exception("checking model '%s' in the store failed", name)
+            return
+        if self._slots.get(name) is slot and (entry is None or self._key(entry) != slot.key):
+            log.info("unloading model '%s' (%s)", name, "removed from the store" if entry is None else "changed")
+            self._drop(name, slot)
 
     def _drop(self, name: str, slot: _Slot) -> asyncio.Task | None:
         """Forget `slot` (a later request loads the model anew) and close it once it is not in use."""
@@ -299,8 +341,8 @@ class Registry:
 
     def _close_later(self, slot: _Slot) -> asyncio.Task:
         closing = asyncio.ensure_future(self._close_slot(slot))
-        self._closing.add(closing)
-        closing.add_done_callback(self._closing.discard)
+        self._closing[closing] = slot.entry.name if slot.entry else ""
+        closing.add_done_callback(lambda task: self._closing.pop(task, None))
         return closing
 
     @staticmethod
@@ -350,16 +392,19 @@ class Registry:
 
     def running(self) -> list[dict[str, Any]]:
         """The loaded models, as Ollama's GET /api/ps lists them, plus `device`, `task`, `expires_in`."""
-        now, wall = time.monotonic(), time.time()
+        now = time.monotonic()
         models = []
         for name, slot in self._slots.items():
             if not slot.ready or slot.entry is None:
                 continue
             engine, manifest = slot.task.result(), slot.entry.manifest
             device = getattr(engine, "device", None) or "cpu"
-            left = slot.keep_alive if slot.expires is None else slot.expires - now
+            left = max(0.0, slot.keep_alive if slot.expires is None else slot.expires - now)
+            try:  # a keep_alive of many centuries is forever, as far as a date can say
+                expires_at = None if left == FOREVER else datetime.now(timezone.utc) + timedelta(seconds=left)
+            except OverflowError:
+                left, expires_at = FOREVER, None
             forever = left == FOREVER
-            expires_at = None if forever else datetime.fromtimestamp(wall + max(0.0, left), timezone.utc)
             models.append({
                 "name": name,
                 "model": name,
@@ -372,7 +417,7 @@ class Registry:
                     "quantization_level": manifest.get("precision"),
                 },
                 "expires_at": expires_at.isoformat(timespec="seconds") if expires_at else None,
-                "expires_in": None if forever else round(max(0.0, left), 1),
+                "expires_in": None if forever else round(left, 1),
                 "device": device,
                 "task": slot.entry.task,
                 "context_length": getattr(engine, "context_length", None),
@@ -381,10 +426,14 @@ class Registry:
         return models
 
     async def close(self) -> None:
-        """Stop the reaper and close every loaded model (at shutdown)."""
-        if self._reaper is not None:
-            self._reaper.cancel()
-            await asyncio.wait([self._reaper])
-            self._reaper = None
+        """Stop the reaper and close every loaded model (at shutdown); later requests get a 503."""
+        self._closed = True
+        for task in [self._reaper, *self._checks]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*[t for t in (self._reaper, *self._checks) if t is not None], return_exceptions=True)
+        self._reaper = None
         slots, self._slots = list(self._slots.values()), {}
+        for slot in slots:
+            slot.retired = True
         await asyncio.gather(*(self._close_slot(s) for s in slots), *self._closing)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import tomllib
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 from urllib.parse import quote, unquote
 
 import tomli_w
@@ -42,6 +41,33 @@ def check_name(name: str) -> str:
     return name
 
 
+def _lock(path: Path) -> IO[bytes] | None:
+    """An exclusive lock on the file `path` (made if need be), held until closed; None while another holds it.
+    The OS releases it when its process dies, so a lock that can be taken marks what a dead process left."""
+    handle = open(path, "a+b")
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # open elsewhere for a moment (Windows): the next `clean_staging` takes it
+        pass
+
+
 def _file_stem(name: str) -> str:
     # ':' and '/' are common in model names (llama3.2:1b) but not portable in file names.
     return quote(name, safe="-_.+@")
@@ -60,8 +86,12 @@ class ModelEntry:
 
     @property
     def created(self) -> int:
-        """Last modification time of the name (config or weights), as OpenAI's `created`."""
-        return int(max(self.folder.stat().st_mtime, self.manifest.get("_config_mtime", 0)))
+        """Last modification time of the name (config or weights), as OpenAI's `created`; read with the entry
+        (no file access here: a folder removed since then, or a slow disk, cannot fail or stall a listing)."""
+        folder_mtime = self.manifest.get("_folder_mtime")
+        if folder_mtime is None:
+            folder_mtime = self.folder.stat().st_mtime
+        return int(max(folder_mtime, self.manifest.get("_config_mtime", 0)))
 
 
 class ModelStore:
@@ -88,7 +118,16 @@ class ModelStore:
         path = folder / MANIFEST
         if not path.is_file():
             return None
-        return json.loads(path.read_text(encoding="utf-8"))
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+            mtime = folder.stat().st_mtime
+        except FileNotFoundError:  # no model here (or removed while being read)
+            return None
+        except (OSError, ValueError) as exc:  # unreadable or not JSON: a problem of this model only
+            raise StoreError(f"{path}: {' '.join(str(exc).split())}") from exc
+        if not isinstance(manifest, dict):
+            raise StoreError(f"{path}: not a JSON object")
+        return {**manifest, "_folder_mtime": mtime}
 
     def names(self) -> list[str]:
         found: set[str] = set()
@@ -158,14 +197,18 @@ class ModelStore:
     def staging(self, name: str, force: bool = False) -> Iterator[Path]:
         """A temporary folder inside the store that becomes models/NAME only if the block succeeds.
 
-        Ctrl-C or an exception removes it: nothing half-written is ever visible as a model.
+        Ctrl-C or an exception removes it: nothing half-written is ever visible as a model. A lock file beside
+        it, held until the end, tells `clean_staging` (a `serve` starting meanwhile) that it is in use.
         """
         check_name(name)
         if self.exists(name) and not force:
             raise StoreError(f"model '{name}' already exists; use --force to replace it")
         self.models_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.models_dir))
+        tmp = self.models_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+        lock_path = tmp.with_name(f"{tmp.name}.lock")
+        lock = _lock(lock_path)  # taken before the folder exists: never a moment it looks abandoned
         try:
+            tmp.mkdir()
             yield tmp
             final = self.models_dir / _file_stem(name)
             if final.exists():
@@ -176,6 +219,9 @@ class ModelStore:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+            if lock is not None:
+                lock.close()
+            _unlink_quietly(lock_path)
 
     def add(self, name: str, folder: Path, manifest: dict[str, Any], config: ModelConfig | None = None) -> None:
         """Write the manifest into a staged folder and the name's config (called inside `staging`)."""
@@ -240,8 +286,23 @@ class ModelStore:
                 self._delete_folder(p.parent)
 
     def clean_staging(self) -> None:
-        """Remove leftovers of a conversion that was killed hard (kill -9, power loss) and of removed models."""
+        """Remove leftovers of a conversion that was killed hard (kill -9, power loss) and of removed models;
+        a conversion still running (its lock held) is left alone."""
         if self.models_dir.is_dir():
             for p in self.models_dir.glob(f"{STAGING_PREFIX}*"):
+                if p.suffix == ".lock":
+                    continue
+                lock_path = p.with_name(f"{p.name}.lock")
+                lock = _lock(lock_path) if lock_path.exists() else None
+                if lock is None and lock_path.exists():
+                    continue  # a conversion in progress
                 shutil.rmtree(p, ignore_errors=True)
+                if lock is not None:
+                    lock.close()
+            for lock_path in self.models_dir.glob(f"{STAGING_PREFIX}*.lock"):
+                lock = _lock(lock_path)
+                if lock is not None:  # its process is gone (and so, now, is its folder)
+                    lock.close()
+                    if not lock_path.with_suffix("").exists():
+                        _unlink_quietly(lock_path)
         self._sweep_removed()

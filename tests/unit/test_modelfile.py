@@ -1,12 +1,16 @@
-"""The Modelfile parser and Ollama's durations (server/modelfile.py): pure functions, no store."""
+"""The Modelfile parser and Ollama's durations (server/modelfile.py): pure functions; and `ortserve create`
+FROM a stored model, on a store of manifests only (nothing here loads a model)."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
 from server.modelfile import ModelfileError, format_duration, parse_duration, parse_modelfile
 from server.settings import ModelConfig, SamplingDefaults
+from server.store import MANIFEST, ModelStore
+from tests.conftest import run_cli
 
 
 def test_every_supported_instruction_and_parameter():
@@ -43,6 +47,22 @@ def test_triple_quoted_system_spans_lines():
     assert m.defaults == {"seed": 1}
     assert parse_modelfile('FROM b\nSYSTEM """one line"""').system == "one line"
     assert parse_modelfile("FROM b\r\nSYSTEM \"\"\"a\r\nb\"\"\"\r\n").system == "a\nb"
+
+
+def test_quotes_as_ollama_reads_them():
+    # "..." may span lines too: it closes on the first line that ends with a quote
+    m = parse_modelfile('FROM b\nSYSTEM "You are Mario.\nSystem prompts are "fun""\nPARAMETER stop "<|im_end|>"\n')
+    assert m.system == 'You are Mario.\nSystem prompts are "fun"' and m.defaults == {"stop": ["<|im_end|>"]}
+    # a quote only opens a value at its start; PARAMETER's value starts after its name
+    assert parse_modelfile('FROM b\nSYSTEM Say """hi""" twice\n').system == 'Say """hi""" twice'
+    assert parse_modelfile('FROM b\nPARAMETER stop """\n###\n"""\n').defaults == {"stop": ["###"]}
+    assert parse_modelfile('FROM b\nPARAMETER stop " User:"\n').defaults == {"stop": [" User:"]}
+    with pytest.raises(ModelfileError, match='line 2: the " opened here is never closed'):
+        parse_modelfile('FROM b\nSYSTEM "never\nclosed\n')
+
+
+def test_a_byte_order_mark_is_not_an_instruction():  # Windows editors write one
+    assert parse_modelfile("\ufeffFROM base\r\nPARAMETER seed 1\r\n").source == "base"
 
 
 def test_unclosed_triple_quote_names_its_line():
@@ -125,3 +145,21 @@ def test_bad_durations(value):
 def test_format_duration():
     assert [format_duration(s) for s in (0, 44.6, 299, 7380, math.inf)] == ["0s", "45s", "4m 59s", "2h 3m",
                                                                            "forever"]
+
+
+def test_create_over_its_own_name_keeps_its_aliases(tmp_path, capsys):
+    home = tmp_path / "home"
+    (home / "models" / "qwen").mkdir(parents=True)
+    (home / "models" / "qwen" / MANIFEST).write_text(json.dumps({"task": "chat"}), encoding="utf-8")
+    store = ModelStore(home / "models", home / "configs")
+    store.write_config("qwen", ModelConfig(aliases=["gpt-4o-mini"]))
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text("FROM qwen\nPARAMETER temperature 0.2\n", encoding="utf-8")
+    assert run_cli(home, "create", "qwen", "-f", str(modelfile)) == 0  # new settings for the same name
+    assert store.get("gpt-4o-mini").name == "qwen" and store.get("qwen").config.defaults.temperature == 0.2
+    assert run_cli(home, "create", "mini", "-f", str(modelfile)) == 0  # a new name: the aliases stay the base's
+    assert store.get("mini").config.aliases == [] and store.get("gpt-4o-mini").name == "qwen"
+
+    modelfile.write_bytes("FROM qwen\nSYSTEM caf\xe9\n".encode("latin-1"))  # not UTF-8: an error, not a traceback
+    assert run_cli(home, "create", "latin", "-f", str(modelfile)) == 1
+    assert "is not UTF-8 text" in capsys.readouterr().err and not store.exists("latin")

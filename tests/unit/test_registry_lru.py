@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from server import registry as registry_module
-from server.errors import InvalidRequestError, ModelNotFoundError
+from server.errors import InvalidRequestError, ModelNotFoundError, OverloadedError
 from server.registry import Registry
 from server.settings import ModelConfig, ServerSettings
 from server import store as store_module
@@ -140,9 +141,12 @@ async def test_bad_keep_alive(store, clock):
     assert caught.value.param == "keep_alive"
     with pytest.raises(ValueError):
         make(store, Loads(), keep_alive="whenever")
-    store.write_config("a", ModelConfig(keep_alive="whenever"))  # a bad setting: the server's value
-    await use(registry, "a")
-    assert registry.running()[0]["expires_in"] == 300
+    # a bad value in a model's file: the file is refused when read (a problem listed), never half-used
+    (store.configs_dir / "a.toml").parent.mkdir(parents=True, exist_ok=True)
+    (store.configs_dir / "a.toml").write_text('keep_alive = "whenever"\n', encoding="utf-8")
+    assert any("keep_alive" in problem for problem in store.problems())
+    with pytest.raises(ModelNotFoundError):
+        await registry.acquire("a")
 
 
 async def test_a_model_in_use_never_expires(store, clock):
@@ -319,3 +323,133 @@ async def test_ps_shape(store, clock):
     assert model["details"]["quantization_level"] == "int4" and model["details"]["format"] == "onnx"
     assert model["expires_in"] == 300 and model["expires_at"].endswith("+00:00")
     assert model["context_length"] == 64 and model["requests"] == 0
+
+
+async def wait_for(condition, what: str, timeout: float = 10) -> None:
+    """Poll `condition` (real time: not for tests that freeze the clock) until true or the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still not {what} after {timeout} s"
+        await asyncio.sleep(0.01)
+
+
+async def test_the_size_of_the_weights_is_read_off_the_event_loop(store, clock, monkeypatch):
+    threads = []
+
+    def size(folder):
+        threads.append(threading.current_thread())
+        return 1
+
+    monkeypatch.setattr(registry_module, "weights_size", size)
+    await use(make(store, Loads()), "a")
+    assert threads and threading.main_thread() not in threads
+
+
+async def test_a_model_removed_while_serving_is_unloaded_after_its_last_request(store):
+    loads = Loads()
+    registry = make(store, loads, keep_alive="-1")
+    lease = await registry.acquire("a")
+    store.remove("a")  # `ortserve rm` while the request is in flight; no request names "a" again
+    lease.release()
+    await wait_for(lambda: loads.of("a")[0].closed, "closed")
+    assert registry.loaded() == []
+    lease = await registry.acquire("b")
+    lease.release()
+    await asyncio.gather(*registry._checks)  # the same check, for a model still in the store: it stays
+    assert registry.loaded() == ["b"] and not loads.of("b")[0].closed
+
+
+async def test_a_keep_alive_of_centuries_is_listed_as_forever(store, clock):
+    registry = make(store, Loads())
+    await use(registry, "a", keep_alive=10**12)  # ~31,700 years: past any date
+    (model,) = registry.running()
+    assert model["expires_in"] is None and model["expires_at"] is None
+
+
+async def test_a_reload_waits_until_the_previous_instance_has_closed(store, monkeypatch):
+    order: list[str] = []
+    sized: list[Path] = []
+    monkeypatch.setattr(registry_module, "weights_size", lambda folder: sized.append(folder) or 1)
+    closing = asyncio.Event()
+
+    class SlowClose(FakeEngine):
+        async def close(self) -> None:
+            await closing.wait()
+            order.append(f"closed {self.name}")
+
+    async def loader(entry, *, num_ctx, device):
+        order.append(f"load {entry.name}")
+        return SlowClose(entry.name)
+
+    registry = Registry(ServerSettings(), store, loaders={"chat": loader})
+    await use(registry, "a", keep_alive=0)  # unloading at once, but its close takes a while
+    again = asyncio.ensure_future(registry.acquire("a"))
+    await wait_for(lambda: len(sized) == 2, "about to load again")  # the step just before a load
+    await settle()
+    assert order == ["load a"] and not again.done()  # never two copies of a model in memory
+    closing.set()
+    (await again).release()
+    assert order == ["load a", "closed a", "load a"]
+
+
+async def test_shutdown_closes_each_model_once_and_refuses_later_requests(store):
+    closes: list[str] = []
+    started: list[str] = []
+
+    class Counted(FakeEngine):
+        async def close(self) -> None:
+            closes.append(self.name)
+
+    gate = asyncio.Event()
+
+    async def loader(entry, *, num_ctx, device):
+        started.append(entry.name)
+        if entry.name == "b":
+            await gate.wait()
+        return Counted(entry.name)
+
+    registry = Registry(ServerSettings(), store, loaders={"chat": loader})
+    registry.start()
+    lease = await registry.acquire("a", keep_alive=0)
+    loading = asyncio.ensure_future(registry.acquire("b"))
+    await wait_for(lambda: "b" in started, "loading b")
+    await registry.close()
+    with pytest.raises(OverloadedError):  # its load was cancelled: an error JSON, not a dropped request
+        await loading
+    lease.release()  # a request that outlived the shutdown: its model is closed already
+    await settle()
+    assert closes == ["a"]
+    with pytest.raises(OverloadedError) as refused:
+        await registry.acquire("c")
+    assert refused.value.status == 503 and registry.loaded() == []
+
+
+async def test_a_corrupt_manifest_spoils_only_its_own_model(store, clock):
+    (store.models_dir / "b" / MANIFEST).write_text('{"task": "ch', encoding="utf-8")  # e.g. a torn write
+    assert store.names() == ["a", "c"]
+    registry = make(store, Loads())
+    assert [card.id for card in await registry.cards()] == ["a", "c"]
+    with pytest.raises(ModelNotFoundError):
+        await registry.acquire("b")
+    await use(registry, "a")  # the rest of the store serves on
+    assert registry.loaded() == ["a"]
+
+
+def test_an_entry_read_before_its_model_was_removed_still_lists(store):
+    entries = store.entries()  # /v1/models reads the store, then lists what it read
+    store.remove("a")
+    assert entries[0].name == "a" and entries[0].created > 0  # no file access after the read
+
+
+def test_a_serve_starting_during_a_conversion_leaves_it_alone(store):
+    with store.staging("new") as tmp:
+        (tmp / "model.onnx").write_bytes(b"\0")
+        ModelStore(store.models_dir, store.configs_dir.parent).clean_staging()  # `ortserve serve` starts
+        assert (tmp / "model.onnx").is_file()
+        store.add("new", tmp, {"task": "chat"})
+    assert "new" in store.names()
+    (store.models_dir / ".staging-left-by-a-kill-9").mkdir()  # what a conversion killed hard leaves
+    (store.models_dir / ".staging-dead").mkdir()
+    (store.models_dir / ".staging-dead.lock").write_bytes(b"")  # a lock no process holds any more
+    store.clean_staging()
+    assert not list(store.models_dir.glob(".*"))
