@@ -30,15 +30,15 @@ import importlib
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Awaitable, Callable, cast
+from typing import Awaitable, Callable, cast
 
 from server.engine.base import TextGenerator
 from server.engine.embedder import Embedder
 from server.errors import APIError, BackendError, InvalidRequestError, ModelNotFoundError, OverloadedError
 from server.modelfile import FOREVER, parse_duration
 from server.protocol.models import ModelCard
+from server.protocol.ps import LoadedModel
 from server.settings import ServerSettings
 from server.store import ModelEntry, ModelStore, StoreError
 
@@ -390,39 +390,20 @@ class Registry:
     def loaded(self) -> list[str]:
         return [name for name, slot in self._slots.items() if slot.ready]
 
-    def running(self) -> list[dict[str, Any]]:
-        """The loaded models, as Ollama's GET /api/ps lists them, plus `device`, `task`, `expires_in`."""
+    def running(self) -> list[LoadedModel]:
+        """The loaded models (GET /api/ps, /health)."""
         now = time.monotonic()
         models = []
         for name, slot in self._slots.items():
             if not slot.ready or slot.entry is None:
                 continue
-            engine, manifest = slot.task.result(), slot.entry.manifest
-            device = getattr(engine, "device", None) or "cpu"
+            engine = slot.task.result()
             left = max(0.0, slot.keep_alive if slot.expires is None else slot.expires - now)
-            try:  # a keep_alive of many centuries is forever, as far as a date can say
-                expires_at = None if left == FOREVER else datetime.now(timezone.utc) + timedelta(seconds=left)
-            except OverflowError:
-                left, expires_at = FOREVER, None
-            forever = left == FOREVER
-            models.append({
-                "name": name,
-                "model": name,
-                "size": slot.size,
-                "size_vram": 0 if device == "cpu" else slot.size,
-                "digest": "",
-                "details": {
-                    "format": "onnx",
-                    "family": manifest.get("family") or manifest.get("model_type"),
-                    "quantization_level": manifest.get("precision"),
-                },
-                "expires_at": expires_at.isoformat(timespec="seconds") if expires_at else None,
-                "expires_in": None if forever else round(left, 1),
-                "device": device,
-                "task": slot.entry.task,
-                "context_length": getattr(engine, "context_length", None),
-                "requests": slot.users,
-            })
+            models.append(LoadedModel(
+                name=name, task=slot.entry.task, device=getattr(engine, "device", None) or "cpu", size=slot.size,
+                expires_in=None if left == FOREVER else left, context_length=getattr(engine, "context_length", None),
+                requests=slot.users, manifest=slot.entry.manifest,
+            ))  # fmt: skip
         return models
 
     async def close(self) -> None:

@@ -16,7 +16,7 @@ async def health():
     body = {
         "status": state.status,
         "models_loaded": state.registry.loaded(),
-        "devices": {model["name"]: model["device"] for model in state.registry.running()},
+        "devices": {model.name: model.device for model in state.registry.running()},
     }
     if state.error:
         body["error"] = state.error

@@ -3,6 +3,7 @@
 `context_length` and `requests` (in flight). Behind the same API key as /v1."""
 from quart import Blueprint
 
+from server.protocol.ps import ProcessList, RunningModel
 from server.routes import registry
 
 bp = Blueprint("ps", __name__)
@@ -10,4 +11,4 @@ bp = Blueprint("ps", __name__)
 
 @bp.get("/api/ps")
 async def list_running_models():
-    return {"models": registry().running()}
+    return ProcessList(models=[RunningModel.of(m) for m in registry().running()]).model_dump()

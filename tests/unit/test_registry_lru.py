@@ -15,10 +15,16 @@ import pytest
 
 from server import registry as registry_module
 from server.errors import InvalidRequestError, ModelNotFoundError, OverloadedError
+from server.protocol.ps import RunningModel
 from server.registry import Registry
 from server.settings import ModelConfig, ServerSettings
 from server import store as store_module
 from server.store import MANIFEST, REMOVED_MANIFEST, ModelStore
+
+
+def ps(registry: Registry) -> list[dict]:
+    """What GET /api/ps answers for the registry's loaded models."""
+    return [RunningModel.of(m).model_dump() for m in registry.running()]
 
 
 class FakeEngine:
@@ -113,11 +119,11 @@ async def test_request_keep_alive_wins_over_config_and_server(store, clock):
     registry = make(store, loads, keep_alive="5m")
     await use(registry, "a")
     await use(registry, "b")
-    assert {m["name"]: m["expires_in"] for m in registry.running()} == {"a": 300, "b": 10}
+    assert {m["name"]: m["expires_in"] for m in ps(registry)} == {"a": 300, "b": 10}
     await use(registry, "b", keep_alive="1h")
-    assert {m["name"]: m["expires_in"] for m in registry.running()}["b"] == 3600
+    assert {m["name"]: m["expires_in"] for m in ps(registry)}["b"] == 3600
     await use(registry, "b", keep_alive=-1)
-    assert {m["name"]: m["expires_in"] for m in registry.running()}["b"] is None  # forever
+    assert {m["name"]: m["expires_in"] for m in ps(registry)}["b"] is None  # forever
     clock.now += 10**6
     registry.unload_expired()
     await settle()
@@ -198,7 +204,7 @@ async def test_memory_budget(store, clock):
     assert sorted(registry.loaded()) == ["a", "b"]
     await use(registry, "c")  # 3000: a and b cannot both stay
     assert registry.loaded() == ["c"]
-    sizes = {m["name"]: m["size"] for m in registry.running()}
+    sizes = {m["name"]: m["size"] for m in ps(registry)}
     assert sizes["c"] > 3000
 
 
@@ -249,7 +255,7 @@ async def test_concurrent_first_requests_share_one_load_and_wait(store, clock):
     loads.gate.set()
     leases = await asyncio.gather(*waiting)
     assert len(loads.engines) == 1 and {id(lease.engine) for lease in leases} == {id(loads.engines[0])}
-    assert registry.running()[0]["requests"] == 3
+    assert ps(registry)[0]["requests"] == 3
     for lease in leases:
         lease.release()
 
@@ -317,7 +323,7 @@ async def test_reaper_runs_with_the_app_lifecycle(store):
 async def test_ps_shape(store, clock):
     registry = make(store, Loads(), keep_alive="5m")
     await use(registry, "a")
-    (model,) = registry.running()
+    (model,) = ps(registry)
     assert model["name"] == model["model"] == "a"
     assert model["device"] == "cpu" and model["size_vram"] == 0 and model["task"] == "chat"
     assert model["details"]["quantization_level"] == "int4" and model["details"]["format"] == "onnx"
@@ -362,7 +368,7 @@ async def test_a_model_removed_while_serving_is_unloaded_after_its_last_request(
 async def test_a_keep_alive_of_centuries_is_listed_as_forever(store, clock):
     registry = make(store, Loads())
     await use(registry, "a", keep_alive=10**12)  # ~31,700 years: past any date
-    (model,) = registry.running()
+    (model,) = ps(registry)
     assert model["expires_in"] is None and model["expires_at"] is None
 
 
