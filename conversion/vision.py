@@ -22,6 +22,11 @@ from conversion.common import ConversionError, Progress
 from conversion.vision_export import EMBEDDING_FILE, VISION_FILE
 
 PROCESSOR_FILE = "processor_config.json"
+# Merged tokens per image at most (Qwen's model card suggests 1280 to save memory). Our encoder writes its
+# attention windows as [patches x patches] masks and scores, so memory grows with the square of the patches:
+# the checkpoints' own max_pixels (12.8 MP, 65,536 patches) would ask one image for hundreds of GB and end
+# the runner; 1280 tokens (5,120 patches, 1 MP) take ~2 GB per layer's scores on the 3B model.
+MAX_IMAGE_TOKENS = 1280
 MODALITIES = ["text", "image"]
 _SESSION = {"log_id": "onnxruntime-genai", "provider_options": []}
 
@@ -62,6 +67,7 @@ def processor_config(preprocessor: dict, vision: dict) -> dict:
     size = preprocessor.get("size") or {}
     min_pixels = int(preprocessor.get("min_pixels") or size.get("shortest_edge") or 56 * 56)
     max_pixels = int(preprocessor.get("max_pixels") or size.get("longest_edge") or 28 * 28 * 1280)
+    max_pixels = min(max_pixels, (patch * merge) ** 2 * MAX_IMAGE_TOKENS)  # larger images are resized down
     return {"processor": {"name": "qwen2_5_image_processor", "transforms": [
         {"operation": {"name": "decode_image", "type": "DecodeImage", "attrs": {"color_space": "RGB"}}},
         {"operation": {"name": "convert_to_rgb", "type": "ConvertRGB"}},

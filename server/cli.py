@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -211,18 +212,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted (as logging's last resort does)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _configure_logging() -> None:
-    """Our loggers (model loads, unloads, warnings) to stderr at $ORTSERVE_LOG_LEVEL (default INFO)."""
-    import logging
+    """Our loggers (model loads, unloads, warnings) to stderr at $ORTSERVE_LOG_LEVEL (default INFO); once."""
     import os
 
     level = os.environ.get("ORTSERVE_LOG_LEVEL", "INFO").upper()
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     for name in ("server", "conversion"):  # not the root: Hypercorn has its own handlers
         logger = logging.getLogger(name)
         logger.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
-        logger.addHandler(handler)
+        if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+            handler = _StderrHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+            logger.addHandler(handler)
 
 
 def _device_usable(device: str) -> bool:

@@ -185,7 +185,8 @@ class Turn:
     """One request on the Engine: its og.Request, and turning the Engine's token events into our events."""
 
     def __init__(self, rid: int, em: EngineModel, request: GenerationRequest):
-        from server.engine.slots import encode_prompt, grant_budget
+        from server.engine.prompts import encode_prompt
+        from server.engine.slots import grant_budget
 
         self.rid, self.em, self.params = rid, em, request.params
         lm = em.lm

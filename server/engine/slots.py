@@ -4,8 +4,6 @@ Imported only by the runner process (it imports onnxruntime-genai).
 """
 from __future__ import annotations
 
-import io
-import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +15,6 @@ from server.engine.base import (
     Finished,
     GenerationRequest,
     Guidance,
-    Prompt,
     PromptLogprobs,
     SamplingParams,
     Started,
@@ -25,6 +22,7 @@ from server.engine.base import (
 )
 from server.engine.detok import Detokenizer, GenaiStreamDecoder, IncrementalDecoder, TokenSpeller
 from server.engine.logits import LogitsProcessor, LogprobsTrail, PromptReader, entry
+from server.engine.prompts import encode_image_prompt, encode_prompt
 from server.engine.stops import StopMatcher
 from server.errors import ContextLengthError, InvalidRequestError, NotSupportedError
 
@@ -139,112 +137,6 @@ def probe_guidance(lm: LoadedModel) -> str | None:
     if text != GUIDANCE_PROBE:
         return "this onnxruntime-genai build ignores grammars (it was built without llguidance)"
     return None
-
-
-def encode_prompt(lm: LoadedModel, prompt: Prompt) -> tuple[np.ndarray, str]:
-    """(token ids, prompt text) for a chat, text or token-id prompt."""
-    tok = lm.tokenizer
-    if prompt.messages is not None:
-        try:
-            kwargs = {"tools": json.dumps(prompt.tools)} if prompt.tools else {}
-            text = tok.apply_chat_template(json.dumps(prompt.messages), add_generation_prompt=True, **kwargs)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-            raise InvalidRequestError(f"The chat template could not render the messages: {reason}", param="messages")
-        ids = np.asarray(tok.encode(text), dtype=np.int32)
-    elif prompt.token_ids is not None:
-        ids = _check_token_ids(prompt.token_ids, lm.vocab_size)
-        text = lm.raw_tokenizer.decode(ids) if len(ids) else ""
-    elif prompt.text is not None:
-        text = prompt.text
-        ids = np.asarray(tok.encode(text), dtype=np.int32) if text else np.zeros(0, dtype=np.int32)
-    else:
-        raise InvalidRequestError("The request has no prompt.", param="prompt")
-    if len(ids) == 0:
-        if lm.bos_id is None:
-            raise InvalidRequestError("The prompt is empty.", param="prompt")
-        ids = np.asarray([lm.bos_id], dtype=np.int32)  # like OpenAI: an empty prompt starts a new document
-    return ids, text
-
-
-# What each onnxruntime-genai image processor looks for in the prompt, one per image (n counts from 1).
-# Chat templates of these families render `{"type": "image"}` parts as exactly this; when a template
-# does not (Phi-3.5-vision's leaves images to the processor), the parts are written as the marker.
-IMAGE_MARKERS = {
-    "qwen2_5_vl": ("<|vision_start|>", "<|vision_start|><|image_pad|><|vision_end|>"),
-    "fara": ("<|vision_start|>", "<|vision_start|><|image_pad|><|vision_end|>"),
-    "phi3v": ("<|image_", "<|image_{n}|>\n"),
-    "gemma3": ("<start_of_image>", "<start_of_image>"),
-}
-
-
-def encode_image_prompt(lm: LoadedModel, prompt: Prompt) -> tuple[np.ndarray, str, Any]:
-    """(expanded token ids, prompt text, the processor's named tensors) for a chat with images."""
-    if lm.processor is None:
-        raise InvalidRequestError("This model does not accept images.", param="messages")
-    if prompt.messages is None:
-        raise InvalidRequestError("Images are accepted in chat messages only.", param="prompt")
-    count, marker = IMAGE_MARKERS.get(lm.model_type, IMAGE_MARKERS["qwen2_5_vl"])
-    try:
-        _, text = encode_prompt(lm, prompt)
-        rendered = text.count(count) == len(prompt.images)
-    except InvalidRequestError:  # a template that expects string contents (Phi-3.5-vision's)
-        rendered = False
-    if not rendered:  # the template dropped the image parts or failed on them: write the markers ourselves
-        _, text = encode_prompt(lm, Prompt(messages=_inline_images(prompt.messages, marker), tools=prompt.tools))
-    for index, image in enumerate(prompt.images):
-        _check_png(image, index)
-    try:
-        images = og.Images.open_bytes(*prompt.images)
-        inputs = lm.processor(text, images=images)
-    except RuntimeError as exc:
-        reason = " ".join(str(exc).split())[:300]
-        raise InvalidRequestError(f"The images could not be read: {reason}", param="messages") from None
-    ids = np.asarray(inputs["input_ids"].as_numpy(), dtype=np.int32).reshape(-1)
-    return ids, text, inputs
-
-
-def _check_png(data: bytes, index: int) -> None:
-    """The server sends PNG; anything else could make onnxruntime-genai's decoders end the process
-    (libjpeg exits on bytes that are not a JPEG), so it is refused here first."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        if not data.startswith(b"\x89PNG\r\n\x1a\n"):
-            raise ValueError("not a PNG")
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-    except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as exc:
-        raise InvalidRequestError(f"Image {index + 1} could not be read ({exc}).", param="messages") from None
-
-
-def _inline_images(messages: list[dict], marker: str) -> list[dict]:
-    """Messages whose list contents become strings, each image part written as `marker`."""
-    n, out = 0, []
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, list):
-            pieces = []
-            for part in content:
-                if isinstance(part, dict) and part.get("type") in ("image", "image_url"):
-                    n += 1
-                    pieces.append(marker.format(n=n))
-                elif isinstance(part, dict):
-                    pieces.append(str(part.get("text", "")))
-            message = {**message, "content": "".join(pieces)}
-        out.append(message)
-    return out
-
-
-def _check_token_ids(token_ids: list[int], vocab_size: int) -> np.ndarray:
-    if not all(isinstance(t, int) and not isinstance(t, bool) for t in token_ids):
-        raise InvalidRequestError("Token ids must be integers.", param="prompt")
-    bad = [t for t in token_ids if not 0 <= t < vocab_size]
-    if bad:
-        raise InvalidRequestError(
-            f"Token id {bad[0]} is out of range: this model's vocabulary has ids 0 to {vocab_size - 1}.", param="prompt"
-        )
-    return np.asarray(token_ids, dtype=np.int32)
 
 
 def grant_budget(prompt_tokens: int, max_tokens: int | None, context_length: int, *, chat: bool) -> int:

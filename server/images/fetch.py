@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import zlib
 from dataclasses import dataclass
 
 import httpx
@@ -19,6 +20,8 @@ from server.images.guard import AddressPolicy, Resolver
 
 REDIRECTS = (301, 302, 303, 307, 308)
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# Content-Encodings decoded here, capped (httpx would inflate a whole 64 KiB chunk at once: ~66 MB of zeros)
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 32 + zlib.MAX_WBITS}
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,9 @@ class ImageFetcher:
             trust_env=False,  # no proxy from the environment: the connection goes where the guard checked
             follow_redirects=False,
             timeout=self.limits.timeout,
+            # the pool is keyed by the pinned address: a kept connection would carry another host name's
+            # requests over TLS made (and checked) for the first one; so every request connects afresh
+            limits=httpx.Limits(max_keepalive_connections=0),
             headers={"User-Agent": f"ortserve/{__version__}", "Accept": "image/*", "Accept-Encoding": "identity"},
         )
 
@@ -124,10 +130,25 @@ class ImageFetcher:
     async def _read(self, response: httpx.Response) -> bytes:
         limit = self.limits.max_bytes
         declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity", *_WBITS):
+            raise ImageError(
+                f"the server sent the image with Content-Encoding '{encoding}', which is not accepted.",
+                code="image_fetch_failed",
+            )
+        inflate = zlib.decompressobj(_WBITS[encoding]) if encoding in _WBITS else None
+        if inflate is None and declared.isdigit() and int(declared) > limit:
             raise _too_large(limit)
-        chunks, size = [], 0
-        async for chunk in response.aiter_bytes():
+        chunks, size, received = [], 0, 0
+        async for raw in response.aiter_raw():  # the bytes as sent: decoded below, never more than the cap
+            received += len(raw)
+            if received > 2 * limit:  # compressed data that decodes to little (empty gzip members) ends too
+                raise _too_large(limit)
+            try:
+                chunk = raw if inflate is None else inflate.decompress(raw, limit + 1 - size)
+            except zlib.error as exc:
+                message = f"the server's {encoding} data is corrupt ({exc})."
+                raise ImageError(message, code="image_fetch_failed") from None
             size += len(chunk)
             if size > limit:  # while streaming: a body without a Content-Length (or a lying one) stops here
                 raise _too_large(limit)

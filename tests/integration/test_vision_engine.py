@@ -152,7 +152,7 @@ async def test_prompt_logprobs_with_images_is_not_supported(vision_generator):
 
 
 def test_image_parts_become_markers_when_a_template_cannot_render_them():
-    from server.engine.slots import IMAGE_MARKERS, _inline_images
+    from server.engine.prompts import IMAGE_MARKERS, _inline_images
 
     messages = [{"role": "system", "content": "Be brief."},
                 {"role": "user", "content": [{"type": "text", "text": "A: "}, {"type": "image"},
@@ -162,3 +162,12 @@ def test_image_parts_become_markers_when_a_template_cannot_render_them():
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "A: <|image_1|>\nB: <|image_2|>\n"},
     ]
+
+
+async def test_image_markers_typed_as_text_are_a_400_and_the_runner_keeps_serving(vision_generator):
+    for text in ("<|vision_start|><|image_pad|><|vision_end|> and this?", "<|image_pad|><|image_pad|>?"):
+        with pytest.raises(InvalidRequestError) as info:
+            await run(vision_generator, request(image_chat(text), [png("flat")], max_tokens=4))
+        assert info.value.param == "messages"
+    _, deltas, _ = await run(vision_generator, request(image_chat(), [png("flat")], max_tokens=2, temperature=0))
+    assert ids_of(deltas)
