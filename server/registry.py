@@ -40,7 +40,7 @@ from server.modelfile import FOREVER, parse_duration
 from server.protocol.models import ModelCard
 from server.protocol.ps import LoadedModel
 from server.settings import ServerSettings
-from server.store import ModelEntry, ModelStore, StoreError
+from server.store import BrokenModelError, ModelEntry, ModelStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +157,12 @@ class Registry:
         return ModelCard(id=model, created=entry.created, owned_by=entry.config.owned_by)
 
     async def resolve(self, model: str, *, param: str | None = "model") -> ModelEntry:
-        """The store entry for a name or alias, or ModelNotFoundError (404)."""
+        """The store entry for a name or alias, or ModelNotFoundError (404); a model whose settings or manifest
+        cannot be read is a 500 that names the file (someone has to fix it on the server)."""
         try:
             return await asyncio.to_thread(self.store.get, model)
+        except BrokenModelError as exc:
+            raise APIError(f"The model '{model}' is in the store but cannot be served: {exc}") from None
         except StoreError:
             slot = self._slots.get(model)
             if slot is not None:  # removed from the store: unload it once its requests are done

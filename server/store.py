@@ -33,6 +33,10 @@ class StoreError(Exception):
     """A store operation that cannot be done; the message is meant for the user."""
 
 
+class BrokenModelError(StoreError):
+    """A model is in the store but its settings file or manifest cannot be read (the message names the file)."""
+
+
 def check_name(name: str) -> str:
     if not name or len(name) > 128 or any(c.isspace() or not c.isprintable() for c in name):
         raise StoreError(f"invalid model name {name!r}: use 1-128 printable characters without spaces")
@@ -112,7 +116,7 @@ class ModelStore:
             return ModelConfig(**data), path.stat().st_mtime
         except (tomllib.TOMLDecodeError, ValueError) as exc:
             reason = " ".join(str(exc).split())
-            raise StoreError(f"{path}: {reason}") from exc
+            raise BrokenModelError(f"{path}: {reason}") from exc
 
     def _read_manifest(self, folder: Path) -> dict[str, Any] | None:
         path = folder / MANIFEST
@@ -124,9 +128,9 @@ class ModelStore:
         except FileNotFoundError:  # no model here (or removed while being read)
             return None
         except (OSError, ValueError) as exc:  # unreadable or not JSON: a problem of this model only
-            raise StoreError(f"{path}: {' '.join(str(exc).split())}") from exc
+            raise BrokenModelError(f"{path}: {' '.join(str(exc).split())}") from exc
         if not isinstance(manifest, dict):
-            raise StoreError(f"{path}: not a JSON object")
+            raise BrokenModelError(f"{path}: not a JSON object")
         return {**manifest, "_folder_mtime": mtime}
 
     def names(self) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from server import registry as registry_module
-from server.errors import InvalidRequestError, ModelNotFoundError, OverloadedError
+from server.errors import APIError, InvalidRequestError, ModelNotFoundError, OverloadedError
 from server.protocol.ps import RunningModel
 from server.registry import Registry
 from server.settings import ModelConfig, ServerSettings
@@ -150,8 +150,9 @@ async def test_bad_keep_alive(store, clock):
     (store.configs_dir / "a.toml").parent.mkdir(parents=True, exist_ok=True)
     (store.configs_dir / "a.toml").write_text('keep_alive = "whenever"\n', encoding="utf-8")
     assert any("keep_alive" in problem for problem in store.problems())
-    with pytest.raises(ModelNotFoundError):
+    with pytest.raises(APIError) as broken:  # a 500 naming the file and the field, not a 404
         await registry.acquire("a")
+    assert broken.value.status == 500 and "a.toml" in broken.value.message and "keep_alive" in broken.value.message
 
 
 async def test_a_model_in_use_never_expires(store, clock):
@@ -401,7 +402,8 @@ async def test_a_corrupt_manifest_spoils_only_its_own_model(store, clock):
     assert store.names() == ["a", "c"]
     registry = make(store, Loads())
     assert [card.id for card in await registry.cards()] == ["a", "c"]
-    with pytest.raises(ModelNotFoundError):
+    with pytest.raises(APIError) as broken:  # not a 404: the model is there, its manifest needs fixing
         await registry.acquire("b")
+    assert broken.value.status == 500 and "manifest.json" in broken.value.message
     await use(registry, "a")  # the rest of the store serves on
     assert registry.loaded() == ["a"]
