@@ -45,6 +45,13 @@ def _number(kind: type) -> Callable[[str], Any]:
     return convert
 
 
+def _num_predict(value: str) -> int | None:
+    """Ollama's num_predict: a token count; -1 (no limit) and -2 (fill the context) both mean None here,
+    since a request without max_tokens generates up to the end of the served context."""
+    count = _number(int)(value)
+    return None if count in (-1, -2) else count
+
+
 # Ollama's name -> (our name: num_ctx or a SamplingDefaults field, how to read the value)
 PARAMETERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "num_ctx": ("num_ctx", _number(int)),
@@ -52,7 +59,7 @@ PARAMETERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "top_p": ("top_p", _number(float)),
     "top_k": ("top_k", _number(int)),
     "seed": ("seed", _number(int)),
-    "num_predict": ("max_tokens", _number(int)),
+    "num_predict": ("max_tokens", _num_predict),
     "repeat_penalty": ("repetition_penalty", _number(float)),
     "presence_penalty": ("presence_penalty", _number(float)),
     "frequency_penalty": ("frequency_penalty", _number(float)),

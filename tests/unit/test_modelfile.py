@@ -123,6 +123,16 @@ def test_to_config_overrides_the_base_and_drops_its_aliases():
     assert parse_modelfile("FROM b\nSYSTEM new\n").to_config(base, None).system == "new"
 
 
+@pytest.mark.parametrize("value", ["-1", "-2"])
+def test_num_predict_without_a_limit_clears_the_bases(value):
+    base = ModelConfig(defaults=SamplingDefaults(max_tokens=64))
+    config = parse_modelfile(f"FROM b\nPARAMETER num_predict {value}\n").to_config(base, "b")
+    assert config.defaults.max_tokens is None  # as Ollama: until the end of the context
+    assert parse_modelfile("FROM b\nPARAMETER num_predict 8\n").to_config(base, "b").defaults.max_tokens == 8
+    with pytest.raises(ModelfileError, match="line 2"):
+        parse_modelfile("FROM b\nPARAMETER num_predict -3\n")
+
+
 @pytest.mark.parametrize("value, seconds", [
     ("5m", 300), ("1h30m", 5400), ("10s", 10), ("1.5h", 5400), ("300ms", 0.3), ("300", 300), ("0", 0),
     (0, 0), (30, 30), (2.5, 2.5), ("2h0m5s", 7205), (" 1m ", 60),
