@@ -1,8 +1,10 @@
 """Shared pieces of the conversion pipeline: errors and step progress."""
 from __future__ import annotations
 
+import logging
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from typing import Iterator, TextIO
 
@@ -36,3 +38,18 @@ class Progress:
         start = time.perf_counter()
         yield
         self.info(f"    {name}: done in {time.perf_counter() - start:.1f}s")
+
+
+@contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Silence the dynamo exporter's known noise (axis-name notes, torch's own pytree deprecation)."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+            yield
+    finally:
+        registration.setLevel(level)

@@ -25,15 +25,12 @@ live in the server (which never imports this package).
 from __future__ import annotations
 
 import json
-import logging
 import shutil
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-from conversion.common import ConversionError, Progress
+from conversion.common import ConversionError, Progress, quiet_exporter
 from server.engine.encoder import (  # noqa: F401  (embed_texts, load_tokenizer, pool: re-exported)
     ONNX_OUTPUT,
     POOLING_MODES,
@@ -220,21 +217,6 @@ def read_source(src: Path) -> EmbeddingSource:
 
 
 # ---- export --------------------------------------------------------------------------------
-@contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Silence the dynamo exporter's known noise (axis-name notes, torch's own pytree deprecation)."""
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms"
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
-            yield
-    finally:
-        registration.setLevel(level)
-
-
 def dummy_inputs(names: Sequence[str], vocab_size: int, batch: int, seq: int, seed: int = 0) -> dict:
     """Random int64 torch inputs; the last row of a batch is half padding, so the mask is exercised."""
     import torch
@@ -275,7 +257,7 @@ def export_onnx(source: EmbeddingSource, onnx_path: Path):
     vocab = int(source.config.get("vocab_size", 1000))
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     try:
-        with _quiet_exporter(), torch.no_grad():
+        with quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
                 wrapper, (), kwargs=dummy_inputs(names, vocab, 2, 16), dynamo=True, verbose=False,
                 dynamic_shapes={n: {0: batch, 1: seq} for n in names}, output_names=[ONNX_OUTPUT], optimize=True,

@@ -21,13 +21,9 @@ rounding for every grid (checked at conversion on several image sizes).
 """
 from __future__ import annotations
 
-import logging
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-from conversion.common import ConversionError
+from conversion.common import ConversionError, quiet_exporter
 
 VISION_FILE = "vision.onnx"
 EMBEDDING_FILE = "embedding.onnx"
@@ -114,26 +110,11 @@ def embedding_module(model):
     return embedding_cls(model.model.get_input_embeddings(), model.config.image_token_id).eval()
 
 
-@contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Silence the dynamo exporter's known noise (axis-name notes, torch's own pytree deprecation)."""
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms"
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used", category=UserWarning)
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
-            yield
-    finally:
-        registration.setLevel(level)
-
-
 def _export(module, args: tuple, path: Path, input_names: list[str], output_name: str, dynamic: dict) -> None:
     import torch
 
     try:
-        with _quiet_exporter(), torch.no_grad():
+        with quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(module, args, dynamo=True, verbose=False, input_names=input_names,
                                         output_names=[output_name], dynamic_shapes=dynamic, optimize=True)
             program.save(str(path), external_data=_big(module))

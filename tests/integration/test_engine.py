@@ -22,10 +22,10 @@ from server.engine.runner import find_fim_tokens, merge_deltas
 from server.errors import BackendError, ContextLengthError, InvalidRequestError, NotSupportedError
 from server.settings import ModelConfig
 from server.store import ModelEntry
+from tests.integration.generation import HANG, ids_of, run
 
 pytestmark = pytest.mark.slow
 
-HANG = 60  # seconds: only to turn a hang into a failure
 CHAT = [{"role": "user", "content": "Hello world"}]
 LONG_TEXT = "The quick brown fox jumps over the lazy dog. Hello world, how are you today? " * 105  # ~1890 tokens
 
@@ -70,20 +70,6 @@ def chat(messages=CHAT, **params) -> GenerationRequest:
 
 def text(prompt: str, **params) -> GenerationRequest:
     return GenerationRequest("req", Prompt(text=prompt), SamplingParams(**params))
-
-
-async def run(gen, request) -> tuple[Started, list[TextDelta], Finished]:
-    async def go():
-        events = [event async for event in gen.generate(request)]
-        assert isinstance(events[0], Started) and isinstance(events[-1], Finished)
-        assert all(isinstance(e, TextDelta) for e in events[1:-1])
-        return events[0], events[1:-1], events[-1]
-
-    return await asyncio.wait_for(go(), HANG)
-
-
-def ids_of(deltas) -> list[int]:
-    return [t for d in deltas for t in d.token_ids]
 
 
 def text_of(deltas) -> str:

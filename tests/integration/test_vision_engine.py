@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 
 from server.engine import load_generator
-from server.engine.base import Finished, GenerationRequest, Prompt, SamplingParams, Started, TextDelta
+from server.engine.base import GenerationRequest, Prompt, SamplingParams
 from server.errors import InvalidRequestError, NotSupportedError
+from tests.integration.generation import ids_of, run
 from tests.vision_reference import hf_greedy, load_reference
 
 pytestmark = pytest.mark.slow
-
-HANG = 60  # seconds: only to turn a hang into a failure
 
 
 def png(pattern: str, size: tuple[int, int] = (112, 84)) -> bytes:
@@ -59,20 +58,6 @@ async def vision_generator(vision_store_home):
 @pytest.fixture(scope="session")
 def reference(vlm_checkpoint):
     return load_reference(vlm_checkpoint)
-
-
-async def run(gen, req) -> tuple[Started, list[TextDelta], Finished]:
-    async def go():
-        events = [event async for event in gen.generate(req)]
-        assert isinstance(events[0], Started) and isinstance(events[-1], Finished)
-        assert all(isinstance(e, TextDelta) for e in events[1:-1])
-        return events[0], events[1:-1], events[-1]
-
-    return await asyncio.wait_for(go(), HANG)
-
-
-def ids_of(deltas) -> list[int]:
-    return [t for d in deltas for t in d.token_ids]
 
 
 async def test_image_chat_equals_transformers_greedy(vision_generator, reference):
