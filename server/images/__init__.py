@@ -35,12 +35,15 @@ async def load_images(
     *,
     resolver: Resolver | None = None,
     verify: ssl.SSLContext | bool = True,
+    fit_pixels: int | None = None,
 ) -> tuple[bytes, ...]:
-    """Every image as PNG bytes, in order; ImageError (400, `param` = the part) for the first that fails."""
+    """Every image as PNG bytes, in order; ImageError (400, `param` = the part) for the first that fails.
+
+    `fit_pixels`: larger images are scaled down to about that many pixels (see `to_png`)."""
     limits = FetchLimits(settings.image_max_bytes, settings.image_fetch_timeout, settings.image_max_redirects)
     policy = AddressPolicy(settings.image_fetch_allow)
     async with ImageFetcher(policy, limits, resolver=resolver, verify=verify) as fetcher:
-        tasks = [asyncio.ensure_future(_load(ref, fetcher, limits.max_bytes)) for ref in refs]
+        tasks = [asyncio.ensure_future(_load(ref, fetcher, limits.max_bytes, fit_pixels)) for ref in refs]
         try:
             return tuple(await asyncio.gather(*tasks))
         except BaseException:
@@ -51,7 +54,7 @@ async def load_images(
             raise
 
 
-async def _load(ref: ImageRef, fetcher: ImageFetcher, max_bytes: int) -> bytes:
+async def _load(ref: ImageRef, fetcher: ImageFetcher, max_bytes: int, fit_pixels: int | None) -> bytes:
     try:
         if url_scheme(ref.url) in ("http", "https"):
             data = await fetcher.fetch(ref.url)
@@ -62,6 +65,6 @@ async def _load(ref: ImageRef, fetcher: ImageFetcher, max_bytes: int) -> bytes:
                 f"the URL scheme '{url_scheme(ref.url)}' is not accepted: use an http(s) URL, a data: URL or base64.",
                 code="image_url_refused",
             )
-        return await asyncio.to_thread(to_png, data)
+        return await asyncio.to_thread(to_png, data, fit_pixels)
     except ImageError as exc:
         raise ImageError(f"Invalid image in '{ref.param}': {exc.message}", param=ref.param, code=exc.code) from None

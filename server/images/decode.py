@@ -71,17 +71,24 @@ def max_pixels() -> int:
     return min(MAX_PIXELS, pillow) if pillow else MAX_PIXELS
 
 
-def to_png(data: bytes) -> bytes:
+def to_png(data: bytes, fit_pixels: int | None = None) -> bytes:
     """The image as RGB PNG bytes (what every engine can read); ImageError if it is not an accepted image.
 
-    CPU-bound for large images: call it on a worker thread."""
+    `fit_pixels`: an image with more pixels is scaled down (aspect kept) to about that many: the model's
+    own processor would shrink it anyway, and a 12 MP photo would cost the runner far more to send and
+    to preprocess. CPU-bound for large images: call it on a worker thread."""
     limit = max_pixels()
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as image:
             width, height = image.size
             if width * height > limit:
                 raise _TooManyPixels(width, height)
+            target = _fitted(width, height, fit_pixels)
+            if target is not None and image.format == "JPEG":
+                image.draft("RGB", target)  # decode at 1/2, 1/4 or 1/8 scale, never below the target
             image.load()  # the first frame of an animation
+            if target is not None and image.width * image.height > target[0] * target[1]:
+                image = image.resize(target, Image.Resampling.BICUBIC)  # releases the GIL while it works
             ImageOps.exif_transpose(image, in_place=True)  # no copies: 50 MP are 150 MB each
             out = io.BytesIO()
             _flatten(image).save(out, format="PNG", compress_level=1)  # inside: closing frees the pixels
@@ -100,6 +107,14 @@ def to_png(data: bytes) -> bytes:
     except Exception as exc:  # untrusted data: any failure inside a decoder means a broken image
         raise ImageError(f"the image could not be decoded ({_reason(exc)}).") from None
     return out.getvalue()
+
+
+def _fitted(width: int, height: int, fit_pixels: int | None) -> tuple[int, int] | None:
+    """The size to scale (width, height) down to so that it holds about `fit_pixels`; None: keep it."""
+    if not fit_pixels or width * height <= fit_pixels:
+        return None
+    scale = (fit_pixels / (width * height)) ** 0.5
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 class _TooManyPixels(Exception):

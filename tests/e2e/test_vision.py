@@ -284,6 +284,19 @@ def test_several_images_and_streaming(vision_client, site):
     assert reply(vision_client, asking(url(site, "/checkers.jpg"), data_url(RED), text="Compare them.")) != whole
 
 
+def test_a_photo_larger_than_the_model_keeps_is_served_at_the_models_size(vision_client):
+    photo = Image.new("RGB", (2000, 1500), (40, 120, 200))  # 3 MP; tiny-vlm keeps 12,544 px
+    out = io.BytesIO()
+    photo.save(out, format="JPEG", quality=30)  # flat: ~20 KB, inside the test server's 64 KiB body limit
+    messages = asking(data_url(out.getvalue(), "image/jpeg"))
+    big = vision_client.chat.completions.create(model=VLM, messages=messages, temperature=0, max_tokens=4)
+    largest = vision_client.chat.completions.create(model=VLM, messages=asking(data_url(png(size=(112, 112)))),
+                                                    temperature=0, max_tokens=4)
+    # 112 x 112 is the processor's largest grid (16 image tokens): the photo gets at most as many
+    assert big.choices[0].finish_reason in ("stop", "length")
+    assert 0 < big.usage.prompt_tokens <= largest.usage.prompt_tokens
+
+
 def test_a_vision_model_keeps_serving_after_bad_images(vision_client, site):
     refusal(vision_client, VLM, asking(data_url(b"broken")))
     refusal(vision_client, VLM, asking(url(site, "/missing.png")))

@@ -18,7 +18,9 @@ from PIL import Image
 
 from server.errors import ImageError
 from server.images import AddressPolicy, ImageRef, is_public, load_images, to_png
-from tests.unit.image_site import PNG_SIGNATURE, b64, image_bytes, load_one, opened, refused, resolver_for, settings_for
+from tests.unit.image_site import (
+    PNG_SIGNATURE, b64, image_bytes, load_one, opened, refused, resolver_for, settings_for,
+)
 
 
 # ---- decoding ----------------------------------------------------------------
@@ -90,6 +92,35 @@ async def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # "rotate 90 CW to view"
     image = await load_one(b64(image_bytes(fmt="JPEG", size=(8, 4), exif=exif)), settings_for(tmp_path))
     assert image.size == (4, 8)
+
+
+def halves(fmt: str, size: tuple[int, int], **save) -> bytes:
+    """Left half red, right half blue."""
+    image = Image.new("RGB", size, (255, 0, 0))
+    image.paste((0, 0, 255), (size[0] // 2, 0, size[0], size[1]))
+    out = io.BytesIO()
+    image.save(out, format=fmt, **save)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])  # JPEG: decoded at a reduced scale first (draft)
+def test_large_images_are_scaled_down_to_fit_keeping_aspect_and_content(fmt):
+    png = to_png(halves(fmt, (1600, 1200)), fit_pixels=30_000)
+    image = opened(png)
+    assert 29_000 < image.width * image.height <= 30_100 and abs(image.width / image.height - 4 / 3) < 0.02
+    left, right = image.getpixel((5, image.height // 2)), image.getpixel((image.width - 5, image.height // 2))
+    assert left[0] > 200 > left[2] and right[2] > 200 > right[0]
+    assert opened(to_png(halves(fmt, (1600, 1200)))).size == (1600, 1200)  # no fit: kept as it is
+    assert opened(to_png(halves(fmt, (100, 80)), fit_pixels=30_000)).size == (100, 80)  # small: kept
+
+
+def test_a_scaled_down_photo_is_still_turned_upright():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view"
+    image = opened(to_png(halves("JPEG", (1600, 800), exif=exif), fit_pixels=20_000))
+    assert image.height > image.width  # portrait once upright
+    top, bottom = image.getpixel((image.width // 2, 5)), image.getpixel((image.width // 2, image.height - 5))
+    assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]  # the red left half is on top
 
 
 async def test_the_inline_forms_give_the_same_image(tmp_path):

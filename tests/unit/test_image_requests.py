@@ -131,6 +131,28 @@ async def test_the_request_path_hands_png_images_to_the_engine_in_order(vision_a
     assert blue == (0, 0, 255) and red[0] > 240 and max(red[1:]) < 15
 
 
+async def test_images_are_fitted_to_what_the_models_processor_keeps(vision_app, tmp_path):
+    client, generator, _ = vision_app
+    settings = settings_for(tmp_path)
+    processor = {"processor": {"transforms": [{"operation": {"attrs": {"max_pixels": 12_544}}}]}}
+    (settings.models_dir / "vlm" / "processor_config.json").write_text(json.dumps(processor))
+    big = b64(image_bytes(fmt="JPEG", size=(1000, 500)))
+    content = [{"type": "text", "text": "which?"}, {"type": "image_url", "image_url": f"data:image/jpeg;base64,{big}"}]
+    response = await client.post("/v1/chat/completions",
+                                 json={"model": "vlm", "messages": [{"role": "user", "content": content}]})
+    assert response.status_code == 200, await response.get_json()
+    image = opened(generator.prompts[-1].images[0])
+    assert image.width * image.height <= 2 * 12_544 + 200 and image.width == 2 * image.height
+
+
+def test_the_fit_comes_from_the_processor_config(tmp_path):
+    from server.serving.structured import image_fit_pixels
+
+    (tmp_path / "processor_config.json").write_text(json.dumps({"a": [{"max_pixels": 5000}, {"max_pixels": 9000}]}))
+    assert image_fit_pixels(ModelEntry("m", ModelConfig(), tmp_path, {"_folder_mtime": 1})) == 10_000
+    assert image_fit_pixels(ModelEntry("m", ModelConfig(), tmp_path / "none", {})) is None
+
+
 async def test_image_errors_are_openai_400s_and_the_app_keeps_serving(vision_app):
     client, generator, base = vision_app
 
