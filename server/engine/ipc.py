@@ -12,14 +12,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server.errors import APIError, BackendError, ContextLengthError, InvalidRequestError, NotSupportedError
+from server.errors import (
+    APIError,
+    BackendError,
+    ContextLengthError,
+    InvalidRequestError,
+    NotSupportedError,
+    OverloadedError,
+)
 
 GENERATE, CANCEL, STATS, SHUTDOWN = "generate", "cancel", "stats", "shutdown"
 READY, FAILED, EVENTS = "ready", "failed", "events"
 
 # the errors a runner may raise for one request; anything else arrives as BackendError
 _ERRORS: dict[str, type[APIError]] = {
-    cls.__name__: cls for cls in (InvalidRequestError, ContextLengthError, NotSupportedError, BackendError)
+    cls.__name__: cls
+    for cls in (InvalidRequestError, ContextLengthError, NotSupportedError, BackendError, OverloadedError)
 }
 
 

@@ -38,6 +38,21 @@ from server.errors import InvalidRequestError, NotSupportedError
 
 _SEED_RANGE = 2**31 - 1
 _TOKEN, _TURN_FINISHED, _FAILED = 1, 2, 8  # og.EngineEventFlags bits
+# og.EngineErrorCode name -> (our error, what to tell the client); the rest are the Engine's own failures (500)
+_ENGINE_ERRORS = {
+    "CAPACITY_DEFERRED": ("OverloadedError", "the GPU's KV cache is full; try again shortly"),
+    "EXECUTION_CAPACITY_EXCEEDED": ("OverloadedError", "the GPU's KV cache is full; try again shortly"),
+    "RETRYABLE_EXECUTION": ("OverloadedError", "a retryable execution failure; try again"),
+    "REQUEST_UNSERVICEABLE": ("InvalidRequestError", "the request needs more KV cache than this model has "
+                              "(lower max_tokens or the prompt)"),
+}
+
+
+def engine_failure(code: str) -> ipc.Failure:
+    """The failure a request gets for an Engine error code: 503 when it may pass later, 400 when it never
+    fits, else 500."""
+    error, reason = _ENGINE_ERRORS.get(code, ("BackendError", "the Engine failed"))
+    return ipc.Failure(error, f"onnxruntime-genai's Engine could not serve this request: {reason} ({code}).")
 _FINISH = {"EOS": "stop", "STOP_STRING": "stop", "MAX_GENERATED_TOKENS": "length", "MAX_SESSION_TOKENS": "length"}
 GUIDANCE_PROBE = "q7x9z"  # as slots.GUIDANCE_PROBE: a grammar admitting only this; free decoding never writes it
 
@@ -255,8 +270,7 @@ class Turn:
             return []
         if flags & _FAILED:
             self.close()
-            code = getattr(event.error_code, "name", event.error_code)
-            return [ipc.Failure("BackendError", f"onnxruntime-genai's Engine failed this request ({code})")]
+            return [engine_failure(getattr(event.error_code, "name", str(event.error_code)))]
         out: list[Any] = []
         if flags & _TOKEN and event.token is not None:
             out += self._token(int(event.token))

@@ -297,3 +297,13 @@ def test_a_paged_build_is_not_validated_without_a_gpu_even_with_the_cuda_wheel(m
     out = io.StringIO()
     figures = chat._validate_paged(tmp_path, tmp_path, {}, precision="int4", device="cuda", progress=Progress(out))
     assert built == [] and "GPU" in figures["skipped"] and "not run" in out.getvalue()
+
+
+# ---- the Engine's error codes ------------------------------------------------------------------------
+@pytest.mark.parametrize(("code", "status"), [
+    ("CAPACITY_DEFERRED", 503), ("EXECUTION_CAPACITY_EXCEEDED", 503), ("RETRYABLE_EXECUTION", 503),
+    ("REQUEST_UNSERVICEABLE", 400), ("ENGINE_EXECUTION_FAILURE", 500), ("ENGINE_CONTRACT_FAILURE", 500),
+])  # fmt: skip
+def test_engine_failures_map_to_what_the_client_can_do(code, status):
+    error = paged.engine_failure(code).to_exception()
+    assert error.status == status and code in error.message
