@@ -97,6 +97,14 @@ def vlm_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def vlm_reference(vlm_checkpoint) -> tuple:
+    """transformers' tokenizer, image processor and fp32 model of the tiny VLM (tests/vision_reference.py)."""
+    from tests.vision_reference import load_reference
+
+    return load_reference(vlm_checkpoint)
+
+
+@pytest.fixture(scope="session")
 def vision_store_home(tmp_path_factory, vlm_checkpoint) -> Path:
     """An ORTSERVE_HOME holding `tiny-vlm` (fp32), converted and validated with `ortserve convert`."""
     home = tmp_path_factory.mktemp("vision-home")

@@ -34,12 +34,11 @@ async def load_generator(
     from server.engine import devices
     from server.engine.genai import GenaiGenerator
 
-    # the machine's facts (package metadata, maybe `nvidia-smi`) are probed once, off the event loop;
-    # choosing the device in GenaiGenerator then reads them from the cache
-    await asyncio.to_thread(devices.detect)
-
+    # "auto" chosen (the device the model was built for, if here), or a 501 saying what is missing; off the
+    # event loop, since it may read package metadata and run `nvidia-smi`
+    resolved = await asyncio.to_thread(devices.resolve_device, device, built_for=entry.manifest.get("device"))
     generator = GenaiGenerator(
-        entry, num_ctx=num_ctx, device=device, threads=threads, parallel=parallel, prefill_chunk=prefill_chunk
+        entry, num_ctx=num_ctx, device=resolved, threads=threads, parallel=parallel, prefill_chunk=prefill_chunk
     )
     await generator.start()
     return generator

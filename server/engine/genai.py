@@ -188,8 +188,7 @@ class GenaiGenerator:
 
         self.name = entry.name
         self.folder = Path(entry.folder)
-        # "auto" chosen (the device the model was built for, if here), or a 501 saying what is missing
-        self.device = devices.resolve_device(device, built_for=entry.manifest.get("device"))
+        self.device = device  # already resolved by load_generator: "cpu", "cuda", ...
         self._options = ipc.RunnerOptions(
             num_ctx=num_ctx,
             device=self.device,

@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from tests.e2e.conftest import CHAT_MODEL, start_server, stop_server_cleanly
-from tests.vision_reference import hf_greedy, load_reference
+from tests.vision_reference import hf_greedy
 
 SIGHTED = "tiny-llama-sees"  # tiny-llama's weights, a manifest with "modalities": ["text", "image"]
 VLM = "tiny-vlm"
@@ -255,15 +255,14 @@ def test_base64_and_url_images_give_the_same_reply(vision_client, site):
 
 
 @pytest.mark.parametrize("images", [["url"], ["base64", "url"]])
-def test_fp32_replies_equal_transformers_greedy(vision_client, site, vlm_checkpoint, images):
+def test_fp32_replies_equal_transformers_greedy(vision_client, site, vlm_reference, images):
     """The served reply (fp32 tiny-vlm, temperature 0) is PyTorch's greedy `generate` on the same pictures."""
     pictures = {"url": (url(site, "/checkers.jpg"), CHECKERS), "base64": (data_url(RED), RED)}
     urls, raw = zip(*(pictures[kind] for kind in images))
     served = vision_client.chat.completions.create(model=VLM, messages=asking(*urls), temperature=0, max_tokens=12)
-    reference = load_reference(vlm_checkpoint)
     parts = [{"type": "text", "text": "What is in the picture?"}] + [{"type": "image"}] * len(raw)
-    tokens, prompt_tokens = hf_greedy(reference, [{"role": "user", "content": parts}], list(raw), 12)
-    assert served.choices[0].message.content == reference[0].decode(tokens, skip_special_tokens=True)
+    tokens, prompt_tokens = hf_greedy(vlm_reference, [{"role": "user", "content": parts}], list(raw), 12)
+    assert served.choices[0].message.content == vlm_reference[0].decode(tokens, skip_special_tokens=True)
     assert served.usage.prompt_tokens == prompt_tokens  # the image tokens included, as transformers expands them
 
 

@@ -15,7 +15,7 @@ from server.engine import load_generator
 from server.engine.base import GenerationRequest, Prompt, SamplingParams
 from server.errors import InvalidRequestError, NotSupportedError
 from tests.integration.generation import ids_of, run
-from tests.vision_reference import hf_greedy, load_reference
+from tests.vision_reference import hf_greedy
 
 pytestmark = pytest.mark.slow
 
@@ -55,20 +55,15 @@ async def vision_generator(vision_store_home):
     await gen.close()
 
 
-@pytest.fixture(scope="session")
-def reference(vlm_checkpoint):
-    return load_reference(vlm_checkpoint)
-
-
-async def test_image_chat_equals_transformers_greedy(vision_generator, reference):
+async def test_image_chat_equals_transformers_greedy(vision_generator, vlm_reference):
     image = png("stripes")
     req = request(image_chat(), [image], max_tokens=16, temperature=0)
     started, deltas, finished = await run(vision_generator, req)
-    expected, prompt_len = hf_greedy(reference, image_chat(), [image], 16)
+    expected, prompt_len = hf_greedy(vlm_reference, image_chat(), [image], 16)
     assert ids_of(deltas) == expected
     assert started.prompt_tokens == prompt_len  # usage counts the image's tokens (6x8 patches / 4 = 12)
     assert finished.completion_tokens >= len(expected)
-    assert "".join(d.text for d in deltas) == reference[0].decode(expected, skip_special_tokens=True)
+    assert "".join(d.text for d in deltas) == vlm_reference[0].decode(expected, skip_special_tokens=True)
 
 
 async def test_two_images_give_two_outputs_at_temperature_0(vision_generator):
@@ -82,17 +77,17 @@ async def test_two_images_give_two_outputs_at_temperature_0(vision_generator):
     assert ids_of(deltas) == outputs[0]
 
 
-async def test_two_images_in_one_message_and_other_sizes(vision_generator, reference):
+async def test_two_images_in_one_message_and_other_sizes(vision_generator, vlm_reference):
     images = [png("gradient", (56, 56)), png("flat", (300, 200))]  # a 4x4 grid and a downscaled 6x8 one
     messages = image_chat("Compare them.", images=2)
     _, deltas, _ = await run(vision_generator, request(messages, images, max_tokens=12, temperature=0))
-    assert ids_of(deltas) == hf_greedy(reference, messages, images, 12)[0]
+    assert ids_of(deltas) == hf_greedy(vlm_reference, messages, images, 12)[0]
 
 
-async def test_text_only_chat_on_the_vision_model_takes_the_text_path(vision_generator, reference):
+async def test_text_only_chat_on_the_vision_model_takes_the_text_path(vision_generator, vlm_reference):
     messages = [{"role": "user", "content": "Hello! What is the capital of France? " * 4}]  # > one prefill chunk
     started, deltas, _ = await run(vision_generator, request(messages, max_tokens=12, temperature=0))
-    expected, prompt_len = hf_greedy(reference, messages, [], 12)
+    expected, prompt_len = hf_greedy(vlm_reference, messages, [], 12)
     assert started.prompt_tokens == prompt_len > 16
     assert ids_of(deltas) == expected
 

@@ -55,6 +55,21 @@ class Loads:
         return [e for e in self.engines if e.name == name]
 
 
+def slow_closing_loader(order: list[str], closing: asyncio.Event):
+    """A loader that records "load NAME" / "closed NAME" in `order`; each close waits for `closing`."""
+
+    class SlowClose(FakeEngine):
+        async def close(self) -> None:
+            await closing.wait()
+            order.append(f"closed {self.name}")
+
+    async def loader(entry, *, num_ctx, device):
+        order.append(f"load {entry.name}")
+        return SlowClose(entry.name)
+
+    return loader
+
+
 class Clock:
     def __init__(self):
         self.now = 1000.0
@@ -225,16 +240,7 @@ async def test_busy_models_are_not_evicted_and_the_limit_comes_back(store, clock
 async def test_eviction_waits_for_the_unloaded_model_to_close(store, clock):
     order: list[str] = []
     closing = asyncio.Event()
-
-    class SlowClose(FakeEngine):
-        async def close(self) -> None:
-            await closing.wait()
-            order.append(f"closed {self.name}")
-
-    async def loader(entry, *, num_ctx, device):
-        order.append(f"load {entry.name}")
-        return SlowClose(entry.name)
-
+    loader = slow_closing_loader(order, closing)
     registry = Registry(ServerSettings(max_loaded_models=1), store, loaders={"chat": loader})
     await use(registry, "a")
     second = asyncio.ensure_future(registry.acquire("b"))
@@ -344,16 +350,7 @@ async def test_a_reload_waits_until_the_previous_instance_has_closed(store, monk
     sized: list[Path] = []
     monkeypatch.setattr(registry_module, "weights_size", lambda folder: sized.append(folder) or 1)
     closing = asyncio.Event()
-
-    class SlowClose(FakeEngine):
-        async def close(self) -> None:
-            await closing.wait()
-            order.append(f"closed {self.name}")
-
-    async def loader(entry, *, num_ctx, device):
-        order.append(f"load {entry.name}")
-        return SlowClose(entry.name)
-
+    loader = slow_closing_loader(order, closing)
     registry = Registry(ServerSettings(), store, loaders={"chat": loader})
     await use(registry, "a", keep_alive=0)  # unloading at once, but its close takes a while
     again = asyncio.ensure_future(registry.acquire("a"))
