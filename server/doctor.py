@@ -31,7 +31,7 @@ AUTO_CASES = (
 _SHARED_MODULES = (
     ("onnxruntime_genai", ("onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime-genai-directml",
                            "onnxruntime-genai-winml")),
-    ("onnxruntime", ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml")),
+    ("onnxruntime", ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-windowsml")),
 )  # fmt: skip
 
 

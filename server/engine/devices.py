@@ -73,10 +73,10 @@ register(Provider(
 register(Provider(
     "dml", "DirectML", platforms=("win32",),
     genai_ep="dml", genai_packages=("onnxruntime-genai-directml", "onnxruntime-genai-winml"),
-    genai_missing="needs an onnxruntime-genai 0.18 build with DirectML; the stock onnxruntime-genai wheel has none "
-                  "and onnxruntime-genai-directml on PyPI stops before 0.18 (see README 'Devices and platforms')",
-    ort_ep="DmlExecutionProvider", ort_packages=("onnxruntime-directml",),
-    ort_missing="install onnxruntime-directml in place of onnxruntime",
+    genai_missing="needs an onnxruntime-genai 0.18 build with DirectML: the stock onnxruntime-genai wheel has none; "
+                  "onnxruntime-genai-winml with onnxruntime-windowsml has it, untested (see the README)",
+    ort_ep="DmlExecutionProvider", ort_packages=("onnxruntime-directml", "onnxruntime-windowsml"),
+    ort_missing="install onnxruntime-directml (or onnxruntime-windowsml) in place of onnxruntime",
 ))  # fmt: skip
 register(Provider(
     "coreml", "Apple CoreML", platforms=("darwin",), machines=("arm64",),
@@ -90,7 +90,7 @@ register(Provider("cpu", "CPU", genai_ep="cpu", ort_ep="CPUExecutionProvider"))
 # The distributions `ortserve info` reports and `detect()` looks at.
 PACKAGES = (
     "ortserve", "onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime-genai-directml",
-    "onnxruntime-genai-winml", "onnxruntime", "onnxruntime-gpu", "onnxruntime-directml",
+    "onnxruntime-genai-winml", "onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-windowsml",
     "torch", "transformers",
 )  # fmt: skip
 _PLATFORM_NAMES = {"linux": "Linux", "win32": "Windows", "darwin": "macOS"}

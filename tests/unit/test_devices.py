@@ -31,6 +31,8 @@ def env(platform="linux", machine="x86_64", packages=CPU_ONLY, gpu=False, ort=No
     (env(packages=CPU_ONLY, gpu=True), "generation", "cpu"),  # a GPU, but the CPU builds
     (env(platform="win32", packages={**CPU_ONLY, "onnxruntime-directml": "1.24.4"}), "embeddings", "dml"),
     (env(platform="win32", packages={**CPU_ONLY, "onnxruntime-genai-winml": "0.18.0"}), "generation", "dml"),
+    (env(platform="win32", packages={"onnxruntime-genai-winml": "0.18.0", "onnxruntime-windowsml": "1.30.0"}),
+     "embeddings", "dml"),  # the Windows ML route: both runtimes with DirectML
     (env(platform="win32"), "generation", "cpu"),  # the stock Windows wheels have no DirectML
     (env(platform="darwin", machine="arm64"), "embeddings", "coreml"),  # the stock macOS onnxruntime has it
     (env(platform="darwin", machine="arm64"), "generation", "cpu"),  # genai models do not run on CoreML
@@ -67,7 +69,7 @@ def test_auto_on_the_cpu_warns_only_when_an_accelerator_was_half_there(caplog):
     ("cuda", env(packages=CUDA), "generation", ["no NVIDIA GPU is visible"]),
     ("cuda", env(platform="darwin", machine="arm64", packages=CUDA), "generation", ["Linux or Windows", "macOS"]),
     ("dml", env(), "generation", ["Windows only", "Linux"]),
-    ("dml", env(platform="win32"), "generation", ["DirectML", "onnxruntime-genai-directml"]),
+    ("dml", env(platform="win32"), "generation", ["DirectML", "onnxruntime-genai-winml", "untested"]),
     ("dml", env(platform="win32"), "embeddings", ["onnxruntime-directml"]),
     ("coreml", env(platform="darwin", machine="arm64"), "generation", ["do not run on CoreML", "--device cpu"]),
     ("coreml", env(platform="darwin", machine="x86_64"), "embeddings", ["arm64"]),
