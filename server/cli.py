@@ -6,8 +6,10 @@ pays for torch and `ortserve serve` never loads transformers.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import socket
 import sys
 import time
 from pathlib import Path
@@ -202,14 +204,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _configure_logging()
     if settings.device != "auto" and not _device_usable(settings.device):
         return 2
+    if not _can_listen(settings.host, settings.port):  # before a bootstrap that may take minutes
+        return 2
     store = ModelStore(settings.models_dir, settings.configs_dir)
     store.clean_staging()
     if settings.bootstrap and not store.entries():
         from server.bootstrap import bootstrap
 
         bootstrap(store)
-    asyncio.run(serve(settings, store))
+    try:
+        asyncio.run(serve(settings, store))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:  # taken since `_can_listen` looked
+            raise
+        return _cannot_listen(settings.host, settings.port, exc)
     return 0
+
+
+def _can_listen(host: str, port: int) -> bool:
+    """Whether the server can bind HOST:PORT (as Hypercorn binds it); if not, say why."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        if sys.platform != "win32":  # Windows' SO_REUSEADDR would let two servers share the port
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:  # in use, not this machine's address, a privileged port, an unknown host name
+            _cannot_listen(host, port, exc)
+            return False
+    return True
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> int:
+    why = exc.strerror or str(exc)
+    hint = " (another server is running there? choose another with --port)" if exc.errno == errno.EADDRINUSE else ""
+    print(f"error: cannot listen on {host}:{port}: {why}{hint}", file=sys.stderr)
+    return 2
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 
 import pytest
 
@@ -94,3 +95,14 @@ def test_broken_config_is_skipped_with_a_warning(home, capsys):
     assert [ln.split()[0] for ln in captured.out.splitlines()[1:]] == ["other"]  # the others still list
     assert run_cli(home, "show", "tiny-llama") == 1
     assert "tiny-llama.toml" in capsys.readouterr().err
+
+
+def test_serve_on_a_port_in_use_says_so_before_touching_the_store(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert run_cli(tmp_path, "serve", "--no-bootstrap", "--host", "127.0.0.1", "--port", str(port)) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err and "Traceback" not in err
+    assert not (tmp_path / "models").exists()  # refused before the store is touched
