@@ -71,7 +71,23 @@ def _prepare_home(source: Path, target: Path) -> Path:
 
 def start_server(home: Path, log: Path, *extra_args: str, env: dict[str, str] | None = None,
                  bootstrap: bool = False, ready_timeout: float = 60) -> Server:
-    port = _free_port()
+    """Start a server on a free port; again on another port if something took that one in the meantime."""
+    for attempt in range(3):
+        try:
+            return _start_server(home, log, extra_args, env, bootstrap, ready_timeout)
+        except PortTaken:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class PortTaken(RuntimeError):
+    pass
+
+
+def _start_server(home: Path, log: Path, extra_args: tuple[str, ...], env: dict[str, str] | None,
+                  bootstrap: bool, ready_timeout: float) -> Server:
+    port = _free_port()  # free now; the server binds it a moment later
     environment = {k: v for k, v in os.environ.items() if not k.startswith("ORTSERVE_")}
     environment.update(
         ORTSERVE_HOME=str(home),
@@ -87,7 +103,10 @@ def start_server(home: Path, log: Path, *extra_args: str, env: dict[str, str] | 
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()}")
+            output = log.read_text(errors="replace")
+            if "address already in use" in output.lower() or "only one usage of each socket address" in output.lower():
+                raise PortTaken(output)
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{output}")
         try:
             if httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200:
                 return server

@@ -110,6 +110,8 @@ def test_a_dead_runner_fails_its_requests_then_restarts(gen_server):
 
 
 def _kill_runner_mid_stream(gen_server, client):
+    for model in (SLOW, "tiny-qwen"):  # both runners loaded, whichever tests ran before
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
     before = set(_runner_pids(gen_server.process.pid))
     stream = client.chat.completions.create(model=SLOW, messages=[{"role": "user", "content": "go"}],
                                             max_tokens=4000, extra_body={"min_tokens": 4000}, stream=True)

@@ -259,8 +259,8 @@ def test_rm_during_a_stream_lets_it_finish(managed, client):
     models = managed.home / "models"
     shutil.copytree(models / CHAT_MODEL, models / "doomed")  # a model with weights of its own
     managed.store.write_config("doomed", ModelConfig(num_ctx=2048))
-    tokens = 1900
-    stream = chat(client, "doomed", max_tokens=tokens, n=4, stream=True, stream_options={"include_usage": True},
+    tokens, n = 1900, 8  # the runner decodes 4 at a time: seconds in flight, time for `rm` and `ps` on a busy machine
+    stream = chat(client, "doomed", max_tokens=tokens, n=n, stream=True, stream_options={"include_usage": True},
                   extra_body={"min_tokens": tokens, "keep_alive": -1})
     chunks = iter(stream)
     first = next(chunks)
@@ -270,8 +270,8 @@ def test_rm_during_a_stream_lets_it_finish(managed, client):
     assert ps(managed)["doomed"]["requests"] == 1  # removed while its request is in flight
     rest = [first, *chunks]
     finished = [c.choices[0].finish_reason for c in rest if c.choices and c.choices[0].finish_reason]
-    assert finished == ["length"] * 4
-    assert rest[-1].usage.completion_tokens == 4 * tokens  # every token, none lost to the removal
+    assert finished == ["length"] * n
+    assert rest[-1].usage.completion_tokens == n * tokens  # every token, none lost to the removal
     # then it is unloaded, though its keep_alive is forever and no request names it again
     wait_until(lambda: "doomed" not in ps(managed), "unloaded after its removal")
     with pytest.raises(openai.NotFoundError):

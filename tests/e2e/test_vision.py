@@ -1,7 +1,7 @@
 """Images in chat on real servers, driven by the official openai client.
 
 Image URLs are served by a small HTTP server on 127.0.0.1 in this process. Three servers:
-- `open_server` allows 127.0.0.1 (ORTSERVE_IMAGE_FETCH_ALLOW) with a 1 s fetch timeout and a
+- `open_server` allows 127.0.0.1 (ORTSERVE_IMAGE_FETCH_ALLOW) with a 3 s fetch timeout and a
   16 KiB image limit; its store has the tiny text models plus `tiny-llama-sees`, tiny-llama's
   weights under a manifest that lists the image modality, so every refusal of a bad image is
   checked end to end without a vision model (those are refused before any generation);
@@ -124,7 +124,7 @@ def sighted_home(server_home, tmp_path_factory) -> Path:
 def open_server(sighted_home, tmp_path_factory):
     log = tmp_path_factory.mktemp("vision-logs") / "open.log"
     server = start_server(sighted_home, log, env={"ORTSERVE_IMAGE_FETCH_ALLOW": "127.0.0.1",
-                                                  "ORTSERVE_IMAGE_FETCH_TIMEOUT": "1",
+                                                  "ORTSERVE_IMAGE_FETCH_TIMEOUT": "3",
                                                   "ORTSERVE_IMAGE_MAX_BYTES": str(MAX_IMAGE_BYTES)})
     yield server
     stop_server_cleanly(server)
@@ -214,7 +214,7 @@ def test_too_large_images_are_400s(open_client, site):
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_slow_image_times_out(open_client, site, stream):
     body = refusal(open_client, SIGHTED, asking(url(site, "/slow.png")), stream=stream)
-    assert body["code"] == "image_fetch_timeout" and "1 s" in body["message"]
+    assert body["code"] == "image_fetch_timeout" and "3 s" in body["message"]
 
 
 def test_corrupt_and_missing_images_are_400s_naming_the_part(open_client, site):

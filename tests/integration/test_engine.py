@@ -257,17 +257,23 @@ async def test_empty_text_prompt_starts_a_document(generator):
 
 
 # ---- scheduling -----------------------------------------------------------------------
-async def test_short_request_finishes_while_long_prompt_prefills(generator):
+async def test_short_request_finishes_while_long_prompt_prefills(engine_entry):
     order: list[tuple[str, str]] = []
+    # small chunks (about 470 prefill steps for the long prompt) leave a busy machine time to deliver
+    # the second request while the first still prefills
+    generator = await load_generator(engine_entry, prefill_chunk=4)
 
     async def record(name, request):
         async for event in generator.generate(request):
             order.append((name, type(event).__name__))
 
-    # sent back to back: the short one reaches the runner during the long one's first chunks of 32
-    # (about 60 prefill steps in all), never behind the whole prompt
+    # sent back to back: the short one reaches the runner during the long one's first chunks, and
+    # finishes before the long one's first token, never behind the whole prompt
     long = text(LONG_TEXT, max_tokens=4, temperature=0)  # ~1890 tokens of the 2048
-    await asyncio.wait_for(asyncio.gather(record("long", long), record("short", chat(max_tokens=4))), HANG)
+    try:
+        await asyncio.wait_for(asyncio.gather(record("long", long), record("short", chat(max_tokens=4))), HANG)
+    finally:
+        await generator.close()
     assert order.index(("short", "Finished")) < order.index(("long", "TextDelta")), order
 
 

@@ -48,8 +48,9 @@ async def test_transparency_is_laid_over_white(tmp_path):
 
 async def test_decoding_a_large_transparent_image_leaves_the_event_loop_free():
     """to_png runs on a worker thread, so none of its steps may hold the GIL for long
-    (Image.alpha_composite does: ~140 ms for these 25 MP, 0.3-0.7 s for 49 MP)."""
-    size = (5000, 5000)
+    (Image.alpha_composite does: 0.3-0.7 s for these 49 MP). The bound leaves room for a busy machine's
+    scheduling (up to ~70 ms measured with 10 processes spinning on 2 cores)."""
+    size = (7000, 7000)
     rgba = Image.radial_gradient("L").resize(size).convert("RGBA")
     rgba.putalpha(Image.linear_gradient("L").resize(size))
     out = io.BytesIO()
@@ -61,7 +62,7 @@ async def test_decoding_a_large_transparent_image_leaves_the_event_loop_free():
         await asyncio.sleep(0.002)
         worst = max(worst, time.perf_counter() - started)
     assert opened(await task).getpixel((0, 0)) == (255, 255, 255)  # alpha 0 there: white
-    assert worst < 0.06, f"the event loop stalled {worst * 1000:.0f} ms"
+    assert worst < 0.2, f"the event loop stalled {worst * 1000:.0f} ms"
 
 
 PEAK_MEMORY = """
@@ -169,7 +170,7 @@ async def test_bad_inline_images_are_400s_naming_the_part(tmp_path, url, code, w
     started = time.monotonic()
     error = await refused(url, settings_for(tmp_path, image_max_bytes=2048), code)
     assert words in error.message
-    assert time.monotonic() - started < 2  # a bomb is refused from its header, never decoded
+    assert time.monotonic() - started < 5  # a bomb is refused from its header, never decoded
 
 
 # ---- the address guard ---------------------------------------------------------

@@ -142,7 +142,7 @@ async def test_a_slow_server_times_out(tmp_path, site):
     started = time.monotonic()
     error = await refused(f"{base}/slow?s=5", settings, "image_fetch_timeout")
     assert "0.5 s" in error.message
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 4  # not the 5 s the server takes
 
 
 async def test_http_errors_and_bodies_that_are_not_images(tmp_path, site):
@@ -160,16 +160,16 @@ async def test_a_requests_images_are_fetched_concurrently_and_the_first_failure_
     base, _ = site
     settings = settings_for(tmp_path, image_fetch_allow=["127.0.0.1"])
     started = time.monotonic()
-    pngs = await load_images([ImageRef(f"{base}/slow?s=0.6", str(i)) for i in range(4)], settings)
-    assert len(pngs) == 4 and time.monotonic() - started < 1.5  # one after another: 2.4 s
+    pngs = await load_images([ImageRef(f"{base}/slow?s=1", str(i)) for i in range(4)], settings)
+    assert len(pngs) == 4 and time.monotonic() - started < 3  # one after another: 4 s
     started = time.monotonic()
     with pytest.raises(ImageError) as info:
         await load_images([ImageRef(f"{base}/slow?s=5", "slow"), ImageRef("bm90IGFuIGltYWdl", "bad")], settings)
-    assert info.value.param == "bad" and time.monotonic() - started < 2  # the slow fetch was cancelled
+    assert info.value.param == "bad" and time.monotonic() - started < 4  # the slow fetch (5 s) was cancelled
 
 
 async def test_a_request_that_goes_away_cancels_its_fetches_and_closes_the_client(tmp_path, site, monkeypatch):
-    base, _ = site
+    base, seen = site
     closed: list[object] = []
     aclose = httpx.AsyncClient.aclose
 
@@ -181,12 +181,15 @@ async def test_a_request_that_goes_away_cancels_its_fetches_and_closes_the_clien
     settings = settings_for(tmp_path, image_fetch_allow=["127.0.0.1"])
     before = asyncio.all_tasks()
     load = asyncio.ensure_future(load_images([ImageRef(f"{base}/slow?s=5", str(i)) for i in range(3)], settings))
-    await asyncio.sleep(0.3)  # every fetch is waiting on the server
+    deadline = time.monotonic() + 10
+    while len(seen) < 3 and time.monotonic() < deadline:  # until every fetch is waiting on the server
+        await asyncio.sleep(0.02)
+    assert len(seen) == 3
     started = time.monotonic()
     load.cancel()  # what Quart does when the client disconnects
     with pytest.raises(asyncio.CancelledError):
         await load
-    assert time.monotonic() - started < 0.5 and len(closed) == 1
+    assert time.monotonic() - started < 2 and len(closed) == 1  # not the 5 s the server would take
     assert asyncio.all_tasks() - before == set()  # no fetch left running
 
 
