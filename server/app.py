@@ -12,8 +12,9 @@ import asyncio
 import hmac
 import logging
 from typing import Any, Awaitable, Callable
+from urllib.parse import urlsplit
 
-from quart import Quart, request
+from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
 from server.errors import (
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 Setup = Callable[[], Awaitable[Any]]  # work done while /health says "loading" (e.g. bootstrapping the store)
 
 OPEN_PATHS = {"/health"}  # answered without an API key
+# Browser pages served from this machine may call the API (as Ollama's default origins): a page on another
+# site may not, so a site the user visits cannot drive the local models.
+CORS_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
 def _error_response(exc: BaseException, headers: dict[str, str] | None = None):
@@ -79,10 +83,39 @@ def _register_error_handlers(app: Quart) -> None:
         return _error_response(exc)
 
 
+def _local_origin(origin: str) -> bool:
+    try:
+        parts = urlsplit(origin)
+        return parts.scheme in ("http", "https") and parts.hostname in CORS_HOSTS
+    except ValueError:  # e.g. a malformed port or IPv6 address
+        return False
+
+
+def _register_cors(app: Quart) -> None:
+    """CORS for browser apps on this machine: their preflight (OPTIONS, sent without the API key) is
+    answered, and every response to them, errors included, says that they may read it."""
+
+    @app.after_request
+    async def allow_local_origins(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if not origin or not _local_origin(origin):
+            return response
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.vary.add("Origin")
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response.headers["Access-Control-Allow-Methods"] = response.headers.get("Allow", "")
+            # the openai clients send headers of their own (x-stainless-*, openai-organization): allow what is asked
+            asked = request.headers.get("Access-Control-Request-Headers", "")
+            response.headers["Access-Control-Allow-Headers"] = asked
+            response.headers["Access-Control-Max-Age"] = "600"
+        return response
+
+
 def _register_checks(app: Quart, settings: ServerSettings) -> None:
     @app.before_request
     async def authenticate() -> None:
-        if not settings.api_key or request.path in OPEN_PATHS:
+        # a CORS preflight never carries the key; Quart answers OPTIONS itself, without running a route
+        if not settings.api_key or request.path in OPEN_PATHS or request.method == "OPTIONS":
             return
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if not token or scheme.lower() != "bearer":
@@ -97,6 +130,8 @@ def _register_checks(app: Quart, settings: ServerSettings) -> None:
     async def ready() -> None:
         state = app_state()
         if state.status == "ok" or request.path in OPEN_PATHS or request.routing_exception is not None:
+            return
+        if request.method == "OPTIONS":  # a CORS preflight: Quart answers it, no route runs
             return
         if state.status == "error":
             raise APIError(f"The server failed to start: {state.error}")
@@ -161,6 +196,7 @@ def create_app(
         app.register_blueprint(module.bp)
     _register_error_handlers(app)
     _register_checks(app, settings)
+    _register_cors(app)
     _register_lifecycle(app, state, setup)
     return app
 

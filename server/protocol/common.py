@@ -18,12 +18,17 @@ from server.settings import SamplingDefaults
 # ---- shared field definitions (reused by every request model) -------------
 ModelName = Annotated[str, Field(min_length=1, description="a served model name or alias")]
 MaxTokens = Annotated[int | None, Field(None, ge=1, description="most tokens to generate")]
-Temperature = Annotated[float | None, Field(None, ge=0, le=2, description="0 is greedy")]
+# The logits are divided (in float32) by temperature and repetition_penalty: a smaller divisor overflows them to
+# inf and the logprobs to NaN. A temperature under it is greedy decoding (as vLLM), a smaller penalty a 400.
+SAMPLING_EPS = 1e-5
+Temperature = Annotated[float | None, Field(None, ge=0, le=2, description="0 (or under 1e-5) is greedy")]
 TopP = Annotated[float | None, Field(None, ge=0, le=1, description="nucleus sampling mass")]
 TopK = Annotated[int | None, Field(None, ge=0, description="extension: keep the k likeliest tokens; 0 = off")]
 Penalty = Annotated[float | None, Field(None, ge=-2, le=2)]
 MinTokens = Annotated[int | None, Field(None, ge=0, description="extension (vLLM): no end of sequence before this")]
-RepetitionPenalty = Annotated[float | None, Field(None, gt=0, description="extension: >1 discourages repeats")]
+RepetitionPenalty = Annotated[
+    float | None, Field(None, ge=SAMPLING_EPS, description="extension: >1 discourages repeats")
+]
 Seed = Annotated[int | None, Field(None, description="same seed + same request -> same output")]
 Stop = Annotated[
     str | Annotated[list[str], Field(max_length=4)] | None,
@@ -57,9 +62,10 @@ class StreamOptions(BaseModel):
 
 
 class OpenAIModel(BaseModel):
-    """Base of every request model: unknown fields are ignored, types are checked as JSON types."""
+    """Base of every request model: unknown fields are ignored, types are checked as JSON types, and numbers
+    are finite (NaN, Infinity and 1e999 are no JSON numbers, nor in range for any field)."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
     def check(self) -> None:
         """Reject valid-looking requests that ask for something not supported yet."""
@@ -156,7 +162,7 @@ class SamplingRequest(OpenAIModel):
 
         temperature = float(pick("temperature", 1.0))
         top_p = float(pick("top_p", 1.0))
-        if top_p == 0:  # keep only the likeliest token: that is greedy decoding
+        if top_p == 0 or temperature < SAMPLING_EPS:  # keep only the likeliest token: greedy decoding
             temperature, top_p = 0.0, 1.0
         stop = self.stop if self.stop is not None else d.stop
         if isinstance(stop, str):

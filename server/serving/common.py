@@ -7,10 +7,13 @@ becomes a normal HTTP error, also for `stream: true`.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import time
 import uuid
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Iterable, TypeVar
 
 from server import __version__
@@ -26,6 +29,7 @@ from server.engine.base import (
     TokenLogprob,
 )
 from server.errors import BackendError
+from server.store import ModelEntry
 
 SYSTEM_FINGERPRINT = f"fp_ortserve_{__version__}"
 
@@ -46,6 +50,27 @@ def new_id(prefix: str) -> str:
 
 def now() -> int:
     return int(time.time())
+
+
+def fit_vocabulary(params: SamplingParams, entry: ModelEntry) -> SamplingParams:
+    """A top_k at or past the size of the model's vocabulary keeps every token, so it is no cut at all
+    (onnxruntime-genai refuses such a k; a request for top_k 100000 is valid on a 150k model)."""
+    vocab = vocab_size(entry)
+    return replace(params, top_k=0) if vocab and params.top_k >= vocab else params
+
+
+def vocab_size(entry: ModelEntry) -> int | None:
+    """`model.vocab_size` of the model's genai_config.json (None when it names none)."""
+    return _vocab_size(str(entry.folder / "genai_config.json"), entry.manifest.get("_folder_mtime"))
+
+
+@functools.lru_cache(maxsize=64)
+def _vocab_size(path: str, _version: object) -> int | None:
+    try:
+        size = json.loads(Path(path).read_text(encoding="utf-8"))["model"]["vocab_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return size if isinstance(size, int) and size > 0 else None
 
 
 def choice_params(params: SamplingParams, index: int) -> SamplingParams:

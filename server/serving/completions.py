@@ -19,6 +19,7 @@ from server.serving.common import (
     Collected,
     Generation,
     choice_params,
+    fit_vocabulary,
     gather_all,
     merge,
     new_id,
@@ -48,7 +49,7 @@ async def create_completion(
         config = lease.entry.config
         request_id = new_id("cmpl")
         guidance = completion_guidance(lease.generator, request.response_format)
-        params = replace(request.to_sampling_params(config.defaults), guidance=guidance)
+        params = replace(fit_vocabulary(request.to_sampling_params(config.defaults), lease.entry), guidance=guidance)
         prompts = request.to_prompts(lease.generator.fim_tokens)
         k = request.candidates_per_prompt
         generations = await start_all(

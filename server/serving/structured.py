@@ -26,6 +26,7 @@ from server.protocol.chat import (
     Function,
 )
 from server.protocol.common import ResponseFormat
+from server.serving.common import fit_vocabulary
 from server.settings import ServerSettings
 from server.store import ModelEntry
 
@@ -98,7 +99,7 @@ async def plan_chat(
     )
     require_guidance(generator, guidance)
     params = replace(
-        request.to_sampling_params(config.defaults),
+        fit_vocabulary(request.to_sampling_params(config.defaults), entry),
         guidance=guidance,
         keep_special=parser.special_texts() if tools else (),
     )
