@@ -38,6 +38,7 @@ def convert(source: str, store: ModelStore, *, name: str | None = None, task: st
     name = check_name(name or default_name(source))
     if store.exists(name) and not force:
         raise ConversionError(f"model '{name}' already exists; use --force to replace it or --name to pick another")
+    store.check_not_an_alias(name)
     if task is not None:
         precision = check_precision(task, device, precision)
     src = resolve_source(source, progress, revision)

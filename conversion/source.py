@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def resolve_source(source: str, progress: Progress, revision: str | None = None)
         return path.resolve()
     if not _HUB_ID.match(source):
         raise ConversionError(f"{source}: no such folder, and not a hub id of the form owner/name")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     with progress.step(f"download {source}"):
@@ -32,7 +33,15 @@ def resolve_source(source: str, progress: Progress, revision: str | None = None)
             return Path(snapshot_download(source, revision=revision, allow_patterns=_ALLOW))
         except RepositoryNotFoundError:
             raise ConversionError(f"{source}: no such model on the hub (or it is gated: run `hf auth login`)") from None
-        except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        except LocalEntryNotFoundError as exc:  # not in the cache, and the hub did not answer (or may not be asked)
+            if constants.HF_HUB_OFFLINE:
+                raise ConversionError(f"{source}: no such local folder, and not in the Hugging Face cache while "
+                                      "HF_HUB_OFFLINE is set (unset it to download)") from None
+            why = f"{type(exc.__cause__).__name__}: {exc.__cause__}" if exc.__cause__ else "no answer"
+            raise ConversionError(f"{source}: no such local folder, and the Hugging Face hub could not be reached "
+                                  f"({why}); check the connection (or HF_ENDPOINT, HTTPS_PROXY), or convert a "
+                                  "local folder") from None
+        except (HfHubHTTPError, OSError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConversionError(f"{source}: download failed: {first}") from None
 
@@ -45,7 +54,7 @@ def read_config(src: Path) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConversionError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict) or "model_type" not in config:
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
         raise ConversionError(f"{path}: has no model_type (not a transformers config)")
     return config
 
@@ -73,4 +82,5 @@ def is_genai_folder(src: Path) -> bool:
 
 
 def default_name(source: str) -> str:
-    return Path(source.rstrip("/\\")).name.lower() or "model"
+    path = Path(os.path.abspath(Path(source.rstrip("/\\")).expanduser()))  # `.` and `..`: the folders they are
+    return path.name.lower() or "model"

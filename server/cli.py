@@ -20,7 +20,9 @@ from server.store import ModelStore, StoreError
 def _store(args: argparse.Namespace) -> ModelStore:
     from server.settings import default_configs_dir, default_models_dir
 
-    return ModelStore(args.models_dir or default_models_dir(), default_configs_dir())
+    store = ModelStore(args.models_dir or default_models_dir(), default_configs_dir())
+    store.check_folders()
+    return store
 
 
 def _size(folder: Path) -> int:
@@ -87,17 +89,22 @@ def cmd_create(args: argparse.Namespace) -> int:
     from server.store import check_name
 
     path: Path = args.file
+    if path.is_dir():  # (Windows would say only "Permission denied")
+        raise StoreError(f"{path} is a folder; name the Modelfile itself with -f FILE")
     try:
         modelfile = parse_modelfile(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StoreError(f"{path}: no such file (name the Modelfile with -f FILE)") from None
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise StoreError(f"{path} cannot be used: it is not UTF-8 text") from None
+        raise StoreError(f"{path} cannot be used: it is not UTF-8 text (save it as UTF-8)") from None
     except ModelfileError as exc:
         raise StoreError(f"{path} cannot be used:\n  " + str(exc).replace("\n", "\n  ")) from None
     for warning in modelfile.warnings:
         print(f"warning: {path}: {warning}", file=sys.stderr)
     store, name, source = _store(args), check_name(args.name), modelfile.source
+    store.check_not_an_alias(name)
     try:
         base = store.get(source)
     except StoreError:
@@ -137,30 +144,28 @@ def cmd_ps(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
+    from server.doctor import opener
     from server.modelfile import format_duration
-
-    from urllib.parse import urlsplit
 
     key = args.api_key or os.environ.get("ORTSERVE_API_KEY")
     url = args.url.rstrip("/") + "/api/ps"
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    host = urlsplit(url).hostname or ""
-    local = host == "localhost" or host == "::1" or host.startswith("127.")
-    # a server on this machine is never reached through $HTTP_PROXY (as Go's clients, ollama's, do)
-    opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
     try:
-        with opener.open(urllib.request.Request(url, headers=headers), timeout=30) as response:
+        with opener(url).open(urllib.request.Request(url, headers=headers), timeout=30) as response:
             models = json.load(response)["models"]
     except urllib.error.HTTPError as exc:
         try:
             message = json.load(exc)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = exc.reason
-        raise StoreError(f"{url}: {exc.code} {message}") from None
+        hint = " (is it an ortserve server?)" if exc.code == 404 else ""
+        raise StoreError(f"{url}: {exc.code} {message}{hint}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise StoreError(f"no server answers at {args.url}: {getattr(exc, 'reason', exc)}") from None
     except (ValueError, KeyError, TypeError):
-        raise StoreError(f"{url} did not answer as ortserve does (a JSON object with 'models')") from None
+        models = None
+    if not _is_ps_answer(models):  # another kind of server (Ollama's /api/ps has no expires_in)
+        raise StoreError(f"{url} did not answer as ortserve does (a JSON object with 'models')")
     if args.json:
         print(json.dumps(models, indent=2))
         return 0
@@ -170,11 +175,35 @@ def cmd_ps(args: argparse.Namespace) -> int:
         until = "forever" if left is None else f"{format_duration(left)} from now"
         if m.get("requests"):
             until = f"in use; then {format_duration(left) if left is not None else 'forever'}"
-        rows.append((m["name"], m.get("task", "?"), _human(m.get("size", 0)), m.get("device", "cpu"), until))
+        rows.append((m["name"], str(m.get("task", "?")), _human(m.get("size", 0)), str(m.get("device", "cpu")), until))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     return 0
+
+
+def _is_ps_answer(models: object) -> bool:
+    """Whether /api/ps answered ortserve's shape: models with a name, a size and expires_in (None: forever)."""
+    return isinstance(models, list) and all(
+        isinstance(m, dict) and isinstance(m.get("name"), str) and "expires_in" in m
+        and isinstance(m["expires_in"], (int, float, type(None))) and isinstance(m.get("size", 0), (int, float))
+        for m in models
+    )
+
+
+def _server_url(text: str) -> str:
+    """--url: http(s)://HOST[:PORT], or HOST:PORT (http:// is added); refused here rather than at the request."""
+    from urllib.parse import urlsplit
+
+    url = text.strip() if "://" in text else f"http://{text.strip()}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a port that is not a number or out of range raises here
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URL ({exc}); use http://HOST:PORT") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a server URL; use http://HOST:PORT")
+    return url
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -207,6 +236,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not _can_listen(settings.host, settings.port):  # before a bootstrap that may take minutes
         return 2
     store = ModelStore(settings.models_dir, settings.configs_dir)
+    store.check_folders()
     store.clean_staging()
     if settings.bootstrap and not store.entries():
         from server.bootstrap import bootstrap
@@ -316,12 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when FROM is converted: the device it is built for")
 
     p = command("ps", cmd_ps, "list the models a running server has loaded")
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default http://127.0.0.1:8000)")
+    p.add_argument("--url", type=_server_url, default="http://127.0.0.1:8000",
+                   help="the server (default http://127.0.0.1:8000)")
     p.add_argument("--api-key", help="its API key (default: $ORTSERVE_API_KEY)")
     p.add_argument("--json", action="store_true")
 
     p = command("info", cmd_info, "show the installed runtimes, the devices they offer and what auto picks")
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="a running server to ask for its models' devices")
+    p.add_argument("--url", type=_server_url, default="http://127.0.0.1:8000",
+                   help="a running server to ask for its models' devices")
     p.add_argument("--no-server", action="store_true", help="do not ask a server")
     p.add_argument("--json", action="store_true")
 
@@ -338,20 +370,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pydantic import ValidationError
-
     from conversion.common import ConversionError
+    from server.settings import SettingsError
 
+    for stream in (sys.stdout, sys.stderr):  # a console or pipe that cannot show a character (Windows' cp1252)
+        if hasattr(stream, "reconfigure"):  # gets an escape, not a UnicodeEncodeError
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except (ConversionError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except ValidationError as exc:  # settings from configs/server.toml, ORTSERVE_* or flags
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        print(f"error: invalid settings: {problems}", file=sys.stderr)
+    except SettingsError as exc:  # configs/server.toml, ORTSERVE_* or flags
+        print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the disk said no: a full disk, a folder that cannot be written, a name too long
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

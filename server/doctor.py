@@ -12,6 +12,7 @@ import json
 import platform
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -69,19 +70,30 @@ def _onnxruntime_genai() -> dict[str, Any]:
             "devices": sorted(devices.genai_devices(og))}  # fmt: skip
 
 
+def opener(url: str) -> urllib.request.OpenerDirector:
+    """What asks a running server (here and `ortserve ps`): one on this machine is never reached through
+    $HTTP_PROXY (as Go's clients, ollama's, do)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    local = host == "localhost" or host == "::1" or host.startswith("127.")
+    return urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
+
+
 def server_devices(url: str, timeout: float = 3.0) -> dict[str, Any]:
     """A running server's /health: its status and each loaded model's device; or why it did not answer."""
     target = url.rstrip("/") + "/health"
     try:
-        with urllib.request.urlopen(target, timeout=timeout) as response:
-            body = json.load(response)
+        with opener(target).open(target, timeout=timeout) as response:
+            raw = response.read()
     except urllib.error.HTTPError as exc:  # 503 while loading still has a body
-        try:
-            body = json.load(exc)
-        except ValueError:
-            return {"url": url, "error": f"HTTP {exc.code}"}
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raw = exc.read()
+    except (urllib.error.URLError, OSError, ValueError) as exc:  # ValueError: a malformed URL
         return {"url": url, "error": f"no server answers ({getattr(exc, 'reason', exc)})"}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("devices", {}), dict):  # another kind of server
+        return {"url": url, "error": f"{target} did not answer as ortserve does (is it another server?)"}
     return {"url": url, "status": body.get("status"), "devices": body.get("devices", {})}
 
 

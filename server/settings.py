@@ -11,9 +11,24 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DEVICES = ("auto", "cpu", "cuda", "dml", "coreml")
+
+
+class SettingsError(Exception):
+    """Server settings that cannot be used; the message names the file, variable or flag to fix."""
+
+
+def describe(exc: ValidationError, origins: dict[str, str] | None = None) -> str:
+    """A pydantic error in one line: `field: problem (where it came from)` for each problem."""
+    origins = origins or {}
+    parts = []
+    for e in exc.errors():
+        field = ".".join(map(str, e["loc"]))
+        origin = origins.get(str(e["loc"][0])) if e["loc"] else None
+        parts.append(f"{field}: {e['msg']}" + (f" ({origin})" if origin else ""))
+    return "; ".join(parts)
 
 
 def _is_checkout(root: Path) -> bool:
@@ -92,9 +107,9 @@ class ModelConfig(BaseModel):
 class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(8000, ge=0, le=65535)
-    api_key: str | None = None
+    api_key: str | None = Field(None, min_length=1)  # "" would silently serve without a key
     models_dir: Path = Field(default_factory=default_models_dir)
     configs_dir: Path = Field(default_factory=default_configs_dir)
     device: str = Field("auto", pattern="^(auto|cpu|cuda|dml|coreml)$")
@@ -126,15 +141,45 @@ class ServerSettings(BaseModel):
 
     @classmethod
     def load(cls, **overrides: Any) -> "ServerSettings":
-        """Defaults < configs/server.toml < ORTSERVE_* environment < overrides (flags)."""
+        """Defaults < configs/server.toml < ORTSERVE_* environment < overrides (flags); SettingsError names
+        where a bad value came from."""
         values: dict[str, Any] = {}
+        origins: dict[str, str] = {}
         configs_dir = Path(overrides.get("configs_dir") or default_configs_dir())
         server_toml = configs_dir / "server.toml"
         if server_toml.is_file():
-            values.update(tomllib.loads(server_toml.read_text(encoding="utf-8")).get("server", {}))
+            table = _read_server_toml(server_toml)
+            values.update(table)
+            origins.update(dict.fromkeys(table, str(server_toml)))
         for name in cls.model_fields:
             env = os.environ.get(f"ORTSERVE_{name.upper()}")
-            if env is not None:
+            if env:  # set but empty (`ORTSERVE_HOST=`) means unset, as in most tools
                 values[name] = env
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+                origins[name] = f"ORTSERVE_{name.upper()}" + ("" if name == "api_key" else f"={env!r}")
+        for name, value in overrides.items():  # flags: --port for port, --no-bootstrap for bootstrap
+            if value is not None:
+                values[name] = value
+                origins[name] = "--no-bootstrap" if name == "bootstrap" else f"--{name.replace('_', '-')}"
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise SettingsError(f"invalid settings: {describe(exc, origins)}") from None
+
+
+def _read_server_toml(path: Path) -> dict[str, Any]:
+    """The [server] table of configs/server.toml."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{path} is not UTF-8 text; save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path} is not valid TOML: {exc}") from None
+    table = data.get("server", {})
+    if not isinstance(table, dict):
+        raise SettingsError(f"{path}: 'server' must be the [server] table of settings")
+    outside = [key for key in data if key != "server"]
+    if outside:  # `port = 9000` above the [server] line would be silently ignored
+        raise SettingsError(f"{path}: {', '.join(outside)}: settings go under the [server] line")
+    return table

@@ -22,11 +22,15 @@ from urllib.parse import quote, unquote
 
 import tomli_w
 
-from server.settings import ModelConfig
+from pydantic import ValidationError
+
+from server.settings import ModelConfig, describe
 
 MANIFEST = "manifest.json"
 REMOVED_MANIFEST = "manifest.removed.json"  # a removed model whose files were still in use (Windows)
 STAGING_PREFIX = ".staging-"
+# file names Windows keeps for devices, with any extension ("con", "nul.txt"): a model folder cannot have them
+_WINDOWS_DEVICES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
 
 class StoreError(Exception):
@@ -42,6 +46,12 @@ def check_name(name: str) -> str:
         raise StoreError(f"invalid model name {name!r}: use 1-128 printable characters without spaces")
     if name in (".", "..") or name.startswith(STAGING_PREFIX):
         raise StoreError(f"invalid model name {name!r}")
+    if "/" in name:  # a name with '/' would read as a hub id or an alias (see `get`)
+        raise StoreError(f"invalid model name {name!r}: '/' is for hub ids and aliases; use ':' or '-' instead")
+    if name.split(".")[0].lower() in _WINDOWS_DEVICES or name.endswith("."):
+        raise StoreError(f"invalid model name {name!r}: Windows cannot use it as a file name; pick another")
+    if len(_file_stem(name)) > 200:  # characters other than letters, digits and -_.+@ take 3 to 12 in a file name
+        raise StoreError(f"invalid model name {name!r}: too long as a file name; use a shorter one")
     return name
 
 
@@ -109,18 +119,20 @@ class ModelStore:
 
     def _read_config(self, name: str) -> tuple[ModelConfig, float] | None:
         path = self._config_path(name)
-        if not path.is_file():
+        if not os.path.isfile(path):  # (False, not an error, for a name too long to be a file)
             return None
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
             return ModelConfig(**data), path.stat().st_mtime
+        except ValidationError as exc:
+            raise BrokenModelError(f"{path}: {describe(exc)}") from exc
         except (tomllib.TOMLDecodeError, ValueError) as exc:
             reason = " ".join(str(exc).split())
             raise BrokenModelError(f"{path}: {reason}") from exc
 
     def _read_manifest(self, folder: Path) -> dict[str, Any] | None:
         path = folder / MANIFEST
-        if not path.is_file():
+        if not os.path.isfile(path):
             return None
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -184,7 +196,25 @@ class ModelStore:
         raise StoreError(f"model '{name_or_alias}' is not in the store ({self.models_dir})")
 
     def exists(self, name: str) -> bool:
-        return self._entry_or_none(name) is not None or self._config_path(name).is_file()
+        return self._entry_or_none(name) is not None or os.path.isfile(self._config_path(name))
+
+    def check_folders(self) -> None:
+        """Refuse a store that would lie inside a file (a mistyped $ORTSERVE_HOME or --models-dir), where every
+        listing would be silently empty and every write would fail."""
+        for folder in (self.models_dir, self.configs_dir):
+            path = folder
+            while not path.exists() and path != path.parent:
+                path = path.parent
+            if not path.is_dir():
+                raise StoreError(f"the model store cannot be at {folder}: {path} is a file, not a folder (check "
+                                 "--models-dir, $ORTSERVE_HOME, $ORTSERVE_MODELS and $ORTSERVE_CONFIGS)")
+
+    def check_not_an_alias(self, name: str) -> None:
+        """Refuse a new name that is another model's alias: it would silently take that alias's requests."""
+        for entry in self.entries():
+            if name in entry.config.aliases and entry.name != name:
+                raise StoreError(f"'{name}' is an alias of model '{entry.name}'; remove it from the aliases in "
+                                 f"{self._config_path(entry.name)} first, or pick another name")
 
     # ---- writing -------------------------------------------------------
     def write_config(self, name: str, config: ModelConfig) -> None:
@@ -207,6 +237,7 @@ class ModelStore:
         check_name(name)
         if self.exists(name) and not force:
             raise StoreError(f"model '{name}' already exists; use --force to replace it")
+        self.check_not_an_alias(name)
         self.models_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.models_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         lock_path = tmp.with_name(f"{tmp.name}.lock")
@@ -238,6 +269,7 @@ class ModelStore:
         entry = self.get(src)
         if self.exists(dst):
             raise StoreError(f"model '{dst}' already exists")
+        self.check_not_an_alias(dst)
         config = entry.config.model_copy(update={"weights": entry.config.weights or entry.name, "aliases": []})
         self.write_config(dst, config)
         return self.get(dst)
@@ -248,18 +280,29 @@ class ModelStore:
         A running server that has the model loaded keeps serving the requests in flight: on Linux and macOS
         its open (mapped) files outlive the deletion. On Windows open files cannot be deleted or moved, so the
         folder is hidden at once (its manifest renamed) and deleted later (by the next `rm` or `serve` start)."""
-        entry = self._entry_or_none(name)
+        try:
+            entry, broken = self._entry_or_none(name), False
+        except BrokenModelError:  # its settings or manifest cannot be read: `rm` is how to be rid of it
+            entry, broken = None, True
         config_path = self._config_path(name)
-        if entry is None and not config_path.is_file():
+        if entry is None and not broken and not os.path.isfile(config_path):
+            owner = next((e.name for e in self.entries() if name in e.config.aliases), None)
+            if owner is not None:
+                raise StoreError(f"'{name}' is an alias of model '{owner}', not a model; remove it from the "
+                                 f"aliases in {self._config_path(owner)}, or remove '{owner}'")
             raise StoreError(f"model '{name}' is not in the store ({self.models_dir})")
         config_path.unlink(missing_ok=True)
+        if broken:  # what it served is unknown: its own folder goes unless a readable name serves it
+            entry = ModelEntry(name, ModelConfig(), self.models_dir / _file_stem(name), {})
+            if not entry.folder.is_dir():
+                entry = None
         if entry is not None:
             weights = entry.config.weights or entry.name
             if not any((e.config.weights or e.name) == weights for e in self.entries() if e.name != name):
                 self._hide_or_delete(entry.folder)  # no other name serves these weights
             elif weights == name:
                 # other names still serve these weights: keep the folder, stop listing it under its own name
-                manifest = {k: v for k, v in entry.manifest.items() if not k.startswith("_")}
+                manifest = {k: v for k, v in (self._read_manifest(entry.folder) or {}).items() if not k.startswith("_")}
                 text = json.dumps({**manifest, "unlisted": True}, indent=2)
                 (entry.folder / MANIFEST).write_text(text, encoding="utf-8")
         self._sweep_removed()
