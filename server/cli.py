@@ -140,32 +140,10 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_ps(args: argparse.Namespace) -> int:
     """The models a running server has loaded (GET /api/ps), as `ollama ps` shows them."""
-    import os
-    import urllib.error
-    import urllib.request
-
-    from server.doctor import opener
     from server.modelfile import format_duration
+    from server.remote import default_api_key, default_url, loaded_models
 
-    key = args.api_key or os.environ.get("ORTSERVE_API_KEY")
-    url = args.url.rstrip("/") + "/api/ps"
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        with opener(url).open(urllib.request.Request(url, headers=headers), timeout=30) as response:
-            models = json.load(response)["models"]
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.load(exc)["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = exc.reason
-        hint = " (is it an ortserve server?)" if exc.code == 404 else ""
-        raise StoreError(f"{url}: {exc.code} {message}{hint}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise StoreError(f"no server answers at {args.url}: {getattr(exc, 'reason', exc)}") from None
-    except (ValueError, KeyError, TypeError):
-        models = None
-    if not _is_ps_answer(models):  # another kind of server (Ollama's /api/ps has no expires_in)
-        raise StoreError(f"{url} did not answer as ortserve does (a JSON object with 'models')")
+    models = loaded_models(args.url or default_url(), args.api_key or default_api_key())
     if args.json:
         print(json.dumps(models, indent=2))
         return 0
@@ -182,35 +160,12 @@ def cmd_ps(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_ps_answer(models: object) -> bool:
-    """Whether /api/ps answered ortserve's shape: models with a name, a size and expires_in (None: forever)."""
-    return isinstance(models, list) and all(
-        isinstance(m, dict) and isinstance(m.get("name"), str) and "expires_in" in m
-        and isinstance(m["expires_in"], (int, float, type(None))) and isinstance(m.get("size", 0), (int, float))
-        for m in models
-    )
-
-
-def _server_url(text: str) -> str:
-    """--url: http(s)://HOST[:PORT], or HOST:PORT (http:// is added); refused here rather than at the request."""
-    from urllib.parse import urlsplit
-
-    url = text.strip() if "://" in text else f"http://{text.strip()}"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - a port that is not a number or out of range raises here
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a URL ({exc}); use http://HOST:PORT") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a server URL; use http://HOST:PORT")
-    return url
-
-
 def cmd_info(args: argparse.Namespace) -> int:
     """Packages, runtimes, devices (and what `auto` picks), and a running server's models' devices."""
     from server.doctor import main
+    from server.remote import default_url
 
-    return main(None if args.no_server else args.url, as_json=args.json)
+    return main(None if args.no_server else (args.url or default_url()), as_json=args.json)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -316,6 +271,7 @@ def _device_usable(device: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from server.remote import server_url
     from conversion.cli import add_arguments
 
     parser = argparse.ArgumentParser(prog="ortserve", description="A local OpenAI-compatible server on ONNX Runtime.")
@@ -346,14 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when FROM is converted: the device it is built for")
 
     p = command("ps", cmd_ps, "list the models a running server has loaded")
-    p.add_argument("--url", type=_server_url, default="http://127.0.0.1:8000",
-                   help="the server (default http://127.0.0.1:8000)")
-    p.add_argument("--api-key", help="its API key (default: $ORTSERVE_API_KEY)")
+    p.add_argument("--url", type=server_url, help="the server (default: the host and port `serve` would use)")
+    p.add_argument("--api-key", help="its API key (default: the api_key `serve` would use)")
     p.add_argument("--json", action="store_true")
 
     p = command("info", cmd_info, "show the installed runtimes, the devices they offer and what auto picks")
-    p.add_argument("--url", type=_server_url, default="http://127.0.0.1:8000",
-                   help="a running server to ask for its models' devices")
+    p.add_argument("--url", type=server_url,
+                   help="a running server to ask for its models' devices (default: the one `serve` would start)")
     p.add_argument("--no-server", action="store_true", help="do not ask a server")
     p.add_argument("--json", action="store_true")
 

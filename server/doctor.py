@@ -12,14 +12,12 @@ import json
 import platform
 import sys
 import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any
 
 from server.engine import devices
 from server.errors import NotSupportedError
+from server.remote import opener
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 # what `auto` picks, per kind of model: (label, runtime, the device a chat model was converted for)
 AUTO_CASES = (
     ("embeddings", "embeddings", None),
@@ -70,14 +68,6 @@ def _onnxruntime_genai() -> dict[str, Any]:
             "devices": sorted(devices.genai_devices(og))}  # fmt: skip
 
 
-def opener(url: str) -> urllib.request.OpenerDirector:
-    """What asks a running server (here and `ortserve ps`): one on this machine is never reached through
-    $HTTP_PROXY (as Go's clients, ollama's, do)."""
-    host = urllib.parse.urlsplit(url).hostname or ""
-    local = host == "localhost" or host == "::1" or host.startswith("127.")
-    return urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
-
-
 def server_devices(url: str, timeout: float = 3.0) -> dict[str, Any]:
     """A running server's /health: its status and each loaded model's device; or why it did not answer."""
     target = url.rstrip("/") + "/health"
@@ -97,7 +87,7 @@ def server_devices(url: str, timeout: float = 3.0) -> dict[str, Any]:
     return {"url": url, "status": body.get("status"), "devices": body.get("devices", {})}
 
 
-def collect(url: str | None = DEFAULT_URL) -> dict[str, Any]:
+def collect(url: str | None) -> dict[str, Any]:
     ort_info, genai_info = _onnxruntime(), _onnxruntime_genai()
     base = devices.detect()
     env = devices.Environment(  # what the runtimes say wins; the package metadata speaks for one that fails to import
@@ -176,4 +166,6 @@ def main(url: str | None, as_json: bool = False) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(DEFAULT_URL))
+    from server.remote import default_url
+
+    sys.exit(main(default_url()))

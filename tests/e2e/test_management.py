@@ -240,6 +240,21 @@ def test_ps_route_and_command(managed, client, monkeypatch):
     assert refused.returncode == 1 and "401" in refused.stderr
 
 
+def test_ps_and_info_find_the_server_their_settings_start(managed, tmp_path):
+    """Without --url, `ps` and `info` ask the host, port and API key that `serve` would use with the same settings."""
+    port = managed.base_url.rsplit(":", 1)[1]
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "server.toml").write_text(
+        f'[server]\nhost = "0.0.0.0"\nport = {port}\napi_key = "{KEY}"\n', encoding="utf-8")
+    chat(managed.client(api_key=KEY), BASE, max_tokens=1)
+    shown = run_ortserve(tmp_path, "ps", "--json")  # an all-interfaces host is asked on 127.0.0.1
+    assert shown.returncode == 0, shown.stderr
+    assert BASE in [m["name"] for m in json.loads(shown.stdout)]
+    info = run_ortserve(tmp_path, "info", "--json")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["server"]["devices"][BASE] == "cpu"
+
+
 def test_ps_lists_what_loads_on_first_requests(managed):
     managed.store.copy(BASE, "crowd")
 
