@@ -82,7 +82,7 @@ class SamplingDefaults(BaseModel):
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    repetition_penalty: float | None = Field(None, gt=0)
+    repetition_penalty: float | None = Field(None, ge=1e-5)  # smaller divides the logits to inf (as requests)
 
 
 class ModelConfig(BaseModel):

@@ -55,7 +55,8 @@ def entry(logprobs: np.ndarray, token: int, k: int, spell: Spell) -> TokenLogpro
 
     def one(t: int) -> TokenLogprob:
         text, raw = spell(t)
-        return TokenLogprob(t, text, raw, max(float(logprobs[t]), FLOOR))
+        value = float(logprobs[t])
+        return TokenLogprob(t, text, raw, value if value >= FLOOR else FLOOR)  # -inf and NaN too: JSON has neither
 
     top = tuple(one(int(t)) for t in top_ids(logprobs, k, token))
     head = one(token)

@@ -11,6 +11,9 @@ from server.protocol.common import FinishReason, ResponseFormat, SamplingRequest
 from server.protocol.logprobs import CompletionLogprobs
 
 TokenIds = list[int]
+# prompts x (best_of or n) in one request: its generations queue at once, so a bigger batch would hold every
+# other client back for its whole length (OpenAI's own limits: 128 choices; batches of prompts, split by clients)
+MAX_GENERATIONS = 1024
 
 
 class CompletionRequest(SamplingRequest):
@@ -69,6 +72,12 @@ class CompletionRequest(SamplingRequest):
         prompts = self.prompts()
         if not prompts:
             raise InvalidRequestError("Invalid value for 'prompt': it must not be an empty array.", param="prompt")
+        if len(prompts) * self.candidates_per_prompt > MAX_GENERATIONS:  # queued at once, ahead of other clients
+            raise InvalidRequestError(
+                f"This request asks for {len(prompts) * self.candidates_per_prompt:,} generations ({len(prompts):,} "
+                f"prompts x {self.candidates_per_prompt} each); at most {MAX_GENERATIONS:,} per request: split it.",
+                param="prompt",
+            )
         many = not isinstance(self.prompt, str) and not (self.prompt and isinstance(self.prompt[0], int))
         for i, p in enumerate(prompts):
             param = f"prompt.{i}" if many else "prompt"

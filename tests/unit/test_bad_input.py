@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from server.app import create_app
+from server.engine.logits import FLOOR, entry
 from server.errors import InvalidRequestError
 from server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_request
-from server.settings import ServerSettings
+from server.protocol.completions import MAX_GENERATIONS
+from server.settings import SamplingDefaults, ServerSettings
 from server.store import ModelStore
 from tests.unit.test_app_errors import CHAT, FakeBackend, add_model, assert_error, chat_body
 
@@ -148,6 +152,33 @@ async def test_a_repetition_penalty_float32_cannot_divide_by_is_a_400(client):
     assert response.status_code == 400
     assert_error(await response.get_json(), type="invalid_request_error", param="repetition_penalty")
     assert (await client.post(CHAT, json=chat_body(repetition_penalty=1e-5))).status_code == 200
+
+
+def test_a_model_default_repetition_penalty_float32_cannot_divide_by_is_refused():
+    # a Modelfile `PARAMETER repeat_penalty 1e-320` would give NaN logprobs like the request field
+    with pytest.raises(ValidationError):
+        SamplingDefaults(repetition_penalty=1e-320)
+    assert SamplingDefaults(repetition_penalty=1e-5).repetition_penalty == 1e-5
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("-inf")])
+def test_a_logprob_json_cannot_carry_is_reported_as_the_floor(value):
+    # an fp16 model whose logits overflow: the response must stay JSON (which has no NaN or -inf)
+    row = np.array([0.0, value], dtype=np.float32)
+    got = entry(row, 1, 1, lambda t: (str(t), b""))
+    assert got.logprob == FLOOR and [t.logprob for t in got.top] == [0.0]
+
+
+async def test_a_batch_past_the_generation_limit_is_a_400(client, backend):
+    prompts = ["hi"] * (MAX_GENERATIONS // 4 + 1)
+    response = await client.post(COMPLETIONS, json={"model": "tiny", "prompt": prompts, "n": 4})
+    assert response.status_code == 400
+    error = await response.get_json()
+    assert_error(error, type="invalid_request_error", param="prompt")
+    assert f"at most {MAX_GENERATIONS:,}" in error["error"]["message"]
+    assert not backend.generators  # refused before any generation was queued
+    at_limit = {"model": "tiny", "prompt": ["hi"] * (MAX_GENERATIONS // 4), "n": 4, "max_tokens": 1}
+    assert (await client.post(COMPLETIONS, json=at_limit)).status_code == 200
 
 
 # ---- browsers ---------------------------------------------------------------------------------------------
