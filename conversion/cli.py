@@ -41,9 +41,12 @@ def convert(source: str, store: ModelStore, *, name: str | None = None, task: st
     store.check_not_an_alias(name)
     if task is not None:
         precision = check_precision(task, device, precision)
+    shared = [e.name for e in store.entries() if e.config.weights == name]  # `cp NAME X`: X serves NAME's weights
     src = resolve_source(source, progress, revision)
     if is_genai_folder(src):
-        return _register_ready(source, src, store, name, task, force, progress, config)
+        manifest = _register_ready(source, src, store, name, task, force, progress, config)
+        _note_shared(shared, progress)
+        return manifest
     task = task or detect_task(src)
     precision = check_precision(task, device, precision)
     progress.info(f"converting {source} -> '{name}' ({task}, {precision}, {device})")
@@ -65,7 +68,16 @@ def convert(source: str, store: ModelStore, *, name: str | None = None, task: st
         manifest = {**manifest, "source": source, "validated": validate}
         store.add(name, out, manifest, config or ModelConfig(device=device if device != "cpu" else "auto"))
     progress.info(f"'{name}' is ready in {store.models_dir / name}")
+    _note_shared(shared, progress)
     return manifest
+
+
+def _note_shared(shared: list[str], progress: Progress) -> None:
+    """Said even with --quiet: other names now serve the weights just replaced."""
+    if shared:
+        verb = "shares" if len(shared) == 1 else "share"
+        print(f"note: {', '.join(shared)} {verb} these weights and now serve the new ones", file=progress.stream,
+              flush=True)
 
 
 def _is_vision(src: Path) -> bool:

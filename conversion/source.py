@@ -22,6 +22,8 @@ def resolve_source(source: str, progress: Progress, revision: str | None = None)
     if path.exists():
         if not path.is_dir():
             raise ConversionError(f"{source}: not a folder (SOURCE is a Hugging Face model folder or a hub id)")
+        if revision is not None:  # a folder has one revision: the files in it
+            raise ConversionError(f"{source}: --revision is for hub ids only, not local folders")
         return path.resolve()
     if not _HUB_ID.match(source):
         raise ConversionError(f"{source}: no such folder, and not a hub id of the form owner/name")

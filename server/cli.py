@@ -121,7 +121,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         if name == base.name:  # new settings for the same name: its aliases stay its own
             config = config.model_copy(update={"aliases": base.config.aliases})
         store.write_config(name, config)
-        done = "updated the settings of" if name == base.name else "created"
+        done = "updated the settings of" if existing is not None and existing.name == name else "created"
         print(f"{done} '{name}' from '{base.name}' (shares the weights in {base.folder})")
         return 0
     folder = (path.parent / source).expanduser()
@@ -243,10 +243,14 @@ def _configure_logging() -> None:
     """Our loggers (model loads, unloads, warnings) to stderr at $ORTSERVE_LOG_LEVEL (default INFO); once."""
     import os
 
-    level = os.environ.get("ORTSERVE_LOG_LEVEL", "INFO").upper()
+    level = (os.environ.get("ORTSERVE_LOG_LEVEL") or "INFO").upper()  # empty: unset, as every ORTSERVE_*
+    if level not in logging.getLevelNamesMapping():
+        print(f"warning: ORTSERVE_LOG_LEVEL={os.environ['ORTSERVE_LOG_LEVEL']} is not a log level (DEBUG, INFO, "
+              "WARNING, ERROR); using INFO", file=sys.stderr)
+        level = "INFO"
     for name in ("server", "conversion"):  # not the root: Hypercorn has its own handlers
         logger = logging.getLogger(name)
-        logger.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
+        logger.setLevel(level)
         if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
             handler = _StderrHandler()
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
@@ -278,9 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ortserve {__import__('server').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, handler, help: str) -> argparse.ArgumentParser:
+    def command(name: str, handler, help: str, store: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("--models-dir", type=Path, help="the model store (default: $ORTSERVE_MODELS or models/)")
+        if store:  # `ps` and `info` ask a server, not the store
+            p.add_argument("--models-dir", type=Path, help="the model store (default: $ORTSERVE_MODELS or models/)")
         p.set_defaults(handler=handler)
         return p
 
@@ -301,12 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda", "dml", "coreml"), default="cpu",
                    help="when FROM is converted: the device it is built for")
 
-    p = command("ps", cmd_ps, "list the models a running server has loaded")
+    p = command("ps", cmd_ps, "list the models a running server has loaded", store=False)
     p.add_argument("--url", type=server_url, help="the server (default: the host and port `serve` would use)")
     p.add_argument("--api-key", help="its API key (default: the api_key `serve` would use)")
     p.add_argument("--json", action="store_true")
 
-    p = command("info", cmd_info, "show the installed runtimes, the devices they offer and what auto picks")
+    p = command("info", cmd_info, "show the installed runtimes, the devices they offer and what auto picks",
+                store=False)
     p.add_argument("--url", type=server_url,
                    help="a running server to ask for its models' devices (default: the one `serve` would start)")
     p.add_argument("--no-server", action="store_true", help="do not ask a server")

@@ -88,6 +88,33 @@ def test_names_the_store_cannot_hold_are_refused(home, capsys, name, says):
     assert _store(home).names() == ["base"]
 
 
+def test_convert_of_a_local_folder_refuses_a_revision(home, tmp_path, capsys):
+    (tmp_path / "folder").mkdir()  # was silently converted as it is, whatever the revision
+    assert run_cli(home, "convert", str(tmp_path / "folder"), "--revision", "v2") == 1
+    assert f"error: {tmp_path / 'folder'}: --revision is for hub ids only, not local folders" in capsys.readouterr().err
+    assert _store(home).names() == ["base"]
+
+
+@pytest.mark.parametrize("quiet", [(), ("--quiet",)])
+def test_convert_force_names_the_copies_that_now_serve_the_new_weights(home, tmp_path, monkeypatch, capsys, quiet):
+    import conversion.embedding
+
+    def convert_embedding(src, out, **kwargs):  # stands in for a real conversion
+        (out / "model.onnx").write_bytes(b"new")
+        return {"task": "embedding", "precision": "fp32"}
+
+    monkeypatch.setattr(conversion.embedding, "convert_embedding", convert_embedding)
+    for copy in ("x", "y"):
+        _store(home).copy("base", copy)
+    (tmp_path / "source").mkdir()
+    assert run_cli(home, "convert", str(tmp_path / "source"), "--name", "base", "--task", "embedding", "--force",
+                   *quiet) == 0
+    assert "note: x, y share these weights and now serve the new ones" in capsys.readouterr().err
+    assert _store(home).get("y").task == "embedding"  # the behaviour stays: they serve the new weights
+    assert run_cli(home, "convert", str(tmp_path / "source"), "--name", "x", "--task", "embedding", "--force") == 0
+    assert "note:" not in capsys.readouterr().err  # nothing shares x's own new weights
+
+
 # ---- show / cp / rm / create --------------------------------------------------------------------------
 def test_a_name_too_long_for_a_file_is_simply_not_there(home, capsys):
     assert run_cli(home, "show", ":" * 128) == 1
@@ -105,6 +132,15 @@ def test_aliases_are_never_shadowed_and_rm_of_one_says_whose_it_is(home, capsys,
     assert run_cli(home, "create", "gpt-4o-mini", "-f", str(modelfile)) == 1
     assert "is an alias of model 'base'" in capsys.readouterr().err
     assert _store(home).names() == ["base"]
+
+
+def test_create_again_says_it_updated_the_name(home, tmp_path, capsys):
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text("FROM base\nPARAMETER temperature 0.1\n", encoding="utf-8")
+    assert run_cli(home, "create", "mario", "-f", str(modelfile)) == 0
+    assert capsys.readouterr().out.startswith("created 'mario' from 'base'")
+    assert run_cli(home, "create", "mario", "-f", str(modelfile)) == 0  # said "created" again
+    assert capsys.readouterr().out.startswith("updated the settings of 'mario' from 'base'")
 
 
 @pytest.mark.parametrize("broken", ["settings", "manifest"])
@@ -209,6 +245,18 @@ def test_serve_names_where_a_bad_setting_came_from(tmp_path, monkeypatch, capsys
     assert f"error: invalid settings: {says}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("level, says", [("verbose", True), ("debug", False), ("", False)])
+def test_serve_warns_of_a_log_level_that_is_none(tmp_path, level, says):
+    with socket.socket() as taken:  # serve stops there, after configuring its logging
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = _ortserve(tmp_path, "serve", "--no-bootstrap", "--port", str(taken.getsockname()[1]),
+                         ORTSERVE_LOG_LEVEL=level)
+    assert done.returncode == 2 and "error: cannot listen on" in done.stderr.splitlines()[-1]
+    warning = f"warning: ORTSERVE_LOG_LEVEL={level} is not a log level (DEBUG, INFO, WARNING, ERROR); using INFO\n"
+    assert (warning in done.stderr) is says and len(done.stderr.splitlines()) == 1 + says
+
+
 def test_an_empty_environment_variable_is_unset(tmp_path, monkeypatch):
     for name in ("ORTSERVE_HOST", "ORTSERVE_PORT", "ORTSERVE_API_KEY"):
         monkeypatch.setenv(name, "")  # `ORTSERVE_HOST=` once bound every interface
@@ -272,6 +320,17 @@ def test_ps_and_info_take_host_port_and_refuse_what_is_no_url(home, capsys):
                 run_cli(home, command, "--url", bad)
             assert exited.value.code == 2
             assert f"argument --url: {bad!r} is not" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["ps", "info"])
+def test_ps_and_info_take_no_models_dir(home, capsys, command):
+    with pytest.raises(SystemExit) as exited:
+        run_cli(home, command, "--help")
+    usage = capsys.readouterr().out
+    assert exited.value.code == 0 and "--url" in usage and "--models-dir" not in usage  # listed, never used
+    with pytest.raises(SystemExit) as exited:
+        run_cli(home, command, "--models-dir", str(home))
+    assert exited.value.code == 2 and "unrecognized arguments: --models-dir" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("body", [b"[1, 2]", b'{"status": "ok", "devices": ["x"]}', b"not json"])
