@@ -124,6 +124,8 @@ class ModelStore:
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
             return ModelConfig(**data), path.stat().st_mtime
+        except FileNotFoundError:  # removed (`rm`) between the look and the read
+            return None
         except ValidationError as exc:
             raise BrokenModelError(f"{path}: {describe(exc)}") from exc
         except (tomllib.TOMLDecodeError, ValueError) as exc:

@@ -61,6 +61,16 @@ def test_an_entry_read_before_its_model_was_removed_still_lists(store):
     assert entries[0].name == "a" and entries[0].created > 0  # no file access after the read
 
 
+def test_a_name_removed_while_it_is_being_read_is_not_in_the_store(store, monkeypatch):
+    # the server checks an idle model's entry on a thread while `rm` deletes its settings file (CI saw a
+    # FileNotFoundError traceback): a file gone between the look and the read is a name no longer there
+    store.copy("a", "gone")
+    store.remove("gone")
+    monkeypatch.setattr(store_module.os.path, "isfile", lambda path: True)  # looked before the rm
+    with pytest.raises(store_module.StoreError, match="not in the store"):
+        store.get("gone")
+
+
 def test_a_serve_starting_during_a_conversion_leaves_it_alone(store):
     with store.staging("new") as tmp:
         (tmp / "model.onnx").write_bytes(b"\0")
