@@ -1,8 +1,12 @@
-"""Fixtures of the unit tests: the image server of tests/unit/image_site.py."""
+"""Fixtures of the unit tests: the image server of tests/unit/image_site.py, and the real app over the fake
+engine of tests/unit/fake_app.py (each test module gives its own `store`)."""
 from __future__ import annotations
 
 import pytest
 
+from server.app import create_app
+from server.settings import ServerSettings
+from tests.unit.fake_app import FakeBackend
 from tests.unit.image_site import serve
 
 
@@ -21,3 +25,20 @@ def site(images_server):
     """(base URL, the requests it saw: (path, Host header))."""
     images_server.seen.clear()
     return f"http://127.0.0.1:{images_server.server_address[1]}", images_server.seen
+
+
+@pytest.fixture
+def settings(tmp_path) -> ServerSettings:
+    return ServerSettings(models_dir=tmp_path / "models", configs_dir=tmp_path / "configs", max_request_bytes=4096)
+
+
+@pytest.fixture
+def backend() -> FakeBackend:
+    return FakeBackend()
+
+
+@pytest.fixture
+async def client(settings, store, backend):
+    app = create_app(settings, store, loader=backend.load)
+    async with app.test_app() as test_app:
+        yield test_app.test_client()

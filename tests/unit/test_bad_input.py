@@ -1,7 +1,7 @@
 """Bad and unusual input through `app.test_app()`: OpenAI's error JSON with the right status, the server keeps
 serving, and values at the edge of the valid ranges reach the engine as something it can run.
 
-The engine is the fake of test_app_errors (it records each request's parameters); what a real model does
+The engine is the fake of tests/unit/fake_app.py (it records each request's parameters); what a real model does
 with the same requests is in tests/e2e/test_bad_input_e2e.py.
 """
 from __future__ import annotations
@@ -17,17 +17,12 @@ from server.engine.logits import FLOOR, entry
 from server.errors import InvalidRequestError
 from server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_request
 from server.protocol.completions import MAX_GENERATIONS
-from server.settings import SamplingDefaults, ServerSettings
+from server.settings import SamplingDefaults
 from server.store import ModelStore
-from tests.unit.test_app_errors import CHAT, FakeBackend, add_model, assert_error, chat_body
+from tests.unit.fake_app import CHAT, FakeBackend, add_model, assert_error, chat_body
 
 COMPLETIONS = "/v1/completions"
 VOCAB = 100  # the fake model's genai_config.json says so
-
-
-@pytest.fixture
-def settings(tmp_path) -> ServerSettings:
-    return ServerSettings(models_dir=tmp_path / "models", configs_dir=tmp_path / "configs", max_request_bytes=4096)
 
 
 @pytest.fixture
@@ -37,18 +32,6 @@ def store(settings) -> ModelStore:
     config = {"model": {"vocab_size": VOCAB, "context_length": 64}}
     (store.models_dir / "tiny" / "genai_config.json").write_text(json.dumps(config))
     return store
-
-
-@pytest.fixture
-def backend() -> FakeBackend:
-    return FakeBackend()
-
-
-@pytest.fixture
-async def client(settings, store, backend):
-    app = create_app(settings, store, loader=backend.load)
-    async with app.test_app() as test_app:
-        yield test_app.test_client()
 
 
 def engine_params(backend: FakeBackend):

@@ -21,7 +21,7 @@ from server.protocol.embeddings import EmbeddingResponse
 from server.serving.embeddings import encode_vectors, response_body, response_pieces, shorten
 from server.settings import ServerSettings
 from server.store import ModelStore
-from tests.unit.test_app_errors import add_model, assert_error
+from tests.unit.fake_app import add_model, assert_error
 
 
 # ---- pooling ---------------------------------------------------------------------------
