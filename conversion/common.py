@@ -21,6 +21,29 @@ class ValidationFailedError(ConversionError):
         self.figures = figures
 
 
+def decoder_problem(figures: dict, precision: str, greedy_match: int, prompts: int, min_cosine: float,
+                    position: str) -> str | None:
+    """A chat decoder's bar: an fp32 build reproduces transformers' greedy tokens on every prompt (recorded in
+    `figures`), a quantized one keeps its `position` logits within `min_cosine` of PyTorch's; the problem, if any."""
+    if precision == "fp32":
+        figures["greedy_match"] = f"{greedy_match}/{prompts}"
+        if greedy_match == prompts:
+            return None
+        return f"greedy tokens match transformers on {greedy_match}/{prompts} prompts"
+    if figures["logits_cosine_min"] < min_cosine:
+        return f"{position} logits cosine {figures['logits_cosine_min']} < {min_cosine}"
+    return None
+
+
+def conclude(problems: list[str | None], figures: dict, progress: Progress) -> dict:
+    """Refuse the model if any check found a problem; else report its figures."""
+    found = [p for p in problems if p]
+    if found:
+        raise ValidationFailedError(f"validation failed: {'; '.join(found)} (figures: {figures})", figures)
+    progress.info(f"    validation: {figures}")
+    return figures
+
+
 class Progress:
     """Prints one line per long step (download, export, quantize, validate) with its duration."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conversion.common import Progress, ValidationFailedError
+from conversion.common import Progress, conclude, decoder_problem
 
 MIN_COSINE = 0.99
 GREEDY_TOKENS = 16
@@ -88,18 +88,8 @@ def validate_chat(src: Path, out: Path, *, precision: str, device: str, progress
         "logits_cosine_mean": round(float(np.mean(cosines)), 6),
         "argmax_match": f"{argmax_match}/{len(cosines)}",
     })
-    problems = []
-    if precision == "fp32":
-        figures["greedy_match"] = f"{greedy_match}/{len(cosines)}"
-        if greedy_match != len(cosines):
-            problems.append(f"greedy tokens match transformers on {greedy_match}/{len(cosines)} prompts")
-    elif figures["logits_cosine_min"] < MIN_COSINE:
-        problems.append(f"last-token logits cosine {figures['logits_cosine_min']} < {MIN_COSINE}")
-    if not tokenizer_match:
-        problems.append("onnxruntime-genai's tokenizer encodes differently from transformers'")
-    if not template_match:
-        problems.append("onnxruntime-genai renders the chat template differently from transformers")
-    if problems:
-        raise ValidationFailedError(f"validation failed: {'; '.join(problems)} (figures: {figures})", figures)
-    progress.info(f"    validation: {figures}")
-    return figures
+    return conclude([
+        decoder_problem(figures, precision, greedy_match, len(cosines), MIN_COSINE, "last-token"),
+        None if tokenizer_match else "onnxruntime-genai's tokenizer encodes differently from transformers'",
+        None if template_match else "onnxruntime-genai renders the chat template differently from transformers",
+    ], figures, progress)

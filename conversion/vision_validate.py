@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conversion.common import Progress, ValidationFailedError
+from conversion.common import Progress, conclude, decoder_problem
 
 MIN_FEATURE_COSINE = 0.9999
 MIN_LOGITS_COSINE = 0.99
@@ -150,22 +150,13 @@ def validate_vision(src: Path, out: Path, *, precision: str, progress: Progress)
         "prompts": len(conversations),
         "logits_cosine_min": round(min(cosines), 6),
     }
-    problems = []
-    if figures["image_features_cosine_min"] < MIN_FEATURE_COSINE:
-        problems.append(f"image features cosine {figures['image_features_cosine_min']} < {MIN_FEATURE_COSINE}")
-    if not grid_match or pixel_diff > MAX_PIXEL_DIFF:
-        problems.append(f"onnxruntime-genai preprocesses images differently (max pixel diff {pixel_diff:.3g})")
-    if not ids_match:
-        problems.append("the expanded prompt's token ids differ from transformers'")
-    if not template_match:
-        problems.append("onnxruntime-genai renders the chat template differently from transformers")
-    if precision == "fp32":
-        figures["greedy_match"] = f"{greedy_match}/{len(conversations)}"
-        if greedy_match != len(conversations):
-            problems.append(f"greedy tokens match transformers on {greedy_match}/{len(conversations)} prompts")
-    elif figures["logits_cosine_min"] < MIN_LOGITS_COSINE:
-        problems.append(f"first-token logits cosine {figures['logits_cosine_min']} < {MIN_LOGITS_COSINE}")
-    if problems:
-        raise ValidationFailedError(f"validation failed: {'; '.join(problems)} (figures: {figures})", figures)
-    progress.info(f"    validation: {figures}")
+    features = figures["image_features_cosine_min"]
+    conclude([
+        f"image features cosine {features} < {MIN_FEATURE_COSINE}" if features < MIN_FEATURE_COSINE else None,
+        None if grid_match and not pixel_diff > MAX_PIXEL_DIFF
+        else f"onnxruntime-genai preprocesses images differently (max pixel diff {pixel_diff:.3g})",
+        None if ids_match else "the expanded prompt's token ids differ from transformers'",
+        None if template_match else "onnxruntime-genai renders the chat template differently from transformers",
+        decoder_problem(figures, precision, greedy_match, len(conversations), MIN_LOGITS_COSINE, "first-token"),
+    ], figures, progress)
     return figures
