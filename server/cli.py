@@ -141,9 +141,13 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_ps(args: argparse.Namespace) -> int:
     """The models a running server has loaded (GET /api/ps), as `ollama ps` shows them."""
     from server.modelfile import format_duration
-    from server.remote import default_api_key, default_url, loaded_models
+    from server.remote import loaded_models, served
 
-    models = loaded_models(args.url or default_url(), args.api_key or default_api_key())
+    url, key = args.url, args.api_key
+    if url is None or key is None:  # the settings `serve` would use, read once
+        default_url, default_key = served()
+        url, key = url or default_url, key or default_key
+    models = loaded_models(url, key)
     if args.json:
         print(json.dumps(models, indent=2))
         return 0
@@ -163,9 +167,9 @@ def cmd_ps(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     """Packages, runtimes, devices (and what `auto` picks), and a running server's models' devices."""
     from server.doctor import main
-    from server.remote import default_url
+    from server.remote import served
 
-    return main(None if args.no_server else (args.url or default_url()), as_json=args.json)
+    return main(None if args.no_server else (args.url or served()[0]), as_json=args.json)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -166,6 +166,6 @@ def main(url: str | None, as_json: bool = False) -> int:
 
 
 if __name__ == "__main__":
-    from server.remote import default_url
+    from server.remote import served
 
-    sys.exit(main(default_url()))
+    sys.exit(main(served()[0]))

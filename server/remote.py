@@ -18,19 +18,13 @@ from server.store import StoreError
 _ANY = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
-def default_url() -> str:
-    """The URL of the server these settings start (its host and port)."""
+def served() -> tuple[str, str | None]:
+    """The URL and API key of the server that `serve` starts with these settings."""
     from server.settings import ServerSettings
 
     settings = ServerSettings.load()
     host = _ANY.get(settings.host, settings.host)
-    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
-
-
-def default_api_key() -> str | None:
-    from server.settings import ServerSettings
-
-    return ServerSettings.load().api_key
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}", settings.api_key
 
 
 def server_url(text: str) -> str:
