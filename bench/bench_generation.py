@@ -36,8 +36,8 @@ PROMPT = "Tell me a long story about the weather in Paris, the quick brown fox a
 
 
 def build(home: Path, shape: str, precision: str) -> str:
-    from conversion.demo import build_tiny_chat_checkpoint
-    from server.cli import main
+    from ortserve.conversion.demo import build_tiny_chat_checkpoint
+    from ortserve.server.cli import main
 
     name = f"bench-{shape}-{precision}"
     if (home / "models" / name / "manifest.json").is_file():
@@ -63,7 +63,7 @@ def chat_prompt(folder: Path) -> str:
 def raw_loop(folder: Path, tokens: int) -> dict:
     import onnxruntime_genai as og
 
-    from server.engine.devices import physical_cores
+    from ortserve.server.engine.devices import physical_cores
 
     config = og.Config(str(folder))
     config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": physical_cores()}}}}))
@@ -140,7 +140,7 @@ def main() -> None:
     raw = raw_loop(folder, args.tokens)
     port = free_port()
     env = {**os.environ, "ORTSERVE_HOME": str(args.home)}
-    server = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--no-bootstrap"],
+    server = subprocess.Popen([sys.executable, "-m", "ortserve.server.cli", "serve", "--port", str(port), "--no-bootstrap"],
                               env=env, cwd=ROOT)
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="bench", max_retries=0)

@@ -13,9 +13,9 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from conversion.common import ConversionError, Progress
-from conversion.registry import chat_architecture
-from conversion.source import read_config
+from ortserve.conversion.common import ConversionError, Progress
+from ortserve.conversion.registry import chat_architecture
+from ortserve.conversion.source import read_config
 
 # CUDA builds use paged attention, so og.Engine batches concurrent requests continuously (measured on an
 # H100, fp16: 1 / 4 / 32 / 64 streams at 425 / 1,409 / 5,713 / 7,138 tokens/s in all). Such a model is
@@ -108,7 +108,7 @@ def convert_chat(src: Path, out: Path, *, precision: str, device: str, progress:
         "builder_options": extra,
     }
     if validate:
-        from conversion.validate_chat import validate_chat
+        from ortserve.conversion.validate_chat import validate_chat
 
         with progress.step("validate against PyTorch"):
             if paged:
@@ -126,8 +126,8 @@ def _validate_paged(src: Path, out: Path, config: dict, *, precision: str, devic
     same weights, quantized the same way; only the attention operator differs) and that one is validated."""
     import onnxruntime_genai as og
 
-    from conversion.validate_chat import validate_chat
-    from server.engine import devices
+    from ortserve.conversion.validate_chat import validate_chat
+    from ortserve.server.engine import devices
 
     if not og.is_cuda_available():  # validate_chat says it skipped, and why
         return validate_chat(src, out, precision=precision, device=device, progress=progress)

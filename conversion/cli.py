@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from conversion.common import ConversionError, Progress
-from conversion.registry import DEVICES, PRECISIONS, check_precision
-from server.settings import ModelConfig
-from server.store import ModelStore, check_name
+from ortserve.conversion.common import ConversionError, Progress
+from ortserve.conversion.registry import DEVICES, PRECISIONS, check_precision
+from ortserve.server.settings import ModelConfig
+from ortserve.server.store import ModelStore, check_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def convert(source: str, store: ModelStore, *, name: str | None = None, task: st
             force: bool = False, validate: bool = True, progress: Progress | None = None,
             config: ModelConfig | None = None) -> dict:
     """Convert SOURCE into the store under NAME; returns the manifest. Nothing is left behind on failure."""
-    from conversion.source import default_name, detect_task, is_genai_folder, resolve_source
+    from ortserve.conversion.source import default_name, detect_task, is_genai_folder, resolve_source
 
     progress = progress or Progress()
     name = check_name(name or default_name(source))
@@ -52,16 +52,16 @@ def convert(source: str, store: ModelStore, *, name: str | None = None, task: st
     progress.info(f"converting {source} -> '{name}' ({task}, {precision}, {device})")
     with store.staging(name, force=force) as out:
         if task == "chat" and _is_vision(src):
-            from conversion.vision import convert_vision
+            from ortserve.conversion.vision import convert_vision
 
             manifest = convert_vision(src, out, precision=precision, device=device, progress=progress,
                                       validate=validate)
         elif task == "chat":
-            from conversion.chat import convert_chat
+            from ortserve.conversion.chat import convert_chat
 
             manifest = convert_chat(src, out, precision=precision, device=device, progress=progress, validate=validate)
         else:
-            from conversion.embedding import convert_embedding
+            from ortserve.conversion.embedding import convert_embedding
 
             manifest = convert_embedding(src, out, precision=precision, device=device, progress=progress,
                                          validate=validate)
@@ -81,8 +81,8 @@ def _note_shared(shared: list[str], progress: Progress) -> None:
 
 
 def _is_vision(src: Path) -> bool:
-    from conversion.registry import VISION_ARCHITECTURES
-    from conversion.source import read_config
+    from ortserve.conversion.registry import VISION_ARCHITECTURES
+    from ortserve.conversion.source import read_config
 
     return any(a in VISION_ARCHITECTURES for a in read_config(src).get("architectures") or [])
 
@@ -90,7 +90,7 @@ def _is_vision(src: Path) -> bool:
 def _register_ready(source: str, src: Path, store: ModelStore, name: str, task: str | None, force: bool,
                     progress: Progress, config: ModelConfig | None) -> dict:
     """An onnxruntime-genai folder (genai_config.json + ONNX files) is added as it is, unvalidated."""
-    from conversion.vision_ready import register_genai_folder
+    from ortserve.conversion.vision_ready import register_genai_folder
 
     if task not in (None, "chat"):
         raise ConversionError(f"{source}: an onnxruntime-genai folder is a chat model, not {task}")
@@ -112,6 +112,6 @@ def run(args: argparse.Namespace, store: ModelStore) -> int:
 
 
 def store_for(models_dir: Path | None) -> ModelStore:
-    from server.settings import default_configs_dir, default_models_dir
+    from ortserve.server.settings import default_configs_dir, default_models_dir
 
     return ModelStore(models_dir or default_models_dir(), default_configs_dir())

@@ -47,7 +47,7 @@ def train_tokenizer(vocab_size: int = 1024):
 
 
 def chat_template() -> str:
-    return resources.files("conversion").joinpath("templates/chatml_tools.jinja").read_text(encoding="utf-8")
+    return resources.files("ortserve.conversion").joinpath("templates/chatml_tools.jinja").read_text(encoding="utf-8")
 
 
 def build_tiny_chat_checkpoint(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conversion.demo import SPECIAL_TOKENS, TOOL_TOKENS, train_tokenizer
+from ortserve.conversion.demo import SPECIAL_TOKENS, TOOL_TOKENS, train_tokenizer
 
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 

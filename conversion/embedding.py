@@ -8,7 +8,7 @@ The output folder is self-contained, served with onnxruntime + `tokenizers` only
     tokenizer_config.json, special_tokens_map.json   copied when the source has them
 
 Pooling is *not* in the graph (`pooled_in_graph: False`): the server pools in numpy with
-`server.engine.encoder` (`pool`, `embed_texts`, re-exported here), the code the conversion validates.
+`ortserve.server.engine.encoder` (`pool`, `embed_texts`, re-exported here), the code the conversion validates.
 One graph serves every pooling mode, and pooling costs microseconds next to the encoder.
 
 Pooling and normalization come from modules.json, 1_Pooling/config.json and a Normalize module. A plain
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from conversion.common import ConversionError, Progress, quiet_exporter
-from server.engine.encoder import (  # noqa: F401  (embed_texts, load_tokenizer, pool: re-exported)
+from ortserve.conversion.common import ConversionError, Progress, quiet_exporter
+from ortserve.server.engine.encoder import (  # noqa: F401  (embed_texts, load_tokenizer, pool: re-exported)
     ONNX_OUTPUT,
     POOLING_MODES,
     embed_texts,
@@ -337,12 +337,12 @@ def convert_embedding(
         with progress.step(f"export {source.config.get('model_type')} to ONNX"):
             module = export_onnx(source, fp32_path)
             if validate:  # several batch sizes and sequence lengths: the axes really are dynamic
-                from conversion.validate_embedding import check_export
+                from ortserve.conversion.validate_embedding import check_export
 
                 figures.update(check_export(module, fp32_path, source, progress=progress))
             del module
         if precision != "fp32":
-            from conversion.quantize import quantize_model
+            from ortserve.conversion.quantize import quantize_model
 
             with progress.step(f"quantize to {precision}"):
                 quantize_model(fp32_path, out / "model.onnx", precision)
@@ -370,7 +370,7 @@ def convert_embedding(
         "validation": figures,
     }
     if validate:
-        from conversion.validate_embedding import validate_embedding
+        from ortserve.conversion.validate_embedding import validate_embedding
 
         with progress.step("validate against sentence-transformers"):
             figures.update(validate_embedding(source, out, result, progress=progress))

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
-from conversion.common import ConversionError
+from ortserve.conversion.common import ConversionError
 
 _EXTERNAL_DATA_BYTES = 1_800_000_000
 

@@ -1,13 +1,13 @@
 """What `ortserve convert` accepts: chat architectures (built by the onnxruntime-genai
 model builder) and which precision runs on which device.
 
-Embedding architectures register themselves in `conversion.embedding`.
+Embedding architectures register themselves in `ortserve.conversion.embedding`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from conversion.common import ConversionError
+from ortserve.conversion.common import ConversionError
 
 DEVICES = ("cpu", "cuda", "dml", "coreml")
 PRECISIONS = ("int4", "int8", "fp16", "fp32")

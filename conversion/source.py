@@ -6,8 +6,8 @@ import os
 import re
 from pathlib import Path
 
-from conversion.common import ConversionError, Progress
-from conversion.registry import VISION_ARCHITECTURES
+from ortserve.conversion.common import ConversionError, Progress
+from ortserve.conversion.registry import VISION_ARCHITECTURES
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a conversion reads: configs, tokenizers, templates, weights. Never optimizer states or other formats.
@@ -68,7 +68,7 @@ def detect_task(src: Path) -> str:
         return "embedding"
     if any(a.endswith(_CAUSAL_SUFFIXES) or a in VISION_ARCHITECTURES for a in config.get("architectures") or []):
         return "chat"
-    from conversion.embedding import is_embedding_checkpoint
+    from ortserve.conversion.embedding import is_embedding_checkpoint
 
     if is_embedding_checkpoint(src):
         return "embedding"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conversion.common import Progress, conclude, decoder_problem
+from ortserve.conversion.common import Progress, conclude, decoder_problem
 
 MIN_COSINE = 0.99
 GREEDY_TOKENS = 16

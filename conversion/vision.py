@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conversion.common import ConversionError, Progress
-from conversion.vision_export import EMBEDDING_FILE, VISION_FILE
+from ortserve.conversion.common import ConversionError, Progress
+from ortserve.conversion.vision_export import EMBEDDING_FILE, VISION_FILE
 
 PROCESSOR_FILE = "processor_config.json"
 # Merged tokens per image at most (Qwen's model card suggests 1280 to save memory). Our encoder writes its
@@ -99,8 +99,8 @@ def write_runtime_configs(src: Path, out: Path, config: dict) -> None:
 
 
 def run_vision_builder(src: Path, out: Path, precision: str, device: str, progress: Progress) -> dict:
-    """The text decoder through conversion.chat.run_builder, with its token embedding left to us."""
-    from conversion.chat import run_builder
+    """The text decoder through ortserve.conversion.chat.run_builder, with its token embedding left to us."""
+    from ortserve.conversion.chat import run_builder
 
     used = run_builder(src, out, precision, device, progress, options={"exclude_embeds": "true"})
     return {k: v for k, v in used.items() if k != "exclude_embeds"}
@@ -112,10 +112,10 @@ def convert_vision(src: Path, out: Path, *, precision: str, device: str, progres
     import torch
     import transformers
 
-    from conversion.chat import _fix_genai_config
-    from conversion.registry import chat_architecture
-    from conversion.source import read_config
-    from conversion.vision_export import export_vision
+    from ortserve.conversion.chat import _fix_genai_config
+    from ortserve.conversion.registry import chat_architecture
+    from ortserve.conversion.source import read_config
+    from ortserve.conversion.vision_export import export_vision
 
     config = read_config(src)
     arch = chat_architecture(config.get("architectures"))
@@ -143,7 +143,7 @@ def convert_vision(src: Path, out: Path, *, precision: str, device: str, progres
         "builder_options": {**extra, "exclude_embeds": True},
     }
     if validate:
-        from conversion.vision_validate import validate_vision
+        from ortserve.conversion.vision_validate import validate_vision
 
         with progress.step("validate against PyTorch (image features, greedy tokens with images)"):
             manifest["validation"] = validate_vision(src, out, precision=precision, progress=progress)

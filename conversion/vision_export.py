@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conversion.common import ConversionError, quiet_exporter
+from ortserve.conversion.common import ConversionError, quiet_exporter
 
 VISION_FILE = "vision.onnx"
 EMBEDDING_FILE = "embedding.onnx"

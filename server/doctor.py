@@ -14,9 +14,10 @@ import sys
 import urllib.error
 from typing import Any
 
-from server.engine import devices
-from server.errors import NotSupportedError
-from server.remote import opener
+from ortserve.server import __version__
+from ortserve.server.engine import devices
+from ortserve.server.errors import NotSupportedError
+from ortserve.server.remote import opener
 
 # what `auto` picks, per kind of model: (label, runtime, the device a chat model was converted for)
 AUTO_CASES = (
@@ -109,7 +110,7 @@ def collect(url: str | None) -> dict[str, Any]:
         missed = devices.missed_accelerator(env, runtime) if built_for is None else None  # type: ignore[arg-type]
         auto[label] = {"device": choice.device, "reason": choice.reason, "missed": missed}
     report: dict[str, Any] = {
-        "ortserve": __import__("server").__version__,
+        "ortserve": __version__,
         "platform": {"system": platform.system(), "machine": env.machine, "python": platform.python_version()},
         "packages": dict(base.packages),
         "conflicts": conflicts(dict(base.packages)),
@@ -166,6 +167,6 @@ def main(url: str | None, as_json: bool = False) -> int:
 
 
 if __name__ == "__main__":
-    from server.remote import served
+    from ortserve.server.remote import served
 
     sys.exit(main(served()[0]))

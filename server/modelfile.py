@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from server.settings import ModelConfig, SamplingDefaults
+from ortserve.server.settings import ModelConfig, SamplingDefaults
 
 
 class ModelfileError(ValueError):

@@ -33,14 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, cast
 
-from server.engine.base import TextGenerator
-from server.engine.embedder import Embedder
-from server.errors import APIError, BackendError, InvalidRequestError, ModelNotFoundError, OverloadedError
-from server.modelfile import FOREVER, parse_duration
-from server.protocol.models import ModelCard
-from server.protocol.ps import LoadedModel
-from server.settings import ServerSettings
-from server.store import BrokenModelError, ModelEntry, ModelStore, StoreError
+from ortserve.server.engine.base import TextGenerator
+from ortserve.server.engine.embedder import Embedder
+from ortserve.server.errors import APIError, BackendError, InvalidRequestError, ModelNotFoundError, OverloadedError
+from ortserve.server.modelfile import FOREVER, parse_duration
+from ortserve.server.protocol.models import ModelCard
+from ortserve.server.protocol.ps import LoadedModel
+from ortserve.server.settings import ServerSettings
+from ortserve.server.store import BrokenModelError, ModelEntry, ModelStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ Loader = Callable[..., Awaitable[Engine]]  # (entry, *, num_ctx, device) -> a lo
 
 # task -> (module, function) of its loader, imported on first load: the engines are heavy
 LOADERS: dict[str, tuple[str, str]] = {
-    "chat": ("server.engine", "load_generator"),
-    "embedding": ("server.engine.embeddings", "load_embedder"),
+    "chat": ("ortserve.server.engine", "load_generator"),
+    "embedding": ("ortserve.server.engine.embeddings", "load_embedder"),
 }
 
 

@@ -12,7 +12,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from server.store import StoreError
+from ortserve.server.store import StoreError
 
 # what `serve` listens on for every interface; asked on this machine's loopback
 _ANY = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
@@ -20,7 +20,7 @@ _ANY = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 def served() -> tuple[str, str | None]:
     """The URL and API key of the server that `serve` starts with these settings."""
-    from server.settings import ServerSettings
+    from ortserve.server.settings import ServerSettings
 
     settings = ServerSettings.load()
     host = _ANY.get(settings.host, settings.host)

@@ -63,7 +63,7 @@ def _check_duration(value: Any) -> Any:
     """A keep_alive in Ollama's syntax ("5m", "1h30m", 300, -1), kept as text; ValueError otherwise."""
     if value is None:
         return None
-    from server.modelfile import parse_duration  # (it imports this module)
+    from ortserve.server.modelfile import parse_duration  # (it imports this module)
 
     parse_duration(value)
     return str(value)

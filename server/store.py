@@ -24,7 +24,7 @@ import tomli_w
 
 from pydantic import ValidationError
 
-from server.settings import ModelConfig, describe
+from ortserve.server.settings import ModelConfig, describe
 
 MANIFEST = "manifest.json"
 REMOVED_MANIFEST = "manifest.removed.json"  # a removed model whose files were still in use (Windows)

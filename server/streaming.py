@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator
 
 from quart import Response, make_response
 
-from server.errors import APIError, error_body
+from ortserve.server.errors import APIError, error_body
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ EMBEDDING_MODELS = {"all-minilm": "fp32", "all-minilm-int8": "int8"}
 
 def run_cli(home: Path, *argv: str) -> int:
     """Run the real `ortserve` CLI in-process against the store at `home`."""
-    from server.cli import main
+    from ortserve.server.cli import main
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ORTSERVE_HOME", str(home))
@@ -39,7 +39,7 @@ def run_cli(home: Path, *argv: str) -> int:
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Random-weight Hugging Face checkpoints: {"llama": folder, "qwen2": folder}."""
-    from conversion.demo import build_tiny_chat_checkpoint
+    from ortserve.conversion.demo import build_tiny_chat_checkpoint
 
     root = tmp_path_factory.mktemp("checkpoints")
     return {arch: build_tiny_chat_checkpoint(root / arch, arch, seed=i) for i, arch in enumerate(("llama", "qwen2"))}
@@ -75,14 +75,14 @@ def store_home(tmp_path_factory, chat_store_home, minilm_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def store(store_home):
-    from server.store import ModelStore
+    from ortserve.server.store import ModelStore
 
     return ModelStore(store_home / "models", store_home / "configs")
 
 
 @pytest.fixture(scope="session")
 def chat_store(chat_store_home):
-    from server.store import ModelStore
+    from ortserve.server.store import ModelStore
 
     return ModelStore(chat_store_home / "models", chat_store_home / "configs")
 
@@ -91,7 +91,7 @@ def chat_store(chat_store_home):
 @pytest.fixture(scope="session")
 def vlm_checkpoint(tmp_path_factory) -> Path:
     """A tiny random-weight Qwen2.5-VL Hugging Face folder (conversion/demo_vlm.py), about 5 s."""
-    from conversion.demo_vlm import build_tiny_vlm_checkpoint
+    from ortserve.conversion.demo_vlm import build_tiny_vlm_checkpoint
 
     return build_tiny_vlm_checkpoint(tmp_path_factory.mktemp("vlm") / "tiny-vlm")
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from server.chat.tool_parsers import ToolParser
-from server.engine.base import Guidance, GuidancePart
+from ortserve.server.chat.tool_parsers import ToolParser
+from ortserve.server.engine.base import Guidance, GuidancePart
 
 JSON_STYLE = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
 NO_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}  # OpenAI: omitted = none

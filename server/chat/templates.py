@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from server.chat.tool_parsers import ToolParser, select_tool_parser
+from ortserve.server.chat.tool_parsers import ToolParser, select_tool_parser
 
 
 @dataclass(frozen=True)

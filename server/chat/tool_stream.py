@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Collection
 
-from server.chat.json_scan import ARGUMENT_KEYS, CallScanner
-from server.chat.tool_parsers import ToolParser
+from ortserve.server.chat.json_scan import ARGUMENT_KEYS, CallScanner
+from ortserve.server.chat.tool_parsers import ToolParser
 
 _GLUE_CHARS = "[],;"
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from server.engine.base import TextGenerator
-    from server.store import ModelEntry
+    from ortserve.server.engine.base import TextGenerator
+    from ortserve.server.store import ModelEntry
 
 
 async def load_generator(
@@ -23,7 +23,7 @@ async def load_generator(
 ) -> "TextGenerator":
     """Start a runner process for `entry` and return once its model is loaded (the event loop keeps running).
 
-    num_ctx: context served (capped at the model's); device: "auto" or one of server.engine.devices.DEVICES;
+    num_ctx: context served (capped at the model's); device: "auto" or one of ortserve.server.engine.devices.DEVICES;
     threads: intra-op threads (default: physical cores, or $ORTSERVE_THREADS);
     parallel: requests generating at once (default 4, or $ORTSERVE_NUM_PARALLEL);
     prefill_chunk: prompt tokens per scheduler step (default 128, or $ORTSERVE_PREFILL_CHUNK).
@@ -31,8 +31,8 @@ async def load_generator(
     """
     import asyncio
 
-    from server.engine import devices
-    from server.engine.genai import GenaiGenerator
+    from ortserve.server.engine import devices
+    from ortserve.server.engine.genai import GenaiGenerator
 
     # "auto" chosen (the device the model was built for, if here), or a 501 saying what is missing; off the
     # event loop, since it may read package metadata and run `nvidia-smi`

@@ -24,8 +24,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from server.engine.encoder import length_batches
-from server.errors import APIError, BackendError
+from ortserve.server.engine.encoder import length_batches
+from ortserve.server.errors import APIError, BackendError
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from server.errors import NotSupportedError
+from ortserve.server.errors import NotSupportedError
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 An `Embedder` turns texts, or token-id sequences in the model's own vocabulary (without special
 tokens: the embedder adds those, as for text), into one vector per input, in input order. It raises
-`server.errors.APIError`s: `ContextLengthError` for an over-long input, `InvalidRequestError` for
+`ortserve.server.errors.APIError`s: `ContextLengthError` for an over-long input, `InvalidRequestError` for
 token ids outside the vocabulary (both with param "input"), `BackendError` when the backend fails.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ Per request: tokenizing (a worker thread; `tokenizers` releases the GIL) checks 
 and token ids before anything runs, then the sequences join the model's `MicroBatcher`, which runs
 `InferenceSession.run` in its own thread. The event loop only moves requests around.
 
-The execution providers come from the registry in `server.engine.devices` (device name -> onnxruntime
+The execution providers come from the registry in `ortserve.server.engine.devices` (device name -> onnxruntime
 provider, checked against `onnxruntime.get_available_providers()`), with the CPU behind each for what
 the accelerator cannot run. "auto" takes the best one available and falls back to the CPU.
 """
@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from server.engine.batcher import MicroBatcher
-from server.engine.embedder import EmbeddingInput, Embeddings
-from server.engine.encoder import (
+from ortserve.server.engine.batcher import MicroBatcher
+from ortserve.server.engine.embedder import EmbeddingInput, Embeddings
+from ortserve.server.engine.encoder import (
     POOLING_MODES,
     BadTokenError,
     EncoderTokenizer,
@@ -28,10 +28,10 @@ from server.engine.encoder import (
     load_tokenizer,
     run_batch,
 )
-from server.errors import BackendError, ContextLengthError, InvalidRequestError, NotSupportedError
+from ortserve.server.errors import BackendError, ContextLengthError, InvalidRequestError, NotSupportedError
 
 if TYPE_CHECKING:
-    from server.store import ModelEntry
+    from ortserve.server.store import ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def providers_for(device: str, available: Sequence[str] | None = None) -> tuple[
 
     `available`: onnxruntime's providers (default: `onnxruntime.get_available_providers()`). A device this
     onnxruntime lacks is a NotSupportedError that says what to install."""
-    from server.engine import devices
+    from ortserve.server.engine import devices
 
     if available is None:
         import onnxruntime as ort
@@ -62,7 +62,7 @@ def check_session_device(session_providers: list[str], chosen: str, *, asked: st
     """The device a session really runs on. onnxruntime quietly falls back to the CPU when an accelerator's
     provider cannot start (no GPU, missing CUDA libraries): for a device asked by name that is an error,
     for "auto" a warning."""
-    from server.engine import devices
+    from ortserve.server.engine import devices
 
     running = devices.device_of_providers(session_providers)
     if running != chosen:
@@ -77,7 +77,7 @@ def check_session_device(session_providers: list[str], chosen: str, *, asked: st
 def session_options(threads: int | None = None):
     import onnxruntime as ort
 
-    from server.engine.devices import physical_cores
+    from ortserve.server.engine.devices import physical_cores
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or physical_cores()
@@ -90,7 +90,7 @@ def session_options(threads: int | None = None):
 
 
 class OrtEmbedder:
-    """One loaded embedding model (implements `server.engine.embedder.Embedder`)."""
+    """One loaded embedding model (implements `ortserve.server.engine.embedder.Embedder`)."""
 
     def __init__(self, session, tokenizer: EncoderTokenizer, *, name: str, pooling: str, normalize: bool,
                  dimensions: int, device: str = "cpu", max_batch: int = MAX_BATCH,
@@ -197,7 +197,7 @@ async def load_embedder(
     """Load `entry`'s converted folder without blocking the event loop.
 
     num_ctx: the most tokens per input, if lower than the model's max_seq_length; device: "auto", "cpu",
-    "cuda", "dml" or "coreml" (see `server.engine.devices`); threads: intra-op threads (default: physical
+    "cuda", "dml" or "coreml" (see `ortserve.server.engine.devices`); threads: intra-op threads (default: physical
     cores, or $ORTSERVE_THREADS).
     """
     return await asyncio.to_thread(

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
-from server.engine import ipc, runner
-from server.engine.base import Finished, GenerationEvent, GenerationRequest
-from server.errors import BackendError
+from ortserve.server.engine import ipc, runner
+from ortserve.server.engine.base import Finished, GenerationEvent, GenerationRequest
+from ortserve.server.errors import BackendError
 
 if TYPE_CHECKING:
-    from server.store import ModelEntry
+    from ortserve.server.store import ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class GenaiGenerator:
         parallel: int | None = None,
         prefill_chunk: int | None = None,
     ):
-        from server.engine import devices
+        from ortserve.server.engine import devices
 
         self.name = entry.name
         self.folder = Path(entry.folder)

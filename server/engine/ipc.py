@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server.errors import (
+from ortserve.server.errors import (
     APIError,
     BackendError,
     ContextLengthError,

@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from server.engine import devices, ipc
-from server.engine.base import Finished, GenerationRequest, Prompt, SamplingParams, Started, TextDelta
-from server.engine.runner import Runner, find_fim_tokens
-from server.engine.stops import StopMatcher
-from server.errors import InvalidRequestError, NotSupportedError
+from ortserve.server.engine import devices, ipc
+from ortserve.server.engine.base import Finished, GenerationRequest, Prompt, SamplingParams, Started, TextDelta
+from ortserve.server.engine.runner import Runner, find_fim_tokens
+from ortserve.server.engine.stops import StopMatcher
+from ortserve.server.errors import InvalidRequestError, NotSupportedError
 
 _SEED_RANGE = 2**31 - 1
 _TOKEN, _TURN_FINISHED, _FAILED = 1, 2, 8  # og.EngineEventFlags bits
@@ -118,8 +118,8 @@ def load(folder: Path, options: ipc.RunnerOptions) -> tuple[EngineModel, ipc.Run
     """Load a model for the Engine path (in the runner process); the RunnerInfo reports the device it runs on."""
     import onnxruntime_genai as og
 
-    from server.engine.detok import load_hf_tokenizer
-    from server.engine.slots import LoadedModel
+    from ortserve.server.engine.detok import load_hf_tokenizer
+    from ortserve.server.engine.slots import LoadedModel
 
     genai = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
     dynamic = "dynamic_batching" in (genai.get("engine") or {})
@@ -200,8 +200,8 @@ class Turn:
     """One request on the Engine: its og.Request, and turning the Engine's token events into our events."""
 
     def __init__(self, rid: int, em: EngineModel, request: GenerationRequest):
-        from server.engine.prompts import encode_prompt
-        from server.engine.slots import grant_budget
+        from ortserve.server.engine.prompts import encode_prompt
+        from ortserve.server.engine.slots import grant_budget
 
         self.rid, self.em, self.params = rid, em, request.params
         lm = em.lm

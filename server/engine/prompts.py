@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime_genai as og
 
-from server.engine.base import Prompt
-from server.errors import InvalidRequestError
+from ortserve.server.engine.base import Prompt
+from ortserve.server.errors import InvalidRequestError
 
 if TYPE_CHECKING:
-    from server.engine.slots import LoadedModel
+    from ortserve.server.engine.slots import LoadedModel
 
 
 def encode_prompt(lm: LoadedModel, prompt: Prompt) -> tuple[np.ndarray, str]:

@@ -21,8 +21,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from server.engine import devices, ipc
-from server.engine.base import TextDelta
+from ortserve.server.engine import devices, ipc
+from ortserve.server.engine.base import TextDelta
 
 # Text from fast models is sent at most this often, merged per request; Started, Finished,
 # errors and each request's first text go out at once. 5 ms is below what a reader notices
@@ -48,7 +48,7 @@ def main(folder: str, options: ipc.RunnerOptions, requests: Any, events: Any) ->
     """Entry point of the runner process."""
     # Ctrl-C reaches the whole process group; the server decides when runners stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from server.engine import paged
+    from ortserve.server.engine import paged
 
     engine = paged.uses_engine(Path(folder))  # a paged-attention model: served by og.Engine (paged.py)
     try:
@@ -63,8 +63,8 @@ def main(folder: str, options: ipc.RunnerOptions, requests: Any, events: Any) ->
 def load(folder: Path, options: ipc.RunnerOptions) -> tuple[Any, ipc.RunnerInfo]:
     import onnxruntime_genai as og
 
-    from server.engine.detok import load_hf_tokenizer
-    from server.engine.slots import LoadedModel, probe_guidance
+    from ortserve.server.engine.detok import load_hf_tokenizer
+    from ortserve.server.engine.slots import LoadedModel, probe_guidance
 
     config = og.Config(str(folder))
     devices.configure(config, options.device, options.threads, og)
@@ -152,7 +152,7 @@ class Runner:
         return True
 
     def _accept(self, rid: int, request: Any) -> None:
-        from server.engine.slots import Slot
+        from ortserve.server.engine.slots import Slot
 
         try:
             slot = Slot(rid, self.lm, request, self.options.prefill_chunk)

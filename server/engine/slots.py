@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import onnxruntime_genai as og
 
-from server.engine.base import (
+from ortserve.server.engine.base import (
     Finished,
     GenerationRequest,
     Guidance,
@@ -20,11 +20,11 @@ from server.engine.base import (
     Started,
     TextDelta,
 )
-from server.engine.detok import Detokenizer, GenaiStreamDecoder, IncrementalDecoder, TokenSpeller
-from server.engine.logits import LogitsProcessor, LogprobsTrail, PromptReader, entry
-from server.engine.prompts import encode_image_prompt, encode_prompt
-from server.engine.stops import StopMatcher
-from server.errors import ContextLengthError, InvalidRequestError, NotSupportedError
+from ortserve.server.engine.detok import Detokenizer, GenaiStreamDecoder, IncrementalDecoder, TokenSpeller
+from ortserve.server.engine.logits import LogitsProcessor, LogprobsTrail, PromptReader, entry
+from ortserve.server.engine.prompts import encode_image_prompt, encode_prompt
+from ortserve.server.engine.stops import StopMatcher
+from ortserve.server.errors import ContextLengthError, InvalidRequestError, NotSupportedError
 
 _SEED_RANGE = 2**31 - 1  # og takes a non-negative int32 seed; -1 means "pick one at random"
 _GRAMMAR_CACHE = 256  # compiled-grammar verdicts kept per model (clients resend the same tools and schemas)

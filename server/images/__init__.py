@@ -12,11 +12,11 @@ import ssl
 from dataclasses import dataclass
 from typing import Sequence
 
-from server.errors import ImageError
-from server.images.decode import inline_bytes, to_png, url_scheme
-from server.images.fetch import FetchLimits, ImageFetcher
-from server.images.guard import AddressPolicy, Resolver, is_public
-from server.settings import ServerSettings
+from ortserve.server.errors import ImageError
+from ortserve.server.images.decode import inline_bytes, to_png, url_scheme
+from ortserve.server.images.fetch import FetchLimits, ImageFetcher
+from ortserve.server.images.guard import AddressPolicy, Resolver, is_public
+from ortserve.server.settings import ServerSettings
 
 __all__ = ["ImageRef", "load_images", "is_public", "AddressPolicy", "ImageFetcher", "FetchLimits", "to_png"]
 

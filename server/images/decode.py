@@ -15,7 +15,7 @@ from urllib.parse import unquote_to_bytes
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from server.errors import ImageError
+from ortserve.server.errors import ImageError
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 MAX_PIXELS = 50_000_000  # ~8,660 x 5,773; lower still when Pillow's own MAX_IMAGE_PIXELS is lower

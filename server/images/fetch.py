@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import httpx
 
-from server import __version__
-from server.errors import ImageError
-from server.images.guard import AddressPolicy, Resolver
+from ortserve.server import __version__
+from ortserve.server.errors import ImageError
+from ortserve.server.images.guard import AddressPolicy, Resolver
 
 REDIRECTS = (301, 302, 303, 307, 308)
 DEFAULT_PORTS = {"http": 80, "https": 443}

@@ -14,7 +14,7 @@ import ipaddress
 import socket
 from typing import Awaitable, Callable, Iterable
 
-from server.errors import ImageError
+from ortserve.server.errors import ImageError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]  # (host, port) -> addresses, best first

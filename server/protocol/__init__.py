@@ -1,5 +1,5 @@
 """The OpenAI protocol as pure pydantic models (no Quart, no ONNX Runtime)."""
-from server.protocol.chat import (
+from ortserve.server.protocol.chat import (
     ChatCompletionChoice,
     ChatCompletionChunk,
     ChatCompletionChunkChoice,
@@ -9,10 +9,10 @@ from server.protocol.chat import (
     ChatMessage,
     DeltaMessage,
 )
-from server.protocol.common import SamplingRequest, StreamOptions, Usage, parse_request
-from server.protocol.completions import CompletionChoice, CompletionRequest, CompletionResponse
-from server.protocol.embeddings import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
-from server.protocol.models import ModelCard, ModelList
+from ortserve.server.protocol.common import SamplingRequest, StreamOptions, Usage, parse_request
+from ortserve.server.protocol.completions import CompletionChoice, CompletionRequest, CompletionResponse
+from ortserve.server.protocol.embeddings import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
+from ortserve.server.protocol.models import ModelCard, ModelList
 
 __all__ = [
     "ChatCompletionChoice",

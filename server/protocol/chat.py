@@ -6,9 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_serializer
 
-from server.engine.base import Prompt
-from server.errors import InvalidRequestError, NotSupportedError
-from server.protocol.common import (
+from ortserve.server.engine.base import Prompt
+from ortserve.server.errors import InvalidRequestError, NotSupportedError
+from ortserve.server.protocol.common import (
     NAME_PATTERN,
     FinishReason,
     MaxTokens,
@@ -17,7 +17,7 @@ from server.protocol.common import (
     SamplingRequest,
     Usage,
 )
-from server.protocol.logprobs import ChoiceLogprobs
+from ortserve.server.protocol.logprobs import ChoiceLogprobs
 
 
 class ImageURL(OpenAIModel):

@@ -5,10 +5,10 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
-from server.engine.base import Prompt
-from server.errors import InvalidRequestError
-from server.protocol.common import FinishReason, ResponseFormat, SamplingRequest, Usage
-from server.protocol.logprobs import CompletionLogprobs
+from ortserve.server.engine.base import Prompt
+from ortserve.server.errors import InvalidRequestError
+from ortserve.server.protocol.common import FinishReason, ResponseFormat, SamplingRequest, Usage
+from ortserve.server.protocol.logprobs import CompletionLogprobs
 
 TokenIds = list[int]
 # prompts x (best_of or n) in one request: its generations queue at once, so a bigger batch would hold every

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from server.errors import InvalidRequestError
-from server.protocol.common import KeepAlive, ModelName, OpenAIModel, User
+from ortserve.server.errors import InvalidRequestError
+from ortserve.server.protocol.common import KeepAlive, ModelName, OpenAIModel, User
 
 MAX_INPUTS = 2048  # OpenAI's limit on the items of one request
 

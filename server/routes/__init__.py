@@ -10,8 +10,8 @@ from typing import Literal
 
 from quart import current_app, request
 
-from server.registry import Registry
-from server.settings import ServerSettings
+from ortserve.server.registry import Registry
+from ortserve.server.settings import ServerSettings
 
 EXTENSION = "ortserve"
 

@@ -1,10 +1,10 @@
 """POST /v1/chat/completions"""
 from quart import Blueprint
 
-from server.protocol import ChatCompletionRequest, parse_request
-from server.routes import registry, request_body
-from server.serving import chat as serving
-from server.streaming import sse_response
+from ortserve.server.protocol import ChatCompletionRequest, parse_request
+from ortserve.server.routes import registry, request_body
+from ortserve.server.serving import chat as serving
+from ortserve.server.streaming import sse_response
 
 bp = Blueprint("chat", __name__)
 

@@ -1,10 +1,10 @@
 """POST /v1/completions"""
 from quart import Blueprint
 
-from server.protocol import CompletionRequest, parse_request
-from server.routes import registry, request_body
-from server.serving import completions as serving
-from server.streaming import sse_response
+from ortserve.server.protocol import CompletionRequest, parse_request
+from ortserve.server.routes import registry, request_body
+from ortserve.server.serving import completions as serving
+from ortserve.server.streaming import sse_response
 
 bp = Blueprint("completions", __name__)
 

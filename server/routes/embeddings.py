@@ -1,9 +1,9 @@
 """POST /v1/embeddings"""
 from quart import Blueprint, make_response
 
-from server.protocol import EmbeddingRequest, parse_request
-from server.routes import registry, request_body
-from server.serving import embeddings as serving
+from ortserve.server.protocol import EmbeddingRequest, parse_request
+from ortserve.server.routes import registry, request_body
+from ortserve.server.serving import embeddings as serving
 
 bp = Blueprint("embeddings", __name__)
 

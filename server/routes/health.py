@@ -5,7 +5,7 @@ The body also names the loaded models and the device each one runs on (`devices`
 """
 from quart import Blueprint
 
-from server.routes import app_state
+from ortserve.server.routes import app_state
 
 bp = Blueprint("health", __name__)
 

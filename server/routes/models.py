@@ -1,8 +1,8 @@
 """GET /v1/models and GET /v1/models/{model} (names may contain ':' and '/')."""
 from quart import Blueprint
 
-from server.protocol import ModelList
-from server.routes import registry
+from ortserve.server.protocol import ModelList
+from ortserve.server.routes import registry
 
 bp = Blueprint("models", __name__)
 

@@ -3,8 +3,8 @@
 `context_length` and `requests` (in flight). Behind the same API key as /v1."""
 from quart import Blueprint
 
-from server.protocol.ps import ProcessList, RunningModel
-from server.routes import registry
+from ortserve.server.protocol.ps import ProcessList, RunningModel
+from ortserve.server.routes import registry
 
 bp = Blueprint("ps", __name__)
 

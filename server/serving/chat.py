@@ -4,8 +4,8 @@ from __future__ import annotations
 from contextlib import aclosing
 from typing import Any, AsyncIterator, Callable
 
-from server.engine.base import Finished, GenerationRequest, TextDelta, TokenLogprob
-from server.protocol.chat import (
+from ortserve.server.engine.base import Finished, GenerationRequest, TextDelta, TokenLogprob
+from ortserve.server.protocol.chat import (
     ChatCompletionChoice,
     ChatCompletionChunk,
     ChatCompletionChunkChoice,
@@ -13,10 +13,10 @@ from server.protocol.chat import (
     ChatCompletionResponse,
     DeltaMessage,
 )
-from server.protocol.common import Usage
-from server.protocol.logprobs import ChoiceLogprobs
-from server.registry import Registry
-from server.serving.common import (
+from ortserve.server.protocol.common import Usage
+from ortserve.server.protocol.logprobs import ChoiceLogprobs
+from ortserve.server.registry import Registry
+from ortserve.server.serving.common import (
     SYSTEM_FINGERPRINT,
     chunk_body,
     Generation,
@@ -27,7 +27,7 @@ from server.serving.common import (
     now,
     start_all,
 )
-from server.serving.structured import ChatPlan, deltas, finish_reason, plan_chat
+from ortserve.server.serving.structured import ChatPlan, deltas, finish_reason, plan_chat
 
 
 async def create_chat_completion(

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Iterable, TypeVar
 
-from server import __version__
-from server.engine.base import (
+from ortserve.server import __version__
+from ortserve.server.engine.base import (
     Finished,
     GenerationEvent,
     GenerationRequest,
@@ -28,8 +28,8 @@ from server.engine.base import (
     TextGenerator,
     TokenLogprob,
 )
-from server.errors import BackendError
-from server.store import ModelEntry
+from ortserve.server.errors import BackendError
+from ortserve.server.store import ModelEntry
 
 SYSTEM_FINGERPRINT = f"fp_ortserve_{__version__}"
 

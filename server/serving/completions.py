@@ -8,12 +8,12 @@ from contextlib import aclosing
 from dataclasses import replace
 from typing import Any, AsyncIterator, Callable
 
-from server.engine.base import Finished, GenerationRequest, SamplingParams, TextDelta, TokenLogprob
-from server.protocol.common import Usage
-from server.protocol.completions import CompletionChoice, CompletionRequest, CompletionResponse
-from server.protocol.logprobs import CompletionLogprobs, TextOffsets
-from server.registry import Registry
-from server.serving.common import (
+from ortserve.server.engine.base import Finished, GenerationRequest, SamplingParams, TextDelta, TokenLogprob
+from ortserve.server.protocol.common import Usage
+from ortserve.server.protocol.completions import CompletionChoice, CompletionRequest, CompletionResponse
+from ortserve.server.protocol.logprobs import CompletionLogprobs, TextOffsets
+from ortserve.server.registry import Registry
+from ortserve.server.serving.common import (
     SYSTEM_FINGERPRINT,
     chunk_body,
     Collected,
@@ -26,7 +26,7 @@ from server.serving.common import (
     now,
     start_all,
 )
-from server.serving.structured import completion_guidance
+from ortserve.server.serving.structured import completion_guidance
 
 
 def _candidate_params(request: CompletionRequest, params: SamplingParams, index: int) -> SamplingParams:

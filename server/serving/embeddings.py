@@ -19,9 +19,9 @@ from typing import Any, AsyncIterator, Literal
 
 import numpy as np
 
-from server.errors import InvalidRequestError
-from server.protocol.embeddings import EmbeddingRequest
-from server.registry import Registry
+from ortserve.server.errors import InvalidRequestError
+from ortserve.server.protocol.embeddings import EmbeddingRequest
+from ortserve.server.registry import Registry
 
 STREAM_VALUES = 1 << 18  # responses with more numbers than this are sent in pieces
 ROWS_PER_PIECE = 64

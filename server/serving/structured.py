@@ -9,14 +9,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
-from server.chat.grammars import chat_guidance, response_format_guidance
-from server.chat.templates import chat_profile
-from server.chat.tool_parsers import ToolParser
-from server.chat.tool_stream import ArgumentsDelta, CallStarted, Content, Event, ToolCallStream, parse_tool_calls
-from server.engine.base import Guidance, Prompt, SamplingParams, TextGenerator
-from server.errors import InvalidRequestError, NotSupportedError
-from server.images import ImageRef, load_images
-from server.protocol.chat import (
+from ortserve.server.chat.grammars import chat_guidance, response_format_guidance
+from ortserve.server.chat.templates import chat_profile
+from ortserve.server.chat.tool_parsers import ToolParser
+from ortserve.server.chat.tool_stream import ArgumentsDelta, CallStarted, Content, Event, ToolCallStream, parse_tool_calls
+from ortserve.server.engine.base import Guidance, Prompt, SamplingParams, TextGenerator
+from ortserve.server.errors import InvalidRequestError, NotSupportedError
+from ortserve.server.images import ImageRef, load_images
+from ortserve.server.protocol.chat import (
     ChatCompletionMessage,
     ChatCompletionMessageToolCall,
     ChatCompletionRequest,
@@ -25,10 +25,10 @@ from server.protocol.chat import (
     DeltaMessage,
     Function,
 )
-from server.protocol.common import ResponseFormat
-from server.serving.common import fit_vocabulary
-from server.settings import ServerSettings
-from server.store import ModelEntry
+from ortserve.server.protocol.common import ResponseFormat
+from ortserve.server.serving.common import fit_vocabulary
+from ortserve.server.settings import ServerSettings
+from ortserve.server.store import ModelEntry
 
 
 @dataclass(frozen=True)

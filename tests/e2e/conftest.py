@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from server.store import MANIFEST, ModelStore
+from ortserve.server.store import MANIFEST, ModelStore
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT_MODEL = "tiny-llama"
@@ -95,7 +95,7 @@ def _start_server(home: Path, log: Path, extra_args: tuple[str, ...], env: dict[
         PYTHONUNBUFFERED="1",
         **(env or {}),
     )
-    command = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+    command = [sys.executable, "-m", "ortserve.server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                *([] if bootstrap else ["--no-bootstrap"]), *extra_args]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT)
@@ -121,7 +121,7 @@ def run_ortserve(home: Path, *argv: str, timeout: float = 120) -> subprocess.Com
     """The real `ortserve` command in a subprocess, on the store at `home` (as a user runs it beside a server)."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("ORTSERVE_")}
     environment.update(ORTSERVE_HOME=str(home), PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "server.cli", *argv], cwd=ROOT, env=environment,
+    return subprocess.run([sys.executable, "-m", "ortserve.server.cli", *argv], cwd=ROOT, env=environment,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import openai
 import pytest
 
-from server.store import ModelStore
+from ortserve.server.store import ModelStore
 from tests.e2e.conftest import ROOT, start_server, stop_server_cleanly
 
 pytestmark = pytest.mark.slow

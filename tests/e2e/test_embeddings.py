@@ -72,7 +72,7 @@ assert len(SENTENCES) == 52
 @pytest.fixture(scope="module")
 def embedding_server(store_home, tmp_path_factory):
     """A server of its own, on a copy of the store with the embedding models (all-minilm has an alias)."""
-    from server.store import ModelStore
+    from ortserve.server.store import ModelStore
 
     home = tmp_path_factory.mktemp("e2e-embeddings") / "home"
     shutil.copytree(store_home, home)
@@ -169,7 +169,7 @@ def test_single_string_user_and_opt_in_truncation(client, reference):
 
 
 def test_a_large_response_arrives_whole(client, http):
-    """800 x 384 floats are sent in pieces (server.serving.embeddings.STREAM_VALUES); the JSON is the same."""
+    """800 x 384 floats are sent in pieces (ortserve.server.serving.embeddings.STREAM_VALUES); the JSON is the same."""
     few = vectors(client.embeddings.create(model="all-minilm", input=SENTENCES[:8], encoding_format="float"))
     response = http.post("/v1/embeddings", json={"model": "all-minilm", "input": SENTENCES[:8] * 100})
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"

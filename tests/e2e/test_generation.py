@@ -22,7 +22,7 @@ LONG_PROMPT_WORDS = 2500
 
 @pytest.fixture(scope="module")
 def gen_server(tmp_path_factory, chat_store_home, checkpoints):
-    from conversion.demo import build_tiny_chat_checkpoint
+    from ortserve.conversion.demo import build_tiny_chat_checkpoint
 
     home = tmp_path_factory.mktemp("gen-home")
     shutil.copytree(chat_store_home, home, dirs_exist_ok=True)

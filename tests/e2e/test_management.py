@@ -18,8 +18,8 @@ import httpx
 import openai
 import pytest
 
-from server.settings import ModelConfig
-from server.store import MANIFEST, ModelStore
+from ortserve.server.settings import ModelConfig
+from ortserve.server.store import MANIFEST, ModelStore
 from tests.e2e.conftest import CHAT_MODEL, run_ortserve, start_server, stop_server_cleanly
 
 pytestmark = pytest.mark.slow

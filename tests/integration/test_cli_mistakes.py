@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from server.settings import ModelConfig, ServerSettings
-from server.store import MANIFEST, ModelStore
+from ortserve.server.settings import ModelConfig, ServerSettings
+from ortserve.server.store import MANIFEST, ModelStore
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def _ortserve(home: Path, *argv: str, **env: str) -> subprocess.CompletedProcess
     environment = {k: v for k, v in os.environ.items()
                    if not k.startswith(("ORTSERVE_", "HF_")) and not k.lower().endswith("_proxy")}
     environment.update(ORTSERVE_HOME=str(home), HF_HOME=str(home / "hf"), **env)
-    return subprocess.run([sys.executable, "-m", "server.cli", *argv], cwd=ROOT, env=environment,
+    return subprocess.run([sys.executable, "-m", "ortserve.server.cli", *argv], cwd=ROOT, env=environment,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -67,7 +67,7 @@ def test_convert_of_a_config_whose_model_type_is_not_text(tmp_path, capsys):
 
 
 def test_convert_dot_is_named_after_the_folder(tmp_path, monkeypatch):
-    from conversion.source import default_name
+    from ortserve.conversion.source import default_name
 
     (tmp_path / "My-Model").mkdir()
     monkeypatch.chdir(tmp_path / "My-Model")
@@ -97,13 +97,13 @@ def test_convert_of_a_local_folder_refuses_a_revision(home, tmp_path, capsys):
 
 @pytest.mark.parametrize("quiet", [(), ("--quiet",)])
 def test_convert_force_names_the_copies_that_now_serve_the_new_weights(home, tmp_path, monkeypatch, capsys, quiet):
-    import conversion.embedding
+    import ortserve.conversion.embedding
 
     def convert_embedding(src, out, **kwargs):  # stands in for a real conversion
         (out / "model.onnx").write_bytes(b"new")
         return {"task": "embedding", "precision": "fp32"}
 
-    monkeypatch.setattr(conversion.embedding, "convert_embedding", convert_embedding)
+    monkeypatch.setattr(ortserve.conversion.embedding, "convert_embedding", convert_embedding)
     for copy in ("x", "y"):
         _store(home).copy("base", copy)
     (tmp_path / "source").mkdir()

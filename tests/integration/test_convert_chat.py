@@ -110,7 +110,7 @@ def test_precision_device_pairs_checked_up_front(tmp_path, checkpoints, capsys):
 
 def test_failed_validation_registers_nothing(tmp_path, capsys):
     """Large random weights quantize badly to int4: validation must refuse the model and show the figures."""
-    from conversion.demo import build_tiny_chat_checkpoint
+    from ortserve.conversion.demo import build_tiny_chat_checkpoint
 
     src = build_tiny_chat_checkpoint(tmp_path / "wild", "llama", initializer_range=0.3, seed=3)
     home = tmp_path / "home"
@@ -126,7 +126,7 @@ def test_failed_validation_registers_nothing(tmp_path, capsys):
 
 def test_interrupt_leaves_no_half_written_model(tmp_path, checkpoints, monkeypatch):
     """Ctrl-C during the build (after files were written) removes the staging folder."""
-    import conversion.chat as chat
+    import ortserve.conversion.chat as chat
 
     real = chat.run_builder
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conversion.common import ConversionError, Progress, ValidationFailedError
-from conversion.embedding import convert_embedding, embed_texts, is_embedding_checkpoint, pool, read_source
+from ortserve.conversion.common import ConversionError, Progress, ValidationFailedError
+from ortserve.conversion.embedding import convert_embedding, embed_texts, is_embedding_checkpoint, pool, read_source
 
 pytestmark = pytest.mark.slow
 
@@ -109,7 +109,7 @@ def minilm_int8(minilm, tmp_path_factory) -> tuple[Path, dict]:
 
 
 def independent_embeddings(out: Path, manifest: dict, sentences: list[str]) -> np.ndarray:
-    """onnxruntime + tokenizers + mean pooling written out here, not conversion.embedding's code.
+    """onnxruntime + tokenizers + mean pooling written out here, not ortserve.conversion.embedding's code.
 
     One text per run (no padding), so this path shares nothing with the batched serving path."""
     import onnxruntime as ort
@@ -171,7 +171,7 @@ def test_independent_recheck_against_sentence_transformers(fixture, request, ref
     # the serving path (length-sorted batches, numpy pooling) agrees with the plain one
     import onnxruntime as ort
 
-    from conversion.embedding import load_tokenizer
+    from ortserve.conversion.embedding import load_tokenizer
 
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     served = embed_texts(session, load_tokenizer(out), SENTENCES, pooling="mean", normalize=True, batch_size=7)
@@ -185,7 +185,7 @@ def test_int8_is_smaller(minilm_fp32, minilm_int8):
 
 @pytest.mark.parametrize("preset, bar", [("fp16", 0.999), ("int8-dynamic", 0.9)])
 def test_other_quantization_presets(preset, bar, minilm_fp32, reference, tmp_path):
-    from conversion.quantize import quantize_model
+    from ortserve.conversion.quantize import quantize_model
 
     src, manifest = minilm_fp32
     for name in manifest["files"]:
@@ -202,7 +202,7 @@ def test_serving_needs_neither_torch_nor_transformers(minilm_fp32, reference):
     out, manifest = minilm_fp32
     code = textwrap.dedent(f"""
         import sys, numpy as np, onnxruntime as ort
-        from conversion.embedding import embed_texts, load_tokenizer
+        from ortserve.conversion.embedding import embed_texts, load_tokenizer
         s = ort.InferenceSession({str(out / "model.onnx")!r}, providers=["CPUExecutionProvider"])
         v = embed_texts(s, load_tokenizer({str(out)!r}), ["hi", "Москва — столица России."],
                         pooling={manifest["pooling"]!r}, normalize={manifest["normalize"]!r})
@@ -223,7 +223,7 @@ def test_serving_needs_neither_torch_nor_transformers(minilm_fp32, reference):
 
 
 def test_validation_fails_on_a_wrong_pooling(minilm, minilm_fp32):
-    from conversion.validate_embedding import validate_embedding
+    from ortserve.conversion.validate_embedding import validate_embedding
 
     out, manifest = minilm_fp32
     with pytest.raises(ValidationFailedError, match=r"fp32 embeddings miss the bar: min cosine 0\.\d+ < 0\.999") as e:
@@ -289,8 +289,8 @@ def test_tiny_random_checkpoint_converts_and_validates(model_type, minilm, tmp_p
 def test_other_registered_families_export_exactly(model_type, minilm, tmp_path):
     """The rest of the registry (roberta and camembert share xlm-roberta's exporter and modeling code):
     export + ONNX-vs-PyTorch on several shapes, without the slower sentence-transformers run."""
-    from conversion.embedding import export_onnx
-    from conversion.validate_embedding import check_export
+    from ortserve.conversion.embedding import export_onnx
+    from ortserve.conversion.validate_embedding import check_export
 
     source = read_source(build_tiny(model_type, tmp_path / "src", minilm))
     module = export_onnx(source, tmp_path / "model.onnx")

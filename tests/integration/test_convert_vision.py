@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
 def vision_store(vision_store_home):
-    from server.store import ModelStore
+    from ortserve.server.store import ModelStore
 
     return ModelStore(vision_store_home / "models", vision_store_home / "configs")
 
@@ -98,10 +98,10 @@ def test_a_wrong_vision_encoder_fails_validation(tmp_path, tiny_vlm, vlm_checkpo
     import torch
     import transformers
 
-    from conversion.common import Progress, ValidationFailedError
-    from conversion.demo_vlm import build_tiny_vlm_checkpoint
-    from conversion.vision_export import export_vision
-    from conversion.vision_validate import validate_vision
+    from ortserve.conversion.common import Progress, ValidationFailedError
+    from ortserve.conversion.demo_vlm import build_tiny_vlm_checkpoint
+    from ortserve.conversion.vision_export import export_vision
+    from ortserve.conversion.vision_validate import validate_vision
 
     other = build_tiny_vlm_checkpoint(tmp_path / "other", seed=1)
     folder = tmp_path / "built"
@@ -120,7 +120,7 @@ def test_vision_models_are_cpu_only_for_now_and_nothing_is_left(tmp_path, vlm_ch
 
 
 def test_detect_task_of_a_vlm_checkpoint_is_chat(vlm_checkpoint):
-    from conversion.source import detect_task, is_genai_folder
+    from ortserve.conversion.source import detect_task, is_genai_folder
 
     assert detect_task(vlm_checkpoint) == "chat"
     assert not is_genai_folder(vlm_checkpoint)
@@ -153,7 +153,7 @@ def test_a_broken_genai_folder_is_refused_and_nothing_is_left(tmp_path, tiny_vlm
     {"size": {"shortest_edge": 3136, "longest_edge": 12845056}},  # the same, as transformers 5 writes it
 ])
 def test_images_are_sized_so_the_encoders_square_masks_fit_in_memory(preprocessor):
-    from conversion.vision import MAX_IMAGE_TOKENS, processor_config
+    from ortserve.conversion.vision import MAX_IMAGE_TOKENS, processor_config
 
     config = processor_config(preprocessor, {"patch_size": 14, "spatial_merge_size": 2})
     (resize,) = [t["operation"]["attrs"] for t in config["processor"]["transforms"]

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.engine.embeddings import OrtEmbedder
-from server.errors import ContextLengthError, InvalidRequestError
+from ortserve.server.engine.embeddings import OrtEmbedder
+from ortserve.server.errors import ContextLengthError, InvalidRequestError
 
 pytestmark = pytest.mark.slow
 
@@ -171,9 +171,9 @@ def test_serving_imports_neither_torch_nor_transformers(store):
     entry = store.get("all-minilm")
     code = textwrap.dedent(f"""
         import asyncio, sys
-        from server.app import create_app
-        from server.engine.embeddings import load_embedder
-        from server.store import ModelStore
+        from ortserve.server.app import create_app
+        from ortserve.server.engine.embeddings import load_embedder
+        from ortserve.server.store import ModelStore
         store = ModelStore({str(store.models_dir)!r}, {str(store.configs_dir)!r})
 
         async def main():

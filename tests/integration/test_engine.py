@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from server.engine import load_generator
-from server.engine.base import Finished, GenerationRequest, Prompt, SamplingParams, Started, TextDelta
-from server.engine.devices import count_cores, physical_cores, resolve_device
-from server.engine.runner import find_fim_tokens, merge_deltas
-from server.errors import BackendError, ContextLengthError, InvalidRequestError, NotSupportedError
-from server.settings import ModelConfig
-from server.store import ModelEntry
+from ortserve.server.engine import load_generator
+from ortserve.server.engine.base import Finished, GenerationRequest, Prompt, SamplingParams, Started, TextDelta
+from ortserve.server.engine.devices import count_cores, physical_cores, resolve_device
+from ortserve.server.engine.runner import find_fim_tokens, merge_deltas
+from ortserve.server.errors import BackendError, ContextLengthError, InvalidRequestError, NotSupportedError
+from ortserve.server.settings import ModelConfig
+from ortserve.server.store import ModelEntry
 from tests.integration.generation import HANG, ids_of, run
 
 pytestmark = pytest.mark.slow

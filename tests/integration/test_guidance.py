@@ -13,13 +13,13 @@ import jsonschema
 import onnxruntime_genai as og
 import pytest
 
-from server.chat.grammars import chat_guidance, response_format_guidance
-from server.chat.tool_parsers import TOOL_PARSERS
-from server.chat.tool_stream import parse_tool_calls
-from server.engine import load_generator, slots
-from server.engine.base import GenerationRequest, Guidance, Prompt, SamplingParams, TextDelta
-from server.engine.detok import load_hf_tokenizer
-from server.errors import InvalidRequestError
+from ortserve.server.chat.grammars import chat_guidance, response_format_guidance
+from ortserve.server.chat.tool_parsers import TOOL_PARSERS
+from ortserve.server.chat.tool_stream import parse_tool_calls
+from ortserve.server.engine import load_generator, slots
+from ortserve.server.engine.base import GenerationRequest, Guidance, Prompt, SamplingParams, TextDelta
+from ortserve.server.engine.detok import load_hf_tokenizer
+from ortserve.server.errors import InvalidRequestError
 
 pytestmark = pytest.mark.slow
 

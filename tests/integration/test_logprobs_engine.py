@@ -11,11 +11,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from server.engine import ipc, load_generator
-from server.engine.base import Finished, GenerationRequest, Prompt, PromptLogprobs, SamplingParams, TextDelta
-from server.engine.runner import load
-from server.engine.slots import Slot, search_options
-from server.errors import InvalidRequestError
+from ortserve.server.engine import ipc, load_generator
+from ortserve.server.engine.base import Finished, GenerationRequest, Prompt, PromptLogprobs, SamplingParams, TextDelta
+from ortserve.server.engine.runner import load
+from ortserve.server.engine.slots import Slot, search_options
+from ortserve.server.errors import InvalidRequestError
 
 pytestmark = pytest.mark.slow
 

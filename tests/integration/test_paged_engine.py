@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.engine import ipc, paged
-from server.engine.base import Finished, GenerationRequest, Guidance, Prompt, SamplingParams, Started, TextDelta
-from server.errors import BackendError, NotSupportedError
-from server.settings import ModelConfig
-from server.store import ModelEntry
+from ortserve.server.engine import ipc, paged
+from ortserve.server.engine.base import Finished, GenerationRequest, Guidance, Prompt, SamplingParams, Started, TextDelta
+from ortserve.server.errors import BackendError, NotSupportedError
+from ortserve.server.settings import ModelConfig
+from ortserve.server.store import ModelEntry
 
 pytestmark = pytest.mark.slow
 
@@ -189,7 +189,7 @@ def test_grammar_is_enforced(client):
 
 
 def test_a_bad_grammar_is_a_400_naming_its_field(client):
-    from server.errors import InvalidRequestError
+    from ortserve.server.errors import InvalidRequestError
 
     guidance = Guidance("json_schema", json.dumps({"type": "no-such-type"}), param="response_format.json_schema")
     with pytest.raises(InvalidRequestError) as info:
@@ -238,7 +238,7 @@ def test_budget_zero_finishes_without_generating(client):
 @pytest.fixture(scope="module")
 def paged_entry(checkpoints, tmp_path_factory) -> ModelEntry:
     """`ortserve convert --device cuda` on this CPU-only machine: the builder runs, validation is skipped."""
-    from server.store import ModelStore
+    from ortserve.server.store import ModelStore
     from tests.conftest import run_cli
 
     home = tmp_path_factory.mktemp("paged-home")
@@ -261,7 +261,7 @@ def test_a_cuda_build_has_paged_attention(paged_entry, folder, tmp_path):
 
 
 async def test_a_cuda_model_asked_for_cuda_without_cuda_is_a_501(paged_entry):
-    from server.engine import load_generator
+    from ortserve.server.engine import load_generator
 
     with pytest.raises(NotSupportedError) as info:
         await load_generator(paged_entry, device="cuda")  # decided before any runner starts
@@ -269,7 +269,7 @@ async def test_a_cuda_model_asked_for_cuda_without_cuda_is_a_501(paged_entry):
 
 
 async def test_a_cuda_model_under_auto_without_cuda_is_a_501(paged_entry):
-    from server.engine import load_generator
+    from ortserve.server.engine import load_generator
 
     with pytest.raises(NotSupportedError) as info:
         await load_generator(paged_entry, device="auto")  # no CPU fallback for a paged build
@@ -277,7 +277,7 @@ async def test_a_cuda_model_under_auto_without_cuda_is_a_501(paged_entry):
 
 
 async def test_a_paged_model_on_the_cpu_fails_to_load_saying_why(paged_entry):
-    from server.engine import load_generator
+    from ortserve.server.engine import load_generator
 
     with pytest.raises(BackendError) as info:
         await load_generator(paged_entry, device="cpu")  # the runner's Engine hook refuses it

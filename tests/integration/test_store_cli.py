@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from server.store import ModelStore, StoreError
+from ortserve.server.store import ModelStore, StoreError
 from tests.conftest import run_cli
 
 
@@ -75,7 +75,7 @@ def test_rm_keeps_weights_while_another_name_uses_them(home):
 
 
 def test_aliases_resolve_and_bad_names_are_refused(home):
-    from server.settings import ModelConfig
+    from ortserve.server.settings import ModelConfig
 
     store = _store(home)
     store.write_config("tiny-llama", ModelConfig(aliases=["tl", "org/model"]))

@@ -11,9 +11,9 @@ import io
 import numpy as np
 import pytest
 
-from server.engine import load_generator
-from server.engine.base import GenerationRequest, Prompt, SamplingParams
-from server.errors import InvalidRequestError, NotSupportedError
+from ortserve.server.engine import load_generator
+from ortserve.server.engine.base import GenerationRequest, Prompt, SamplingParams
+from ortserve.server.errors import InvalidRequestError, NotSupportedError
 from tests.integration.generation import ids_of, run
 from tests.vision_reference import hf_greedy
 
@@ -47,7 +47,7 @@ def request(messages, images=(), **params) -> GenerationRequest:
 
 @pytest.fixture(scope="session")
 async def vision_generator(vision_store_home):
-    from server.store import ModelStore
+    from ortserve.server.store import ModelStore
 
     entry = ModelStore(vision_store_home / "models", vision_store_home / "configs").get("tiny-vlm")
     gen = await load_generator(entry, prefill_chunk=16)
@@ -132,7 +132,7 @@ async def test_prompt_logprobs_with_images_is_not_supported(vision_generator):
 
 
 def test_image_parts_become_markers_when_a_template_cannot_render_them():
-    from server.engine.prompts import IMAGE_MARKERS, _inline_images
+    from ortserve.server.engine.prompts import IMAGE_MARKERS, _inline_images
 
     messages = [{"role": "system", "content": "Be brief."},
                 {"role": "user", "content": [{"type": "text", "text": "A: "}, {"type": "image"},

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.app import create_app
-from server.settings import ServerSettings
+from ortserve.server.app import create_app
+from ortserve.server.settings import ServerSettings
 from tests.unit.fake_app import FakeBackend
 from tests.unit.image_site import serve
 

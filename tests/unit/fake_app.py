@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
-from server.engine.base import Finished, GenerationRequest, Started, TextDelta
-from server.errors import ContextLengthError
-from server.settings import ModelConfig
-from server.store import MANIFEST, ModelStore
+from ortserve.server.engine.base import Finished, GenerationRequest, Started, TextDelta
+from ortserve.server.errors import ContextLengthError
+from ortserve.server.settings import ModelConfig
+from ortserve.server.store import MANIFEST, ModelStore
 
 CHAT = "/v1/chat/completions"
 USER = [{"role": "user", "content": "hello there"}]
@@ -53,7 +53,7 @@ class FakeGenerator:
 
 
 class FakeBackend:
-    """Stands in for server.engine.load_generator; remembers every load."""
+    """Stands in for ortserve.server.engine.load_generator; remembers every load."""
 
     def __init__(self):
         self.options: dict = {}

@@ -14,9 +14,9 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from PIL import Image
 
-from server.errors import ImageError
-from server.images import ImageRef, load_images
-from server.settings import ServerSettings
+from ortserve.server.errors import ImageError
+from ortserve.server.images import ImageRef, load_images
+from ortserve.server.settings import ServerSettings
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from server.app import create_app
-from server.settings import ModelConfig, SamplingDefaults
-from server.store import ModelStore
+from ortserve.server.app import create_app
+from ortserve.server.settings import ModelConfig, SamplingDefaults
+from ortserve.server.store import ModelStore
 from tests.unit.fake_app import CHAT, USER, add_model, assert_error, chat_body, sse_data
 
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from server.app import create_app
-from server.engine.logits import FLOOR, entry
-from server.errors import InvalidRequestError
-from server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_request
-from server.protocol.completions import MAX_GENERATIONS
-from server.settings import SamplingDefaults
-from server.store import ModelStore
+from ortserve.server.app import create_app
+from ortserve.server.engine.logits import FLOOR, entry
+from ortserve.server.errors import InvalidRequestError
+from ortserve.server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_request
+from ortserve.server.protocol.completions import MAX_GENERATIONS
+from ortserve.server.settings import SamplingDefaults
+from ortserve.server.store import ModelStore
 from tests.unit.fake_app import CHAT, FakeBackend, add_model, assert_error, chat_body
 
 COMPLETIONS = "/v1/completions"

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from conversion.demo import train_tokenizer
-from server.engine.detok import IncrementalDecoder
+from ortserve.conversion.demo import train_tokenizer
+from ortserve.server.engine.detok import IncrementalDecoder
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Choosing execution providers, from made-up machines (no GPU is needed to test the choice).
 
-`server.engine.devices` decides from an `Environment` (platform, packages, a visible GPU, what the
+`ortserve.server.engine.devices` decides from an `Environment` (platform, packages, a visible GPU, what the
 runtimes report); these tests hand it the environments of machines this one is not.
 """
 from __future__ import annotations
@@ -9,10 +9,10 @@ import logging
 
 import pytest
 
-from server import doctor
-from server.engine import devices, embeddings, paged
-from server.engine.base import Guidance, Prompt, SamplingParams
-from server.errors import NotSupportedError
+from ortserve.server import doctor
+from ortserve.server.engine import devices, embeddings, paged
+from ortserve.server.engine.base import Guidance, Prompt, SamplingParams
+from ortserve.server.errors import NotSupportedError
 
 CPU_ONLY = {"onnxruntime-genai": "0.18.0", "onnxruntime": "1.32.0"}
 CUDA = {"onnxruntime-genai-cuda": "0.18.0", "onnxruntime-gpu": "1.31.1"}
@@ -51,7 +51,7 @@ def test_what_the_runtimes_report_beats_the_package_metadata():
 
 
 def test_auto_on_the_cpu_warns_only_when_an_accelerator_was_half_there(caplog):
-    with caplog.at_level(logging.WARNING, logger="server.engine.devices"):
+    with caplog.at_level(logging.WARNING, logger="ortserve.server.engine.devices"):
         assert devices.resolve_device("auto", "generation", env(packages=CUDA, gpu=False)) == "cpu"
         assert devices.resolve_device("auto", "generation", env(packages=CPU_ONLY, gpu=True)) == "cpu"
         assert devices.resolve_device("auto", "generation", env()) == "cpu"
@@ -249,7 +249,7 @@ def test_a_cuda_build_has_no_cpu_fallback():
 
 
 def test_auto_warns_when_a_model_cannot_run_where_it_was_built_for(caplog):
-    with caplog.at_level(logging.WARNING, logger="server.engine.devices"):
+    with caplog.at_level(logging.WARNING, logger="ortserve.server.engine.devices"):
         assert devices.resolve_device("auto", env=env(), built_for="dml") == "cpu"
         assert devices.resolve_device("auto", env=env(gpu=True), built_for="cpu") == "cpu"  # no warning: built so
     assert [r.getMessage() for r in caplog.records] == [
@@ -273,7 +273,7 @@ def test_serve_refuses_a_device_that_runs_nothing_here(monkeypatch, tmp_path, ca
 
 
 def test_serve_warns_when_a_device_runs_only_embeddings(monkeypatch, capsys):
-    from server.cli import _device_usable
+    from ortserve.server.cli import _device_usable
 
     monkeypatch.setattr(devices, "detect", lambda **_: env(platform="darwin", machine="arm64"))
     assert _device_usable("coreml")
@@ -289,8 +289,8 @@ def test_a_paged_build_is_not_validated_without_a_gpu_even_with_the_cuda_wheel(m
 
     import onnxruntime_genai as og
 
-    from conversion import chat
-    from conversion.common import Progress
+    from ortserve.conversion import chat
+    from ortserve.conversion.common import Progress
 
     built = []
     monkeypatch.setattr(og, "is_cuda_available", lambda: True)

@@ -11,16 +11,16 @@ import threading
 import numpy as np
 import pytest
 
-from server.app import create_app
-from server.engine.batcher import MicroBatcher
-from server.engine.embedder import Embeddings
-from server.engine.encoder import BadTokenError, EncoderTokenizer, TooLongError, length_batches, make_feeds, pool
-from server.errors import BackendError, ContextLengthError, InvalidRequestError
-from server.protocol import EmbeddingRequest, parse_request
-from server.protocol.embeddings import EmbeddingResponse
-from server.serving.embeddings import encode_vectors, response_body, response_pieces, shorten
-from server.settings import ServerSettings
-from server.store import ModelStore
+from ortserve.server.app import create_app
+from ortserve.server.engine.batcher import MicroBatcher
+from ortserve.server.engine.embedder import Embeddings
+from ortserve.server.engine.encoder import BadTokenError, EncoderTokenizer, TooLongError, length_batches, make_feeds, pool
+from ortserve.server.errors import BackendError, ContextLengthError, InvalidRequestError
+from ortserve.server.protocol import EmbeddingRequest, parse_request
+from ortserve.server.protocol.embeddings import EmbeddingResponse
+from ortserve.server.serving.embeddings import encode_vectors, response_body, response_pieces, shorten
+from ortserve.server.settings import ServerSettings
+from ortserve.server.store import ModelStore
 from tests.unit.fake_app import add_model, assert_error
 
 

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from server.chat.grammars import JSON_STYLE, chat_guidance, response_format_guidance, schema_text
-from server.chat.tool_parsers import HermesToolParser, Llama3JsonToolParser, MistralToolParser
+from ortserve.server.chat.grammars import JSON_STYLE, chat_guidance, response_format_guidance, schema_text
+from ortserve.server.chat.tool_parsers import HermesToolParser, Llama3JsonToolParser, MistralToolParser
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 TOOLS = [

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from server.errors import ImageError
-from server.images import AddressPolicy, ImageRef, is_public, load_images, to_png
+from ortserve.server.errors import ImageError
+from ortserve.server.images import AddressPolicy, ImageRef, is_public, load_images, to_png
 from tests.unit.image_site import (
     PNG_SIGNATURE, b64, image_bytes, load_one, opened, refused, resolver_for, settings_for,
 )
@@ -67,7 +67,7 @@ async def test_decoding_a_large_transparent_image_leaves_the_event_loop_free():
 
 PEAK_MEMORY = """
 import resource, sys
-from server.images.decode import to_png
+from ortserve.server.images.decode import to_png
 data = open(sys.argv[1], "rb").read()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 to_png(data)

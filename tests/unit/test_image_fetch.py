@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.errors import ImageError
-from server.images import ImageRef, load_images
+from ortserve.server.errors import ImageError
+from ortserve.server.images import ImageRef, load_images
 from tests.unit.image_site import (
     ImageHandler,
     ImageServer,

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from server.engine.base import SamplingParams, TokenLogprob
-from server.engine.detok import TokenSpeller
-from server.engine.logits import BANNED, FLOOR, LogitsProcessor, LogprobsTrail, entry, log_softmax, top_ids
-from server.protocol.logprobs import ChoiceLogprobs, CompletionLogprobs, TextOffsets
+from ortserve.server.engine.base import SamplingParams, TokenLogprob
+from ortserve.server.engine.detok import TokenSpeller
+from ortserve.server.engine.logits import BANNED, FLOOR, LogitsProcessor, LogprobsTrail, entry, log_softmax, top_ids
+from ortserve.server.protocol.logprobs import ChoiceLogprobs, CompletionLogprobs, TextOffsets
 
 VOCAB = 8
 
@@ -87,7 +87,7 @@ def test_trail_releases_entries_with_their_text_and_drops_a_stop_strings():
 
 
 def test_byte_level_spelling():
-    from conversion.demo import train_tokenizer
+    from ortserve.conversion.demo import train_tokenizer
 
     tok = train_tokenizer()
     speller = TokenSpeller(tok, decode=None)

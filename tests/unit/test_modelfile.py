@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from server.modelfile import ModelfileError, format_duration, parse_duration, parse_modelfile
-from server.settings import ModelConfig, SamplingDefaults
-from server.store import MANIFEST, ModelStore
+from ortserve.server.modelfile import ModelfileError, format_duration, parse_duration, parse_modelfile
+from ortserve.server.settings import ModelConfig, SamplingDefaults
+from ortserve.server.store import MANIFEST, ModelStore
 from tests.conftest import run_cli
 
 

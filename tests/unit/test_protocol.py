@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from server.engine.base import Prompt, SamplingParams
-from server.errors import InvalidRequestError, NotSupportedError
-from server.protocol import (
+from ortserve.server.engine.base import Prompt, SamplingParams
+from ortserve.server.errors import InvalidRequestError, NotSupportedError
+from ortserve.server.protocol import (
     ChatCompletionChunk,
     ChatCompletionChunkChoice,
     ChatCompletionRequest,
@@ -15,7 +15,7 @@ from server.protocol import (
     DeltaMessage,
     parse_request,
 )
-from server.settings import SamplingDefaults
+from ortserve.server.settings import SamplingDefaults
 
 USER = [{"role": "user", "content": "hi"}]
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from server import registry as registry_module
-from server.errors import APIError, InvalidRequestError, ModelNotFoundError, OverloadedError
-from server.protocol.ps import RunningModel
-from server.registry import Registry
-from server.settings import ModelConfig, ServerSettings
-from server.store import MANIFEST, ModelStore
+from ortserve.server import registry as registry_module
+from ortserve.server.errors import APIError, InvalidRequestError, ModelNotFoundError, OverloadedError
+from ortserve.server.protocol.ps import RunningModel
+from ortserve.server.registry import Registry
+from ortserve.server.settings import ModelConfig, ServerSettings
+from ortserve.server.store import MANIFEST, ModelStore
 
 
 def ps(registry: Registry) -> list[dict]:

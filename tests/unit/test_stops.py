@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from server.engine.stops import StopMatcher
+from ortserve.server.engine.stops import StopMatcher
 
 
 def run(stops, pieces):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from server import store as store_module
-from server.store import MANIFEST, REMOVED_MANIFEST, ModelStore
+from ortserve.server import store as store_module
+from ortserve.server.store import MANIFEST, REMOVED_MANIFEST, ModelStore
 
 
 @pytest.fixture

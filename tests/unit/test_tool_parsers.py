@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from conversion.demo import chat_template
-from server.chat.tool_parsers import (
+from ortserve.conversion.demo import chat_template
+from ortserve.server.chat.tool_parsers import (
     TOOL_PARSERS,
     GenericToolParser,
     HermesToolParser,
@@ -18,7 +18,7 @@ from server.chat.tool_parsers import (
     register_tool_parser,
     select_tool_parser,
 )
-from server.chat.tool_stream import ArgumentsDelta, CallStarted, Content, ToolCallStream, parse_tool_calls
+from ortserve.server.chat.tool_stream import ArgumentsDelta, CallStarted, Content, ToolCallStream, parse_tool_calls
 
 ARGS = '{"city": "Paris", "days": [1, {"x": "}]\\""}], "unit": null}'
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
