@@ -67,12 +67,6 @@ class OverloadedError(APIError):
     code = "overloaded"
 
 
-class RateLimitError(APIError):
-    status = 429
-    type = "rate_limit_error"
-    code = "rate_limit_exceeded"
-
-
 class BackendError(APIError):
     """The model runner failed (crashed, ran out of memory, raised inside onnxruntime)."""
 

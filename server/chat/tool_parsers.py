@@ -75,11 +75,6 @@ class ToolParser:
         return "call_" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(24))
 
     @classmethod
-    def call_text(cls, name: str, arguments: str) -> str:
-        """One call object as this format writes it."""
-        return f'{{"name": {json.dumps(name)}, "{cls.arguments_key}": {arguments}}}'
-
-    @classmethod
     def prepare(cls, messages: list[dict], tools: list[dict] | None) -> tuple[list[dict], list[dict] | None]:
         """Messages and tools as this model's template wants them (most need no change)."""
         return messages, tools

@@ -1,6 +1,7 @@
 """The wheel installs ortserve under its own import name, with every module and data file of the checkout."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -25,9 +26,11 @@ def test_every_package_folder_is_listed_in_pyproject():
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(out), str(ROOT)], check=True, timeout=300)  # fmt: skip
+    source, out = tmp_path_factory.mktemp("source") / "ortserve", tmp_path_factory.mktemp("wheel")
+    # a copy, so that the build leaves no build/ or egg-info in the checkout
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "dist", "models", "*.egg-info"))
+    command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*command, "--wheel-dir", str(out), str(source)], check=True, timeout=300)
     (built,) = out.glob("ortserve-*.whl")
     return zipfile.ZipFile(built)
 
