@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
+from ortserve.server.chat.schema_limits import check_schema
 from ortserve.server.chat.tool_parsers import ToolParser
 from ortserve.server.engine.base import Guidance, GuidancePart
 
@@ -38,6 +39,7 @@ def response_format_guidance(response_format: Mapping[str, Any] | None) -> Guida
         return Guidance("json_schema", schema_text({"type": "object"}), param="response_format")
     if kind == "json_schema":
         spec = response_format.get("json_schema") or {}  # type: ignore[union-attr]
+        check_schema(spec.get("schema") or {}, "response_format.json_schema.schema")
         text = schema_text(spec.get("schema") or {})
         part = GuidancePart("response_format.json_schema.schema", "json_schema", text,
                             f"response_format '{spec.get('name', '')}'")
@@ -111,6 +113,7 @@ def _calls_grammar(
         function = tools[i]["function"]
         head = _literal(f'{{"name": {json.dumps(function["name"])}, "{parser.arguments_key}": ')
         rows.append(rule(f"call_{i}", seq(parser.call_open), head, f"args_{i}", _literal("}"), seq(parser.call_close)))
+        check_schema(parameters_schema(tools[i]), f"tools.{i}.function.parameters")
         text = schema_text(parameters_schema(tools[i]))
         rows.append(rule(f"args_{i}", f"%json {text}"))
         label = f"function '{function['name']}'"

@@ -209,6 +209,8 @@ FinishReason = Literal["stop", "length", "tool_calls"]
 # ---- parsing -------------------------------------------------------------
 R = TypeVar("R", bound=OpenAIModel)
 
+JSON_DEPTH = 200  # pydantic's JSON parser refuses deeper nesting ("recursion limit exceeded")
+
 # Union members show up in pydantic's error locations ("content", "str"); they are not fields.
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
@@ -225,6 +227,11 @@ def param_path(loc: tuple[int | str, ...]) -> str | None:
 def validation_error(exc: ValidationError) -> InvalidRequestError:
     """The most specific of pydantic's errors, as OpenAI's invalid_request_error."""
     errors = exc.errors(include_url=False)
+    if errors[0]["type"] == "json_invalid" and "recursion limit" in str(errors[0].get("ctx", {}).get("error", "")):
+        return InvalidRequestError(
+            f"The request body nests JSON more than {JSON_DEPTH} levels deep (and a JSON schema in it may nest at "
+            "most 64 levels: see the README's request limits)."
+        )
     if errors[0]["type"] == "json_invalid":
         return InvalidRequestError(
             "We could not parse the JSON body of your request. (HINT: This likely means you aren't "

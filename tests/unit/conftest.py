@@ -28,8 +28,10 @@ def site(images_server):
 
 
 @pytest.fixture
-def settings(tmp_path) -> ServerSettings:
-    return ServerSettings(models_dir=tmp_path / "models", configs_dir=tmp_path / "configs", max_request_bytes=4096)
+def settings(tmp_path, request) -> ServerSettings:
+    """Small bodies by default; a test may override fields with indirect parametrization."""
+    fields = {"max_request_bytes": 4096, **getattr(request, "param", {})}
+    return ServerSettings(models_dir=tmp_path / "models", configs_dir=tmp_path / "configs", **fields)
 
 
 @pytest.fixture
