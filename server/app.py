@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 from typing import Any, Awaitable, Callable
-from urllib.parse import urlsplit
 
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
@@ -24,8 +24,10 @@ from ortserve.server.errors import (
     NotFoundError,
     OverloadedError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     error_body,
 )
+from ortserve.server.host_rules import host_allowed, origin_allowed
 from ortserve.server.registry import Loader, Registry
 from ortserve.server.routes import EXTENSION, AppState, app_state, chat, completions, embeddings, health, models, ps
 from ortserve.server.settings import ServerSettings
@@ -36,9 +38,6 @@ log = logging.getLogger(__name__)
 Setup = Callable[[], Awaitable[Any]]  # work done while /health says "loading" (e.g. bootstrapping the store)
 
 OPEN_PATHS = {"/health"}  # answered without an API key
-# Browser pages served from this machine may call the API (as Ollama's default origins): a page on another
-# site may not, so a site the user visits cannot drive the local models.
-CORS_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
 def _error_response(exc: BaseException, headers: dict[str, str] | None = None):
@@ -83,22 +82,14 @@ def _register_error_handlers(app: Quart) -> None:
         return _error_response(exc)
 
 
-def _local_origin(origin: str) -> bool:
-    try:
-        parts = urlsplit(origin)
-        return parts.scheme in ("http", "https") and parts.hostname in CORS_HOSTS
-    except ValueError:  # e.g. a malformed port or IPv6 address
-        return False
-
-
-def _register_cors(app: Quart) -> None:
-    """CORS for browser apps on this machine: their preflight (OPTIONS, sent without the API key) is
-    answered, and every response to them, errors included, says that they may read it."""
+def _register_cors(app: Quart, settings: ServerSettings) -> None:
+    """CORS for the browser pages that may use the API (server/host_rules.py): their preflight (OPTIONS, sent
+    without the API key) is answered, and every response to them, errors included, says that they may read it."""
 
     @app.after_request
     async def allow_local_origins(response: Response) -> Response:
         origin = request.headers.get("Origin")
-        if not origin or not _local_origin(origin):
+        if not origin or not origin_allowed(origin, settings.allowed_origins):
             return response
         response.headers["Access-Control-Allow-Origin"] = origin
         response.vary.add("Origin")
@@ -112,6 +103,20 @@ def _register_cors(app: Quart) -> None:
 
 
 def _register_checks(app: Quart, settings: ServerSettings) -> None:
+    @app.before_request
+    async def check_host_and_origin() -> None:
+        """Before anything else (the body is not read yet): DNS rebinding and cross-site pages are refused."""
+        if not host_allowed(request.headers.get("Host"), settings.host, settings.allowed_hosts):
+            raise PermissionDeniedError(
+                f"The Host '{request.headers.get('Host')}' is not this server's. If you expose the server under "
+                "this name on purpose, add it to allowed_hosts (ORTSERVE_ALLOWED_HOSTS)."
+            )
+        if not origin_allowed(request.headers.get("Origin"), settings.allowed_origins):
+            raise PermissionDeniedError(
+                f"Requests from the web page origin '{request.headers.get('Origin')}' are not allowed. To let that "
+                "site use this server, add it to allowed_origins (ORTSERVE_ALLOWED_ORIGINS)."
+            )
+
     @app.before_request
     async def authenticate() -> None:
         # a CORS preflight never carries the key; Quart answers OPTIONS itself, without running a route
@@ -196,9 +201,18 @@ def create_app(
         app.register_blueprint(module.bp)
     _register_error_handlers(app)
     _register_checks(app, settings)
-    _register_cors(app)
+    _register_cors(app, settings)
     _register_lifecycle(app, state, setup)
     return app
+
+
+def _loopback(host: str) -> bool:
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _bind(host: str, port: int) -> str:
@@ -216,6 +230,11 @@ async def serve(
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
+    if not settings.api_key and not _loopback(settings.host):
+        log.warning(
+            "SERVING ON %s WITHOUT AN API KEY: anyone who can reach this address can use every model and change "
+            "the store. Set api_key (ORTSERVE_API_KEY) or bind to 127.0.0.1.", settings.host
+        )
     config = Config()
     config.bind = [_bind(settings.host, settings.port)]
     config.graceful_timeout = 5.0

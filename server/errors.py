@@ -49,6 +49,14 @@ class ModelNotFoundError(NotFoundError):
         super().__init__(f"The model '{model}' does not exist", param=param)
 
 
+class PermissionDeniedError(APIError):
+    """A request this server refuses to serve whatever its body: a foreign Host or browser Origin."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "forbidden"
+
+
 class PayloadTooLargeError(APIError):
     status = 413
     type = "invalid_request_error"

@@ -130,13 +130,19 @@ class ServerSettings(BaseModel):
     image_max_redirects: int = Field(3, ge=0)
     max_images: int = Field(8, ge=1, description="images per request")
     bootstrap: bool = Field(True, description="on an empty store, set up the embedded default models first")
+    # ---- who may talk to the server (server/host_rules.py) ----
+    allowed_hosts: list[str] = Field(default_factory=list, description="more Host names the server answers "
+                                     "to besides this machine's ('.example.lan': every name under it; '*': any)")
+    allowed_origins: list[str] = Field(default_factory=list, description="more browser origins that may use "
+                                       "the API besides this machine's pages ('https://*.example.com', '*')")
 
     _keep_alive = field_validator("keep_alive", mode="before")(_check_duration)
 
-    @field_validator("image_fetch_allow", mode="before")
+    @field_validator("image_fetch_allow", "allowed_hosts", "allowed_origins", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
-        """ORTSERVE_IMAGE_FETCH_ALLOW="127.0.0.1,10.0.0.0/8": a comma-separated list in the environment."""
+        """ORTSERVE_IMAGE_FETCH_ALLOW="127.0.0.1,10.0.0.0/8": a comma-separated list in the environment (the
+        same for ORTSERVE_ALLOWED_HOSTS and ORTSERVE_ALLOWED_ORIGINS)."""
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
     @classmethod

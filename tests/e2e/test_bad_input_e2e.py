@@ -1,5 +1,6 @@
 """Unusual values on the real server, where the real engine runs them: valid requests at the edge of their
-ranges are answered (not a 500), every body is JSON, and a browser page on this machine passes CORS.
+ranges are answered (not a 500), every body is JSON, a browser page on this machine passes CORS, and a page
+on another site (or a DNS-rebinding one) is refused.
 
 The session server logs no traceback for any of this (checked when it stops).
 """
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import subprocess
 
 import pytest
 
@@ -70,4 +73,31 @@ def test_a_browser_page_on_this_machine_passes_cors(http):
         assert response.read().decode().endswith("data: [DONE]\n\n")
     elsewhere = http.options("/v1/chat/completions", headers={"Origin": "https://example.com",
                                                               "Access-Control-Request-Method": "POST"})
-    assert "access-control-allow-origin" not in elsewhere.headers
+    assert elsewhere.status_code == 403 and "access-control-allow-origin" not in elsewhere.headers
+
+
+def curl(server, *args: str) -> tuple[int, dict]:
+    """curl as the issue ran it: (status, JSON body)."""
+    assert shutil.which("curl"), "curl is needed for this test"
+    out = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", *args], capture_output=True, text=True, timeout=60,
+                         check=True).stdout  # fmt: skip
+    body, _, status = out.rpartition("\n")
+    return int(status), json.loads(body)
+
+
+# the commands of issue #13, item 2: what any web page (or a DNS-rebinding one) could send
+CROSS_SITE = ["-H", "Origin: https://evil.example", "-H", "Content-Type: text/plain", "-d",
+              json.dumps({"model": CHAT_MODEL, "messages": HI})]  # fmt: skip
+
+
+def test_a_cross_site_page_cannot_drive_the_models(server):
+    status, body = curl(server, *CROSS_SITE, f"{server.base_url}/v1/chat/completions")
+    assert status == 403 and body["error"]["code"] == "forbidden"
+
+
+def test_a_rebinding_host_cannot_read_answers(server):
+    port = server.base_url.rsplit(":", 1)[1]
+    status, body = curl(server, "-H", f"Host: evil.example:{port}", f"{server.base_url}/v1/models")
+    assert status == 403 and "allowed_hosts" in body["error"]["message"]
+    status, body = curl(server, f"{server.base_url}/v1/models")  # the same without the foreign Host
+    assert status == 200 and body["data"]

@@ -194,8 +194,9 @@ async def test_a_browser_app_on_this_machine_passes_cors(locked_client, origin):
 
 
 @pytest.mark.parametrize("origin", ["https://evil.example", "http://localhost.evil.example", "null", "http://[::1"])
-async def test_other_sites_get_no_cors_headers(locked_client, origin):
+async def test_other_sites_are_refused_without_cors_headers(locked_client, origin):
     response = await locked_client.options(CHAT, headers={"Origin": origin, **PREFLIGHT})
-    assert "Access-Control-Allow-Origin" not in response.headers
+    assert response.status_code == 403 and "Access-Control-Allow-Origin" not in response.headers
     response = await locked_client.get("/v1/models", headers={"Origin": origin, "Authorization": "Bearer sekrit"})
-    assert response.status_code == 200 and "Access-Control-Allow-Origin" not in response.headers
+    assert response.status_code == 403 and "Access-Control-Allow-Origin" not in response.headers
+    assert_error(await response.get_json(), type="invalid_request_error", code="forbidden")
