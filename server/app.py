@@ -14,7 +14,7 @@ import ipaddress
 import logging
 from typing import Any, Awaitable, Callable
 
-from quart import Quart, Response, request
+from quart import Quart, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from ortserve.server.errors import (
@@ -25,6 +25,7 @@ from ortserve.server.errors import (
     OverloadedError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    RequestTimeoutError,
     error_body,
 )
 from ortserve.server.host_rules import host_allowed, origin_allowed
@@ -55,6 +56,11 @@ def _http_error(exc: HTTPException) -> APIError:
         return PayloadTooLargeError(f"The request body is too large (the limit is {limit} bytes).")
     if exc.code == 400:
         return InvalidRequestError(exc.description or "Bad request.")
+    if exc.code == 408:
+        return RequestTimeoutError(
+            f"The request body did not arrive within {current_app.config['BODY_TIMEOUT']:g} seconds "
+            "(body_timeout); send it at once, as Content-Length says."
+        )
     error = APIError(exc.description or exc.name)
     error.status = exc.code or 500
     if error.status < 500:
@@ -191,6 +197,7 @@ def create_app(
     """
     app = Quart(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.config["BODY_TIMEOUT"] = settings.body_timeout  # Quart answers a body that takes longer with a 408
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     store = store or ModelStore(settings.models_dir, settings.configs_dir)

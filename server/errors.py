@@ -57,6 +57,14 @@ class PermissionDeniedError(APIError):
     code = "forbidden"
 
 
+class RequestTimeoutError(APIError):
+    """The request body did not arrive in time (body_timeout)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class PayloadTooLargeError(APIError):
     status = 413
     type = "invalid_request_error"

@@ -29,6 +29,7 @@ TERSE = "tiny-llama:terse"  # a `cp` of CHAT_MODEL with a configured system prom
 SYSTEM_PROMPT = "You are a terse assistant. Answer in one word."
 EMBEDDER = "e2e-embedder"  # task "embedding"
 MAX_REQUEST_BYTES = 64 * 1024
+BODY_TIMEOUT = 3  # seconds (the default is 30): a stalled body is answered with a 408 that soon
 
 
 @dataclass
@@ -92,6 +93,7 @@ def _start_server(home: Path, log: Path, extra_args: tuple[str, ...], env: dict[
     environment.update(
         ORTSERVE_HOME=str(home),
         ORTSERVE_MAX_REQUEST_BYTES=str(MAX_REQUEST_BYTES),
+        ORTSERVE_BODY_TIMEOUT=str(BODY_TIMEOUT),
         PYTHONUNBUFFERED="1",
         **(env or {}),
     )

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import socket
 import subprocess
+import time
 
 import pytest
 
-from tests.e2e.conftest import CHAT_MODEL
+from tests.e2e.conftest import BODY_TIMEOUT, CHAT_MODEL
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -101,3 +103,21 @@ def test_a_rebinding_host_cannot_read_answers(server):
     assert status == 403 and "allowed_hosts" in body["error"]["message"]
     status, body = curl(server, f"{server.base_url}/v1/models")  # the same without the foreign Host
     assert status == 200 and body["data"]
+
+
+def test_a_stalled_body_gets_a_408_and_frees_the_connection(server):
+    # a body shorter than its Content-Length: the connection held for 40 s with no answer
+    host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"model\":")  # fmt: skip
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+    assert time.monotonic() - started < BODY_TIMEOUT + 10
