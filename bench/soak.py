@@ -1,0 +1,186 @@
+"""Soak: many clients for a while against a real `ortserve serve`, mixing every kind of request.
+
+    python bench/soak.py [--clients 16] [--seconds 300] [--chat MODEL] [--embedding MODEL]
+                         [--url http://127.0.0.1:8000 --pid PID]
+
+Without --url it starts `ortserve serve` on the default store (the embedded default models:
+`tiny-demo` and `all-minilm`, set up on first run) on a free port, and stops it at the end.
+Each client loops over: a streamed chat, a chat, a completion and an embedding of a few
+sentences, with short prompts and 32 new tokens. Printed at the end, and written to
+bench/results/soak-<date>.json with the machine and its load:
+  - requests and errors by kind and status, and p50 / p99 latency per kind;
+  - resident memory (VmRSS) of the server and its runner processes at the start, the middle
+    and the end (Linux: read from /proc; elsewhere omitted);
+  - the longest /health answer seen during the run (the event loop stays responsive).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+SENTENCES = ["The quick brown fox jumps over the lazy dog.", "A local model server on ONNX Runtime.",
+             "Soak tests run for minutes, not seconds."]  # fmt: skip
+
+
+def rss_mb(pid: int) -> float | None:
+    """VmRSS of `pid` and every process below it, in MB (Linux)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    parents: dict[int, int] = {}
+    for status in proc.glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            parents[int(status.parent.name)] = int(fields["PPid"].strip())
+        except (OSError, ValueError, KeyError):
+            continue
+    family, grew = {pid}, True
+    while grew:
+        more = {child for child, parent in parents.items() if parent in family} - family
+        family |= more
+        grew = bool(more)
+    total = 0
+    for member in family:
+        try:
+            line = next(x for x in (proc / str(member) / "status").read_text().splitlines() if x.startswith("VmRSS"))
+            total += int(line.split()[1])
+        except (OSError, StopIteration, ValueError):
+            continue
+    return round(total / 1024, 1)
+
+
+async def one(client: httpx.AsyncClient, kind: str, args: argparse.Namespace) -> int:
+    user = [{"role": "user", "content": "Say something about the weather."}]
+    if kind == "chat_stream":
+        body = {"model": args.chat, "messages": user, "max_tokens": 32, "stream": True}
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            async for _ in response.aiter_lines():
+                pass
+            return response.status_code
+    if kind == "chat":
+        body = {"model": args.chat, "messages": user, "max_tokens": 32}
+        return (await client.post("/v1/chat/completions", json=body)).status_code
+    if kind == "completion":
+        body = {"model": args.chat, "prompt": "Once upon a time", "max_tokens": 32}
+        return (await client.post("/v1/completions", json=body)).status_code
+    body = {"model": args.embedding, "input": SENTENCES}
+    return (await client.post("/v1/embeddings", json=body)).status_code
+
+
+async def soak(url: str, pid: int | None, args: argparse.Namespace) -> dict:
+    kinds = ["chat_stream", "chat", "completion", "embedding"]
+    latencies: dict[str, list[float]] = defaultdict(list)
+    statuses: dict[str, Counter] = defaultdict(Counter)
+    memory = {"start": rss_mb(pid) if pid else None}
+    deadline = time.monotonic() + args.seconds
+    health_worst = 0.0
+
+    async def client_loop(i: int) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+            n = i
+            while time.monotonic() < deadline:
+                kind = kinds[n % len(kinds)]
+                n += 1
+                started = time.monotonic()
+                try:
+                    status = await one(client, kind, args)
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                latencies[kind].append(time.monotonic() - started)
+                statuses[kind][str(status)] += 1
+
+    async def watch() -> None:
+        nonlocal health_worst
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            half = time.monotonic() + args.seconds / 2
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                await client.get("/health")
+                health_worst = max(health_worst, time.monotonic() - started)
+                if "middle" not in memory and time.monotonic() >= half:
+                    memory["middle"] = rss_mb(pid) if pid else None
+                await asyncio.sleep(1)
+
+    await asyncio.gather(watch(), *(client_loop(i) for i in range(args.clients)))
+    memory["end"] = rss_mb(pid) if pid else None
+    per_kind = {
+        kind: {
+            "requests": len(values),
+            "statuses": dict(statuses[kind]),
+            "p50_s": round(statistics.median(values), 3),
+            "p99_s": round(sorted(values)[max(0, int(len(values) * 0.99) - 1)], 3),
+        }
+        for kind, values in latencies.items() if values
+    }  # fmt: skip
+    errors = sum(n for c in statuses.values() for s, n in c.items() if s != "200")
+    return {"kinds": per_kind, "errors": errors, "rss_mb": memory, "health_worst_s": round(health_worst, 3)}
+
+
+def start_server() -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "ortserve.server.cli", "serve", "--port", str(port)])
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600  # first-run setup converts the default models
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.5)
+    process.kill()
+    raise SystemExit("the server did not start in 10 minutes")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=300)
+    parser.add_argument("--chat", default="tiny-demo")
+    parser.add_argument("--embedding", default="all-minilm")
+    parser.add_argument("--url", help="a running server (else one is started)")
+    parser.add_argument("--pid", type=int, help="the running server's pid, for its memory")
+    args = parser.parse_args()
+    process = None
+    if args.url:
+        url, pid = args.url, args.pid
+    else:
+        process, url = start_server()
+        pid = process.pid
+    try:
+        load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+        result = asyncio.run(soak(url, pid, args))
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(60)
+    result.update(
+        clients=args.clients, seconds=args.seconds, chat=args.chat, embedding=args.embedding,
+        machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        load_average_before=load_before, date=time.strftime("%Y-%m-%d %H:%M"),
+    )  # fmt: skip
+    print(json.dumps(result, indent=2))
+    out = ROOT / "bench" / "results" / f"soak-{time.strftime('%Y-%m-%d')}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"written to {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
