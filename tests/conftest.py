@@ -16,6 +16,18 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark every test with its tier, the folder it lives in (`pytest -m unit` runs the unit tier)."""
+    root = Path(__file__).parent
+    for item in items:
+        tier = item.path.relative_to(root).parts[0]
+        if tier in TIERS:
+            item.add_marker(tier)
+
+
 CHAT_MODELS = {  # name -> (architecture, precision)
     "tiny-llama": ("llama", "fp32"),
     "tiny-llama-int4": ("llama", "int4"),
