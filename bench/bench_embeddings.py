@@ -191,7 +191,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from ortserve.server.engine.devices import physical_cores
-    from ortserve.server.engine.embeddings import session_options
+    from ortserve.server.engine.ort_embedder import session_options
     from ortserve.server.engine.encoder import embed_texts, load_tokenizer
 
     names = {p: build(args.home, p) for p in args.precision}

@@ -50,7 +50,7 @@ Loader = Callable[..., Awaitable[Engine]]  # (entry, *, num_ctx, device) -> a lo
 # task -> (module, function) of its loader, imported on first load: the engines are heavy
 LOADERS: dict[str, tuple[str, str]] = {
     "chat": ("ortserve.server.engine", "load_generator"),
-    "embedding": ("ortserve.server.engine.embeddings", "load_embedder"),
+    "embedding": ("ortserve.server.engine.ort_embedder", "load_embedder"),
 }
 
 

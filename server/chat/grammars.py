@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from ortserve.server.chat.schema_limits import check_schema
 from ortserve.server.chat.tool_parsers import ToolParser
-from ortserve.server.engine.base import Guidance, GuidancePart
+from ortserve.server.engine.generation import Guidance, GuidancePart
 
 JSON_STYLE = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
 NO_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}  # OpenAI: omitted = none

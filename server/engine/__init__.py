@@ -1,15 +1,18 @@
 """Generation backends. The HTTP layer needs one call: `load_generator`.
 
 Importing this package is cheap; onnxruntime-genai is only imported by the runner
-process that serves a model (see runner.py).
+process that serves a model (see runner_main.py).
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ortserve.server.engine.base import TextGenerator
+    from ortserve.server.engine.generation import TextGenerator
     from ortserve.server.store import ModelEntry
+
+DEFAULT_PARALLEL = 4
+DEFAULT_PREFILL_CHUNK = 128  # ~97% of 256's prefill speed; other requests wait half as long per step
 
 
 async def load_generator(
@@ -24,21 +27,26 @@ async def load_generator(
     """Start a runner process for `entry` and return once its model is loaded (the event loop keeps running).
 
     num_ctx: context served (capped at the model's); device: "auto" or one of ortserve.server.engine.devices.DEVICES;
-    threads: intra-op threads (default: physical cores, or $ORTSERVE_THREADS);
-    parallel: requests generating at once (default 4, or $ORTSERVE_NUM_PARALLEL);
-    prefill_chunk: prompt tokens per scheduler step (default 128, or $ORTSERVE_PREFILL_CHUNK).
+    threads: intra-op threads (None: the physical cores); parallel: requests generating at once (None: 4);
+    prefill_chunk: prompt tokens per scheduler step (None: 128). Nothing here reads the environment: the
+    server passes its settings.
     Raises BackendError if the model cannot be loaded, NotSupportedError for a device not available here.
     """
     import asyncio
 
-    from ortserve.server.engine import devices
-    from ortserve.server.engine.genai import GenaiGenerator
+    from ortserve.server.engine import devices, ipc
+    from ortserve.server.engine.runner_client import RunnerGenerator
 
     # "auto" chosen (the device the model was built for, if here), or a 501 saying what is missing; off the
     # event loop, since it may read package metadata and run `nvidia-smi`
     resolved = await asyncio.to_thread(devices.resolve_device, device, built_for=entry.manifest.get("device"))
-    generator = GenaiGenerator(
-        entry, num_ctx=num_ctx, device=resolved, threads=threads, parallel=parallel, prefill_chunk=prefill_chunk
+    options = ipc.RunnerOptions(
+        num_ctx=num_ctx,
+        device=resolved,
+        threads=threads or devices.physical_cores(),
+        parallel=parallel or DEFAULT_PARALLEL,
+        prefill_chunk=prefill_chunk or DEFAULT_PREFILL_CHUNK,
     )
+    generator = RunnerGenerator(entry, options)
     await generator.start()
     return generator

@@ -1,4 +1,4 @@
-"""The embedding backend interface the HTTP layer speaks to (generation's is `base.TextGenerator`).
+"""The embedding backend interface the HTTP layer speaks to (generation's is `generation.TextGenerator`).
 
 An `Embedder` turns texts, or token-id sequences in the model's own vocabulary (without special
 tokens: the embedder adds those, as for text), into one vector per input, in input order. It raises

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ortserve.server.engine.base import SamplingParams, TokenLogprob
+from ortserve.server.engine.generation import SamplingParams, TokenLogprob
 
 FLOOR = -9999.0  # the logprob reported for a token that cannot be sampled (OpenAI's value; JSON has no -inf)
 BANNED = np.finfo(np.float32).min  # how onnxruntime-genai bans a token

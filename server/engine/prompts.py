@@ -1,5 +1,5 @@
-"""A request's prompt as token ids: chat messages through the model's template, text, token ids, and chats
-with images through onnxruntime-genai's multimodal processor.
+"""A request's prompt as token ids (chat messages through the model's template, text, token ids, and chats
+with images through onnxruntime-genai's multimodal processor), and the completion budget it leaves.
 
 Imported only by the runner process (it imports onnxruntime-genai).
 """
@@ -13,16 +13,48 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime_genai as og
 
-from ortserve.server.engine.base import Prompt
-from ortserve.server.errors import InvalidRequestError
+from ortserve.server.engine.generation import Prompt, SamplingParams
+from ortserve.server.errors import ContextLengthError, InvalidRequestError, NotSupportedError
 
 if TYPE_CHECKING:
-    from ortserve.server.engine.slots import LoadedModel
+    from ortserve.server.engine.runner_model import RunnerModel
 
 
-def encode_prompt(lm: LoadedModel, prompt: Prompt) -> tuple[np.ndarray, str]:
+def read_prompt(model: RunnerModel, prompt: Prompt, params: SamplingParams) -> tuple[np.ndarray, str, Any]:
+    """(token ids, prompt text, the processor's tensors or None) for any prompt (both schedulers)."""
+    if not prompt.images:
+        return *encode_prompt(model, prompt), None
+    if params.prompt_logprobs is not None:
+        raise NotSupportedError("prompt_logprobs cannot be combined with images.", param="prompt_logprobs")
+    return encode_image_prompt(model, prompt)
+
+
+def grant_budget(prompt_tokens: int, max_tokens: int | None, context_length: int, *, chat: bool) -> int:
+    """Completion tokens granted, or ContextLengthError in OpenAI's words. 0: only read the prompt (echo)."""
+    what, param = ("messages", "messages") if chat else ("prompt", "prompt")
+    if max_tokens is not None and max_tokens < 0:
+        raise InvalidRequestError("max_tokens must not be negative.", param="max_tokens")
+    if max_tokens is None:
+        if prompt_tokens < context_length:
+            return context_length - prompt_tokens
+        raise ContextLengthError(
+            f"This model's maximum context length is {context_length} tokens. However, your {what} resulted in "
+            f"{prompt_tokens} tokens. Please reduce the length of the {what}.",
+            param=param,
+        )
+    if prompt_tokens + max_tokens > context_length:
+        raise ContextLengthError(
+            f"This model's maximum context length is {context_length} tokens. However, you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {what}, {max_tokens} in the completion). "
+            f"Please reduce the length of the {what} or completion.",
+            param=param,
+        )
+    return max_tokens
+
+
+def encode_prompt(model: RunnerModel, prompt: Prompt) -> tuple[np.ndarray, str]:
     """(token ids, prompt text) for a chat, text or token-id prompt."""
-    tok = lm.tokenizer
+    tok = model.tokenizer
     if prompt.messages is not None:
         try:
             kwargs = {"tools": json.dumps(prompt.tools)} if prompt.tools else {}
@@ -32,17 +64,17 @@ def encode_prompt(lm: LoadedModel, prompt: Prompt) -> tuple[np.ndarray, str]:
             raise InvalidRequestError(f"The chat template could not render the messages: {reason}", param="messages")
         ids = np.asarray(tok.encode(text), dtype=np.int32)
     elif prompt.token_ids is not None:
-        ids = _check_token_ids(prompt.token_ids, lm.vocab_size)
-        text = lm.raw_tokenizer.decode(ids) if len(ids) else ""
+        ids = _check_token_ids(prompt.token_ids, model.vocab_size)
+        text = model.raw_tokenizer.decode(ids) if len(ids) else ""
     elif prompt.text is not None:
         text = prompt.text
         ids = np.asarray(tok.encode(text), dtype=np.int32) if text else np.zeros(0, dtype=np.int32)
     else:
         raise InvalidRequestError("The request has no prompt.", param="prompt")
     if len(ids) == 0:
-        if lm.bos_id is None:
+        if model.bos_id is None:
             raise InvalidRequestError("The prompt is empty.", param="prompt")
-        ids = np.asarray([lm.bos_id], dtype=np.int32)  # like OpenAI: an empty prompt starts a new document
+        ids = np.asarray([model.bos_id], dtype=np.int32)  # like OpenAI: an empty prompt starts a new document
     return ids, text
 
 
@@ -60,20 +92,20 @@ IMAGE_MARKERS = {
 _MARKER_TOKENS = re.compile(r"<\|?[A-Za-z_]+\|?>")  # the special tokens of a marker ("<|image_{n}|>" has none)
 
 
-def encode_image_prompt(lm: LoadedModel, prompt: Prompt) -> tuple[np.ndarray, str, Any]:
+def encode_image_prompt(model: RunnerModel, prompt: Prompt) -> tuple[np.ndarray, str, Any]:
     """(expanded token ids, prompt text, the processor's named tensors) for a chat with images."""
-    if lm.processor is None:
+    if model.processor is None:
         raise InvalidRequestError("This model does not accept images.", param="messages")
     if prompt.messages is None:
         raise InvalidRequestError("Images are accepted in chat messages only.", param="prompt")
-    count, marker = IMAGE_MARKERS.get(lm.model_type, IMAGE_MARKERS["qwen2_5_vl"])
+    count, marker = IMAGE_MARKERS.get(model.model_type, IMAGE_MARKERS["qwen2_5_vl"])
     try:
-        _, text = encode_prompt(lm, prompt)
+        _, text = encode_prompt(model, prompt)
         rendered = text.count(count) == len(prompt.images)
     except InvalidRequestError:  # a template that expects string contents (Phi-3.5-vision's)
         rendered = False
     if not rendered:  # the template dropped the image parts or failed on them: write the markers ourselves
-        _, text = encode_prompt(lm, Prompt(messages=_inline_images(prompt.messages, marker), tools=prompt.tools))
+        _, text = encode_prompt(model, Prompt(messages=_inline_images(prompt.messages, marker), tools=prompt.tools))
     for piece in {count, *_MARKER_TOKENS.findall(marker)}:
         if text.count(piece) != len(prompt.images):  # typed into the text: images and features would not match
             raise InvalidRequestError(
@@ -85,7 +117,7 @@ def encode_image_prompt(lm: LoadedModel, prompt: Prompt) -> tuple[np.ndarray, st
         _check_png(image, index)
     try:
         images = og.Images.open_bytes(*prompt.images)
-        inputs = lm.processor(text, images=images)
+        inputs = model.processor(text, images=images)
     except RuntimeError as exc:
         reason = " ".join(str(exc).split())[:300]
         raise InvalidRequestError(f"The images could not be read: {reason}", param="messages") from None

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_serializer
 
-from ortserve.server.engine.base import Prompt
+from ortserve.server.engine.generation import Prompt
 from ortserve.server.errors import InvalidRequestError, NotSupportedError
 from ortserve.server.protocol.common import (
     NAME_PATTERN,

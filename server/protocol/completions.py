@@ -5,7 +5,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
-from ortserve.server.engine.base import Prompt
+from ortserve.server.engine.generation import Prompt
 from ortserve.server.errors import InvalidRequestError
 from ortserve.server.protocol.common import FinishReason, ResponseFormat, SamplingRequest, Usage
 from ortserve.server.protocol.logprobs import CompletionLogprobs

@@ -7,7 +7,7 @@ from typing import Iterable
 
 from pydantic import BaseModel
 
-from ortserve.server.engine.base import TokenLogprob
+from ortserve.server.engine.generation import TokenLogprob
 
 
 # ---- chat ------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 from contextlib import aclosing
 from typing import Any, AsyncIterator, Callable
 
-from ortserve.server.engine.base import Finished, GenerationRequest, TextDelta, TokenLogprob
+from ortserve.server.engine.generation import Finished, GenerationRequest, TextDelta, TokenLogprob
 from ortserve.server.protocol.chat import (
     ChatCompletionChoice,
     ChatCompletionChunk,

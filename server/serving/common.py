@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Iterable, TypeVar
 
 from ortserve.server import __version__
-from ortserve.server.engine.base import (
+from ortserve.server.engine.generation import (
     Finished,
     GenerationEvent,
     GenerationRequest,

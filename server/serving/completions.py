@@ -8,7 +8,7 @@ from contextlib import aclosing
 from dataclasses import replace
 from typing import Any, AsyncIterator, Callable
 
-from ortserve.server.engine.base import Finished, GenerationRequest, SamplingParams, TextDelta, TokenLogprob
+from ortserve.server.engine.generation import Finished, GenerationRequest, SamplingParams, TextDelta, TokenLogprob
 from ortserve.server.protocol.common import Usage
 from ortserve.server.protocol.completions import CompletionChoice, CompletionRequest, CompletionResponse
 from ortserve.server.protocol.logprobs import CompletionLogprobs, TextOffsets

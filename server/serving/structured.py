@@ -13,7 +13,7 @@ from ortserve.server.chat.grammars import chat_guidance, response_format_guidanc
 from ortserve.server.chat.templates import chat_profile
 from ortserve.server.chat.tool_parsers import ToolParser
 from ortserve.server.chat.tool_stream import ArgumentsDelta, CallStarted, Content, Event, ToolCallStream, parse_tool_calls
-from ortserve.server.engine.base import Guidance, Prompt, SamplingParams, TextGenerator
+from ortserve.server.engine.generation import Guidance, Prompt, SamplingParams, TextGenerator
 from ortserve.server.errors import InvalidRequestError, NotSupportedError
 from ortserve.server.images import ImageRef, load_images
 from ortserve.server.protocol.chat import (

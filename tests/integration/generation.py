@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ortserve.server.engine.base import Finished, Started, TextDelta
+from ortserve.server.engine.generation import Finished, Started, TextDelta
 
 HANG = 60  # seconds: only to turn a hang into a failure
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ortserve.server.engine.embeddings import OrtEmbedder
+from ortserve.server.engine.ort_embedder import OrtEmbedder
 from ortserve.server.errors import ContextLengthError, InvalidRequestError
 
 pytestmark = pytest.mark.slow
@@ -172,7 +172,7 @@ def test_serving_imports_neither_torch_nor_transformers(store):
     code = textwrap.dedent(f"""
         import asyncio, sys
         from ortserve.server.app import create_app
-        from ortserve.server.engine.embeddings import load_embedder
+        from ortserve.server.engine.ort_embedder import load_embedder
         from ortserve.server.store import ModelStore
         store = ModelStore({str(store.models_dir)!r}, {str(store.configs_dir)!r})
 

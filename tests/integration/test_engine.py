@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from ortserve.server.engine import load_generator
-from ortserve.server.engine.base import Finished, GenerationRequest, Prompt, SamplingParams, Started, TextDelta
+from ortserve.server.engine.generation import Finished, GenerationRequest, Prompt, SamplingParams, Started, TextDelta
 from ortserve.server.engine.devices import count_cores, physical_cores, resolve_device
-from ortserve.server.engine.runner import find_fim_tokens, merge_deltas
+from ortserve.server.engine.runner_loop import merge_deltas
+from ortserve.server.engine.runner_model import find_fim_tokens
 from ortserve.server.errors import BackendError, ContextLengthError, InvalidRequestError, NotSupportedError
 from ortserve.server.settings import ModelConfig
 from ortserve.server.store import ModelEntry

@@ -16,9 +16,11 @@ import pytest
 from ortserve.server.chat.grammars import chat_guidance, response_format_guidance
 from ortserve.server.chat.tool_parsers import TOOL_PARSERS
 from ortserve.server.chat.tool_stream import parse_tool_calls
-from ortserve.server.engine import load_generator, slots
-from ortserve.server.engine.base import GenerationRequest, Guidance, Prompt, SamplingParams, TextDelta
+from ortserve.server.engine import generator_scheduler, load_generator
+from ortserve.server.engine.generation import GenerationRequest, Guidance, Prompt, SamplingParams, TextDelta
 from ortserve.server.engine.detok import load_hf_tokenizer
+from ortserve.server.engine.guidance import probe_guidance
+from ortserve.server.engine.runner_model import RunnerModel
 from ortserve.server.errors import InvalidRequestError
 
 pytestmark = pytest.mark.slow
@@ -64,8 +66,7 @@ async def generate(gen, guidance: Guidance | None, *, seed: int, max_tokens: int
 
 
 def test_the_installed_onnxruntime_genai_enforces_grammars(chat_store):
-    lm = _loaded(chat_store)
-    assert slots.probe_guidance(lm) is None
+    assert _probe(_loaded(chat_store)) is None
 
 
 def test_the_probe_notices_a_build_that_ignores_grammars(chat_store, monkeypatch):
@@ -81,10 +82,10 @@ def test_the_probe_notices_a_build_that_ignores_grammars(chat_store, monkeypatch
         def set_guidance(self, kind, data, ff_tokens=False):
             pass
 
-    lm = _loaded(chat_store)
+    model = _loaded(chat_store)
     shim = SimpleNamespace(GeneratorParams=IgnoringParams, Generator=lambda model, gp: og.Generator(model, gp.real))
-    monkeypatch.setattr(slots, "og", shim)
-    assert "without llguidance" in slots.probe_guidance(lm)
+    monkeypatch.setattr(generator_scheduler, "og", shim)
+    assert "without llguidance" in _probe(model)
 
 
 async def test_the_runner_reports_guidance_available(generator):
@@ -152,14 +153,19 @@ async def test_min_tokens_cannot_hold_back_a_finished_grammar(generator):
     assert info.value.param == "min_tokens"
 
 
-def _loaded(chat_store) -> slots.LoadedModel:
+def _probe(model: RunnerModel) -> str | None:
+    """The Generator path's start-up probe."""
+    return probe_guidance(model, lambda *args: generator_scheduler.generate_greedy(model, *args))
+
+
+def _loaded(chat_store) -> RunnerModel:
     folder = chat_store.get("tiny-llama").folder
     model = og.Model(str(folder))
     tokenizer, raw = og.Tokenizer(model), og.Tokenizer(model)
     raw.update_options(skip_special_tokens=False)
     genai = json.loads((folder / "genai_config.json").read_text())["model"]
-    return slots.LoadedModel(
-        model=model, tokenizer=tokenizer, raw_tokenizer=raw, context_length=2048, vocab_size=genai["vocab_size"],
+    return RunnerModel(
+        og_model=model, tokenizer=tokenizer, raw_tokenizer=raw, context_length=2048, vocab_size=genai["vocab_size"],
         eos_ids=frozenset([genai["eos_token_id"]]), bos_id=None, hf_tokenizer=load_hf_tokenizer(folder),
     )
 

@@ -2,7 +2,7 @@
 prefill chunks, the fallback for models that give only the last position's logits, stop strings,
 and the fast path left to onnxruntime-genai. References are transformers' logits.
 
-Slots are driven in this process (as the runner drives them); `generator` goes through a runner.
+GeneratorRequests are driven in this process (as the runner's scheduler drives them); `generator` goes through a runner.
 """
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from ortserve.server.engine import ipc, load_generator
-from ortserve.server.engine.base import Finished, GenerationRequest, Prompt, PromptLogprobs, SamplingParams, TextDelta
-from ortserve.server.engine.runner import load
-from ortserve.server.engine.slots import Slot, search_options
+from ortserve.server.engine.generation import Finished, GenerationRequest, Prompt, PromptLogprobs, SamplingParams, TextDelta
+from ortserve.server.engine.generator_request import GeneratorRequest
+from ortserve.server.engine.generator_scheduler import load
+from ortserve.server.engine.sampling import search_options
 from ortserve.server.errors import InvalidRequestError
 
 pytestmark = pytest.mark.slow
@@ -25,8 +26,8 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def model(chat_store):
-    lm, _ = load(chat_store.get("tiny-llama").folder, ipc.RunnerOptions(None, "cpu", 2, 1, 16))
-    return lm
+    loaded, _ = load(chat_store.get("tiny-llama").folder, ipc.RunnerOptions(None, "cpu", 2, 1, 16))
+    return loaded
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +44,15 @@ def reference(checkpoints):
     return log_softmax
 
 
-def run(lm, prompt: Prompt, chunk: int, wrap=None, **params) -> tuple[Slot, list]:
-    slot = Slot(1, lm, GenerationRequest("r", prompt, SamplingParams(**params)), chunk)
-    slot.start()
+def run(loaded, prompt: Prompt, chunk: int, wrap=None, **params) -> tuple[GeneratorRequest, list]:
+    accepted = GeneratorRequest(1, loaded, GenerationRequest("r", prompt, SamplingParams(**params)), chunk)
+    accepted.start()
     if wrap is not None:
-        slot.generator = wrap(slot.generator)
+        accepted.generator = wrap(accepted.generator)
     events = []
-    while not slot.done:
-        events += slot.step()
-    return slot, events
+    while not accepted.done:
+        events += accepted.step()
+    return accepted, events
 
 
 class LastRowOnly:
@@ -74,10 +75,10 @@ class LastRowOnly:
 
 @pytest.mark.parametrize("chunk", [1, 5, 128])
 def test_prompt_logprobs_across_prefill_chunks(model, reference, chunk):
-    slot, events = run(model, Prompt(text=TEXT), chunk, max_tokens=0, prompt_logprobs=3)
+    accepted, events = run(model, Prompt(text=TEXT), chunk, max_tokens=0, prompt_logprobs=3)
     assert isinstance(events[0], PromptLogprobs) and isinstance(events[-1], Finished)
     assert events[-1].completion_tokens == 0 and len(events) == 2  # max_tokens 0: the prompt is only read
-    ids = [int(t) for t in slot.ids]
+    ids = [int(t) for t in accepted.ids]
     expected = reference(ids)
     entries = events[0].entries
     assert [e.token_id for e in entries] == ids and entries[0].logprob is None and entries[0].top == ()
@@ -94,10 +95,10 @@ def test_prompt_logprobs_when_the_model_gives_only_the_last_position(model, refe
         wrapped.append(LastRowOnly(g))
         return wrapped[0]
 
-    slot, events = run(model, Prompt(text=TEXT), 8, wrap=wrap, max_tokens=4, temperature=0, prompt_logprobs=0,
+    accepted, events = run(model, Prompt(text=TEXT), 8, wrap=wrap, max_tokens=4, temperature=0, prompt_logprobs=0,
                        logprobs=0)
-    assert wrapped[0].rewinds == 1 and slot.prefill_chunk == 1  # the first chunk is read again, token by token
-    ids = [int(t) for t in slot.ids]
+    assert wrapped[0].rewinds == 1 and accepted.prefill_chunk == 1  # the first chunk is read again, token by token
+    ids = [int(t) for t in accepted.ids]
     generated = [t for e in events if isinstance(e, TextDelta) for t in e.token_ids]
     expected = reference(ids + generated)
     got = [e.logprob for e in events[0].entries[1:]] + [e.logprob for ev in events[1:-1] for e in ev.logprobs]
@@ -113,12 +114,12 @@ def test_stop_string_tokens_are_not_reported_and_the_sum_counts_every_token(mode
     head = b"".join(e.bytes for e in tokens[:cut]).decode(errors="replace")
     stop = text[len(head) : len(head) + 2]  # starts exactly where token `cut` starts
     assert len(stop) == 2 and text.find(stop) == len(head)
-    slot, events = run(model, Prompt(text=TEXT), 16, max_tokens=12, temperature=0, logprobs=1, stop=[stop])
+    accepted, events = run(model, Prompt(text=TEXT), 16, max_tokens=12, temperature=0, logprobs=1, stop=[stop])
     reported = [e for ev in events if isinstance(ev, TextDelta) for e in ev.logprobs]
     assert [e.token_id for e in reported] == [e.token_id for e in tokens[:cut]]
     assert "".join(ev.text for ev in events if isinstance(ev, TextDelta)) == head
     generated = [t for ev in events if isinstance(ev, TextDelta) for t in ev.token_ids]
-    expected = reference([int(t) for t in slot.ids] + generated)[len(slot.ids) - 1 :]
+    expected = reference([int(t) for t in accepted.ids] + generated)[len(accepted.ids) - 1 :]
     assert events[-1].cumulative_logprob == pytest.approx(sum(expected[i, t] for i, t in enumerate(generated)),
                                                           abs=1e-3)
 

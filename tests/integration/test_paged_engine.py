@@ -1,8 +1,8 @@
-"""The og.Engine path (server/engine/paged.py) on a real model, on the CPU.
+"""The og.Engine path (server/engine/engine_scheduler.py, engine_turn.py) on a real model, on the CPU.
 
 A paged-attention model only loads on CUDA, so here the Engine serves the tiny non-paged
 `tiny-qwen-int4` model in static batches (onnxruntime-genai 0.18 batches 4 at a time on the CPU).
-`EngineRunner` runs in a thread and is driven through real pipes with the runner's protocol.
+`EngineScheduler` runs in a thread and is driven through real pipes with the runner's protocol.
 References are independent: onnxruntime-genai's `og.Generator` greedy tokens for the same prompt.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ortserve.server.engine import ipc, paged
-from ortserve.server.engine.base import Finished, GenerationRequest, Guidance, Prompt, SamplingParams, Started, TextDelta
+from ortserve.server.engine import engine_scheduler, ipc
+from ortserve.server.engine.generation import Finished, GenerationRequest, Guidance, Prompt, SamplingParams, Started, TextDelta
 from ortserve.server.errors import BackendError, NotSupportedError
 from ortserve.server.settings import ModelConfig
 from ortserve.server.store import ModelEntry
@@ -45,12 +45,12 @@ class Client:
 
     def _serve(self, folder: Path, requests_in, events_out) -> None:
         try:
-            self.em, info = paged.load(folder, self.options)
+            self.em, info = engine_scheduler.load(folder, self.options)
         except Exception as exc:
             events_out.send((ipc.FAILED, f"{type(exc).__name__}: {exc}"))
             return
         events_out.send((ipc.READY, info))
-        paged.EngineRunner(self.em, self.options, requests_in, events_out).serve()
+        engine_scheduler.EngineScheduler(self.em, self.options, requests_in, events_out).serve()
 
     def send(self, *message) -> None:
         self._requests.send(message)
@@ -132,7 +132,7 @@ def test_loads_on_the_cpu_with_grammars(client):
 def test_greedy_tokens_match_the_generator(client, reference):
     started, text, tokens, finished = generate(client, "hello there", max_tokens=12, temperature=0)
     expected = generator_greedy(reference, "hello there", 12)
-    eos = client.em.lm.eos_ids
+    eos = client.em.model.eos_ids
     assert tokens and tokens == [t for t in expected if t not in eos]
     assert finished.completion_tokens == len(expected)
     assert finished.finish_reason == ("stop" if expected[-1] in eos else "length")
@@ -146,7 +146,7 @@ def test_more_requests_than_a_static_batch_all_finish_with_their_own_tokens(clie
     for i, (rid, prompt) in enumerate(zip(rids, prompts)):
         items = client.wait(rid)
         tokens = [t for item in items if isinstance(item, TextDelta) for t in item.token_ids]
-        expected = [t for t in generator_greedy(reference, prompt, 6 + i) if t not in client.em.lm.eos_ids]
+        expected = [t for t in generator_greedy(reference, prompt, 6 + i) if t not in client.em.model.eos_ids]
         assert tokens and tokens == expected
 
 
@@ -212,7 +212,7 @@ def test_what_the_engine_cannot_do_is_a_501_naming_the_field(client, params, par
 def test_sampling_without_seed_runs(client):
     _, _, tokens, finished = generate(client, "hello", max_tokens=8, temperature=0.9, top_p=0.9, top_k=20)
     assert finished.completion_tokens == 8 or finished.finish_reason == "stop"
-    assert all(0 <= t < client.em.lm.vocab_size for t in tokens)
+    assert all(0 <= t < client.em.model.vocab_size for t in tokens)
 
 
 def test_cancel_frees_the_turn(client):
@@ -255,8 +255,8 @@ def test_a_cuda_build_has_paged_attention(paged_entry, folder, tmp_path):
     assert "skipped" in manifest["validation"]  # no CUDA here to run it
     genai = json.loads((paged_entry.folder / "genai_config.json").read_text(encoding="utf-8"))
     assert "block_table" in genai["model"]["decoder"]["inputs"]
-    assert paged.uses_engine(paged_entry.folder) and not paged.uses_engine(folder)
-    assert not paged.uses_engine(tmp_path)  # no genai_config at all
+    assert engine_scheduler.uses_engine(paged_entry.folder) and not engine_scheduler.uses_engine(folder)
+    assert not engine_scheduler.uses_engine(tmp_path)  # no genai_config at all
     assert paged_entry.config.device == "cuda"  # served on what it was built for
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ortserve.server.engine import load_generator
-from ortserve.server.engine.base import GenerationRequest, Prompt, SamplingParams
+from ortserve.server.engine.generation import GenerationRequest, Prompt, SamplingParams
 from ortserve.server.errors import InvalidRequestError, NotSupportedError
 from tests.integration.generation import ids_of, run
 from tests.vision_reference import hf_greedy

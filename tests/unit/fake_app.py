@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from ortserve.server.engine.base import Finished, GenerationRequest, Started, TextDelta
+from ortserve.server.engine.generation import Finished, GenerationRequest, Started, TextDelta
 from ortserve.server.errors import ContextLengthError
 from ortserve.server.settings import ModelConfig
 from ortserve.server.store import MANIFEST, ModelStore

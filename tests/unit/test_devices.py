@@ -10,8 +10,8 @@ import logging
 import pytest
 
 from ortserve.server import doctor
-from ortserve.server.engine import devices, embeddings, paged
-from ortserve.server.engine.base import Guidance, Prompt, SamplingParams
+from ortserve.server.engine import devices, engine_turn, ort_embedder, sampling
+from ortserve.server.engine.generation import Guidance, Prompt, SamplingParams
 from ortserve.server.errors import NotSupportedError
 
 CPU_ONLY = {"onnxruntime-genai": "0.18.0", "onnxruntime": "1.32.0"}
@@ -138,21 +138,21 @@ def test_onnxruntime_providers_keep_the_cpu_behind_the_accelerator():
 
 def test_embedding_providers_follow_what_onnxruntime_offers(monkeypatch):
     monkeypatch.setattr(devices, "detect", lambda **_: env(packages=CUDA, gpu=True))
-    assert embeddings.providers_for("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == (
+    assert ort_embedder.providers_for("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == (
         "cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    assert embeddings.providers_for("auto", ["CPUExecutionProvider"]) == ("cpu", ["CPUExecutionProvider"])
+    assert ort_embedder.providers_for("auto", ["CPUExecutionProvider"]) == ("cpu", ["CPUExecutionProvider"])
     with pytest.raises(NotSupportedError, match="CUDAExecutionProvider"):
-        embeddings.providers_for("cuda", ["CPUExecutionProvider"])
+        ort_embedder.providers_for("cuda", ["CPUExecutionProvider"])
 
 
 def test_a_session_that_fell_back_to_the_cpu(caplog):
     session = ["CPUExecutionProvider"]  # what onnxruntime did when CUDA would not start
     with pytest.raises(NotSupportedError, match="could not start CUDAExecutionProvider"):
-        embeddings.check_session_device(session, "cuda", asked="cuda")
+        ort_embedder.check_session_device(session, "cuda", asked="cuda")
     with caplog.at_level(logging.WARNING):
-        assert embeddings.check_session_device(session, "cuda", asked="auto") == "cpu"
+        assert ort_embedder.check_session_device(session, "cuda", asked="auto") == "cpu"
     assert "could not start" in caplog.text
-    assert embeddings.check_session_device(["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda",
+    assert ort_embedder.check_session_device(["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda",
                                            asked="cuda") == "cuda"  # fmt: skip
 
 
@@ -174,31 +174,31 @@ def test_info_report_on_this_machine_renders():
     assert "--device auto" in text and "onnxruntime-genai (generation)" in text
 
 
-# ---- the Engine path's request mapping (server/engine/paged.py) ------------------------------------
+# ---- the Engine path's request mapping (server/engine/sampling.py, engine_turn.py) ------------------------------------
 def test_turn_settings_map_sampling_to_og_turn_options():
     params = SamplingParams(max_tokens=9, temperature=0.7, top_p=0.9, top_k=40, seed=2**40 + 5,
                             repetition_penalty=1.1, min_tokens=20, guidance=Guidance("regex", "a+", param="p"))
-    calls = dict(paged.turn_settings(params, budget=9))
+    calls = dict(sampling.turn_settings(params, budget=9))
     assert calls["set_max_generated_tokens"] == (9,) and calls["set_do_sample"] == (True,)
     assert calls["set_temperature"] == (0.7,) and calls["set_top_p"] == (0.9,) and calls["set_top_k"] == (40,)
     assert calls["set_seed"] == ((2**40 + 5) % (2**31 - 1),)
     assert calls["set_repetition_penalty"] == (1.1,) and calls["set_min_generated_tokens"] == (9,)
     assert calls["set_guidance"] == ("regex", "a+")
-    greedy = dict(paged.turn_settings(SamplingParams(temperature=0, seed=3), budget=4))
+    greedy = dict(sampling.turn_settings(SamplingParams(temperature=0, seed=3), budget=4))
     assert greedy == {"set_max_generated_tokens": (4,), "set_do_sample": (False,)}
 
 
 def test_engine_refuses_what_it_cannot_do_naming_the_field():
     plain = Prompt(text="hi")
-    assert paged.unsupported(SamplingParams(), plain, dynamic=False) is None
-    assert paged.unsupported(SamplingParams(logprobs=0), plain, dynamic=True)[0] == "logprobs"
-    assert paged.unsupported(SamplingParams(prompt_logprobs=1), plain, dynamic=True)[0] == "logprobs"
-    assert paged.unsupported(SamplingParams(frequency_penalty=1.0), plain, dynamic=True)[0] == "frequency_penalty"
-    assert paged.unsupported(SamplingParams(), Prompt(messages=[], images=(b"png",)), dynamic=True)[0] == "messages"
+    assert engine_turn.unsupported(SamplingParams(), plain, dynamic=False) is None
+    assert engine_turn.unsupported(SamplingParams(logprobs=0), plain, dynamic=True)[0] == "logprobs"
+    assert engine_turn.unsupported(SamplingParams(prompt_logprobs=1), plain, dynamic=True)[0] == "logprobs"
+    assert engine_turn.unsupported(SamplingParams(frequency_penalty=1.0), plain, dynamic=True)[0] == "frequency_penalty"
+    assert engine_turn.unsupported(SamplingParams(), Prompt(messages=[], images=(b"png",)), dynamic=True)[0] == "messages"
     seeded = SamplingParams(seed=1, temperature=0.8)
-    assert paged.unsupported(seeded, plain, dynamic=False)[0] == "seed"
-    assert paged.unsupported(seeded, plain, dynamic=True) is None
-    assert paged.unsupported(SamplingParams(seed=1, temperature=0), plain, dynamic=False) is None  # greedy
+    assert engine_turn.unsupported(seeded, plain, dynamic=False)[0] == "seed"
+    assert engine_turn.unsupported(seeded, plain, dynamic=True) is None
+    assert engine_turn.unsupported(SamplingParams(seed=1, temperature=0), plain, dynamic=False) is None  # greedy
 
 
 # ---- auto for a chat model: where it was built to run ----------------------------------------------
@@ -307,5 +307,5 @@ def test_a_paged_build_is_not_validated_without_a_gpu_even_with_the_cuda_wheel(m
     ("REQUEST_UNSERVICEABLE", 400), ("ENGINE_EXECUTION_FAILURE", 500), ("ENGINE_CONTRACT_FAILURE", 500),
 ])  # fmt: skip
 def test_engine_failures_map_to_what_the_client_can_do(code, status):
-    error = paged.engine_failure(code).to_exception()
+    error = engine_turn.engine_failure(code).to_exception()
     assert error.status == status and code in error.message

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ortserve.server.app import create_app
-from ortserve.server.engine.base import Finished, GenerationRequest, Started, TextDelta
+from ortserve.server.engine.generation import Finished, GenerationRequest, Started, TextDelta
 from ortserve.server.errors import InvalidRequestError
 from ortserve.server.protocol import ChatCompletionRequest, parse_request
 from ortserve.server.serving.structured import check_images_accepted

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from ortserve.server.engine.base import SamplingParams, TokenLogprob
+from ortserve.server.engine.generation import SamplingParams, TokenLogprob
 from ortserve.server.engine.detok import TokenSpeller
 from ortserve.server.engine.logits import BANNED, FLOOR, LogitsProcessor, LogprobsTrail, entry, log_softmax, top_ids
 from ortserve.server.protocol.logprobs import ChoiceLogprobs, CompletionLogprobs, TextOffsets

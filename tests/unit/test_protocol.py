@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from ortserve.server.engine.base import Prompt, SamplingParams
+from ortserve.server.engine.generation import Prompt, SamplingParams
 from ortserve.server.errors import InvalidRequestError, NotSupportedError
 from ortserve.server.protocol import (
     ChatCompletionChunk,

@@ -197,8 +197,8 @@ async def load_embedder(
     """Load `entry`'s converted folder without blocking the event loop.
 
     num_ctx: the most tokens per input, if lower than the model's max_seq_length; device: "auto", "cpu",
-    "cuda", "dml" or "coreml" (see `ortserve.server.engine.devices`); threads: intra-op threads (default: physical
-    cores, or $ORTSERVE_THREADS).
+    "cuda", "dml" or "coreml" (see `ortserve.server.engine.devices`); threads: intra-op threads (None: the physical
+    cores).
     """
     return await asyncio.to_thread(
         OrtEmbedder.from_folder, entry.folder, entry.manifest, name=entry.name, device=device, threads=threads,

@@ -1,4 +1,6 @@
-"""`GenaiGenerator`: the server-side proxy of one model served by onnxruntime-genai in a runner process.
+"""`RunnerGenerator`: the server-side proxy of one chat model served in its own runner process.
+
+This side never imports onnxruntime-genai: the runner process (runner_main.py) does.
 
 The event loop never waits on the runner: a sender thread writes requests to one
 pipe, a reader thread reads the runner's event batches from another and hands each
@@ -13,7 +15,6 @@ import concurrent.futures
 import itertools
 import logging
 import multiprocessing
-import os
 import queue
 import threading
 from collections import defaultdict
@@ -21,18 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
-from ortserve.server.engine import ipc, runner
-from ortserve.server.engine.base import Finished, GenerationEvent, GenerationRequest
+from ortserve.server.engine import ipc, runner_main
+from ortserve.server.engine.generation import Finished, GenerationEvent, GenerationRequest
 from ortserve.server.errors import BackendError
 
 if TYPE_CHECKING:
     from ortserve.server.store import ModelEntry
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PARALLEL = 4
-DEFAULT_PREFILL_CHUNK = 128  # ~97% of 256's prefill speed; other requests wait half as long per step
-
 
 @dataclass
 class _Waiter:
@@ -48,7 +45,7 @@ class RunnerProcess:
         self._requests_in, self._requests = ctx.Pipe(duplex=False)
         self._events, self._events_out = ctx.Pipe(duplex=False)
         self.process = ctx.Process(
-            target=runner.main,
+            target=runner_main.main,
             args=(str(folder), options, self._requests_in, self._events_out),
             name=f"ortserve-runner[{name}]",
             daemon=True,
@@ -171,31 +168,14 @@ def _deliver(items: list[tuple[asyncio.Queue, Any]]) -> None:
         q.put_nowait(item)
 
 
-class GenaiGenerator:
+class RunnerGenerator:
     """A `TextGenerator` whose model runs in a runner process (restarted on demand if it dies)."""
 
-    def __init__(
-        self,
-        entry: "ModelEntry",
-        *,
-        num_ctx: int | None = None,
-        device: str = "cpu",
-        threads: int | None = None,
-        parallel: int | None = None,
-        prefill_chunk: int | None = None,
-    ):
-        from ortserve.server.engine import devices
-
+    def __init__(self, entry: "ModelEntry", options: ipc.RunnerOptions):
         self.name = entry.name
         self.folder = Path(entry.folder)
-        self.device = device  # already resolved by load_generator: "cpu", "cuda", ...
-        self._options = ipc.RunnerOptions(
-            num_ctx=num_ctx,
-            device=self.device,
-            threads=threads or devices.physical_cores(),
-            parallel=parallel or _env_int("ORTSERVE_NUM_PARALLEL", DEFAULT_PARALLEL),
-            prefill_chunk=prefill_chunk or _env_int("ORTSERVE_PREFILL_CHUNK", DEFAULT_PREFILL_CHUNK),
-        )
+        self.device = options.device  # already resolved by load_generator: "cpu", "cuda", ...
+        self._options = options
         self.context_length = 0
         self.fim_tokens: tuple[str, str, str] | None = None
         self.guidance_error: str | None = None
@@ -249,7 +229,7 @@ class GenaiGenerator:
                 if finished:
                     return
         finally:
-            if not finished:  # the consumer left early (client disconnect): free the slot
+            if not finished:  # the consumer left early (client disconnect): free its place in the runner
                 runner.forget(rid)
                 runner.send((ipc.CANCEL, rid))
 
@@ -282,7 +262,3 @@ class GenaiGenerator:
             current.process.kill()
             await asyncio.to_thread(current.process.join, 5)
 
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    return int(value) if value.strip().isdigit() and int(value) > 0 else default

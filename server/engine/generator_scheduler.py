@@ -1,0 +1,84 @@
+"""`GeneratorScheduler`: the runner's own scheduler over one `og.Generator` per request (every model but
+the paged-attention ones), and its loader.
+
+Up to `parallel` requests generate at once; each tick gives every active request one step (a prefill
+chunk or one decode step), round-robin, so a short request finishes while a long prompt is still
+prefilling. Others wait in the runner's queue.
+
+Imported only by the runner process (it imports onnxruntime-genai).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime_genai as og
+
+from ortserve.server.engine import ipc
+from ortserve.server.engine.generator_request import GeneratorRequest
+from ortserve.server.engine.guidance import probe_guidance
+from ortserve.server.engine.runner_loop import RunnerLoop
+from ortserve.server.engine.runner_model import RunnerModel, load_runner_model
+
+
+def load(folder: Path, options: ipc.RunnerOptions) -> tuple[RunnerModel, ipc.RunnerInfo]:
+    """Load a model for the Generator path (in the runner process), probing whether grammars are enforced."""
+    model = load_runner_model(folder, options)
+    model.guidance_error = probe_guidance(model, lambda *args: generate_greedy(model, *args))
+    return model, model.info(options, options.device)
+
+
+def generate_greedy(model: RunnerModel, prompt: np.ndarray, most: int, grammar: tuple[str, str]) -> list[int]:
+    """Up to `most` greedy tokens under `grammar` (kind, data), on an og.Generator; stops at an end token."""
+    gp = og.GeneratorParams(model.og_model)
+    gp.set_search_options(max_length=len(prompt) + most, do_sample=False)
+    gp.set_guidance(*grammar)
+    generator = og.Generator(model.og_model, gp)
+    generator.append_tokens(prompt)
+    out: list[int] = []
+    while not generator.is_done() and len(out) < most:
+        generator.generate_next_token()
+        out.append(int(generator.get_next_tokens()[0]))
+        if out[-1] in model.eos_ids:
+            break
+    return out
+
+
+class GeneratorScheduler(RunnerLoop):
+    """Steps up to `options.parallel` GeneratorRequests round-robin, one prefill chunk or decode step each."""
+
+    def __init__(self, model: RunnerModel, options: ipc.RunnerOptions, requests: Any, events: Any):
+        super().__init__(options, requests, events)
+        self.model = model
+
+    def _new_request(self, rid: int, request: Any) -> GeneratorRequest:
+        return GeneratorRequest(rid, self.model, request, self.options.prefill_chunk)
+
+    def _drop(self, rid: int) -> None:
+        for queue in (self.active, self.waiting):
+            for accepted in list(queue):
+                if accepted.rid == rid:
+                    queue.remove(accepted)
+                    accepted.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "prefilling": sum(1 for r in self.active if r.prefilling)}
+
+    def _has_room(self) -> bool:
+        return len(self.active) < self.options.parallel
+
+    def _start(self, accepted: GeneratorRequest) -> bool:
+        accepted.start()
+        return True
+
+    def _tick(self) -> None:
+        for accepted in list(self.active):
+            try:
+                events = accepted.step()
+            except Exception as exc:  # onnxruntime failed on this request: fail it, keep the others
+                accepted.close()
+                events = [ipc.Failure.from_exception(exc)]
+            self._emit(accepted, events)
+            if accepted.done:
+                self.active.remove(accepted)
