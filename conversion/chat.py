@@ -19,7 +19,7 @@ from ortserve.conversion.source import read_config
 
 # CUDA builds use paged attention, so og.Engine batches concurrent requests continuously (measured on an
 # H100, fp16: 1 / 4 / 32 / 64 streams at 425 / 1,409 / 5,713 / 7,138 tokens/s in all). Such a model is
-# Engine-only (the Generator rejects it): the server serves it through server/engine/paged.py.
+# Engine-only (the Generator rejects it): the server serves it through server/engine/engine_scheduler.py.
 _PAGED = {"use_paged_attention": "true"}
 # Measured (SmolLM2-135M shape, 2 cores): accuracy_level=4 decodes 93 tok/s, level 1 only 42.
 # The builder silently ignores the `int4_*` spellings, so only these names are passed.

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, cast
 
-from ortserve.server.engine.base import TextGenerator
+from ortserve.server.engine.generation import TextGenerator
 from ortserve.server.engine.embedder import Embedder
 from ortserve.server.errors import APIError, BackendError, InvalidRequestError, ModelNotFoundError, OverloadedError
 from ortserve.server.modelfile import FOREVER, parse_duration

@@ -10,7 +10,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from ortserve.server.engine.base import SamplingParams
+from ortserve.server.engine.generation import SamplingParams
 from ortserve.server.errors import InvalidRequestError
 from ortserve.server.modelfile import parse_duration
 from ortserve.server.settings import SamplingDefaults
