@@ -83,6 +83,12 @@ class OverloadedError(APIError):
     code = "overloaded"
 
 
+class ShuttingDownError(OverloadedError):
+    """The server is stopping: new requests, and those still running when the shutdown grace ran out."""
+
+    code = "server_shutting_down"
+
+
 class BackendError(APIError):
     """The model runner failed (crashed, ran out of memory, raised inside onnxruntime)."""
 

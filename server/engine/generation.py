@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Literal, Protocol
 
+from ortserve.server.errors import APIError
+
 
 @dataclass(frozen=True)
 class GuidancePart:
@@ -146,6 +148,10 @@ class TextGenerator(Protocol):
 
         Closing the iterator early (client disconnect) cancels the generation.
         """
+        ...
+
+    def interrupt(self, error: APIError) -> None:
+        """End every generation in flight by raising `error` in it (the server is stopping)."""
         ...
 
     async def close(self) -> None: ...

@@ -19,6 +19,7 @@ from ortserve.server.errors import (
     InvalidRequestError,
     NotSupportedError,
     OverloadedError,
+    ShuttingDownError,
 )
 
 GENERATE, CANCEL, STATS, SHUTDOWN = "generate", "cancel", "stats", "shutdown"
@@ -27,7 +28,8 @@ READY, FAILED, EVENTS = "ready", "failed", "events"
 # the errors a runner may raise for one request; anything else arrives as BackendError
 _ERRORS: dict[str, type[APIError]] = {
     cls.__name__: cls
-    for cls in (InvalidRequestError, ContextLengthError, NotSupportedError, BackendError, OverloadedError)
+    for cls in (InvalidRequestError, ContextLengthError, NotSupportedError, BackendError, OverloadedError,
+                ShuttingDownError)
 }
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from ortserve.server.engine import ipc, runner_main
 from ortserve.server.engine.generation import Finished, GenerationEvent, GenerationRequest
-from ortserve.server.errors import BackendError
+from ortserve.server.errors import APIError, BackendError
 
 if TYPE_CHECKING:
     from ortserve.server.store import ModelEntry
@@ -139,6 +139,17 @@ class RunnerProcess:
         for loop, items in by_loop.items():
             _deliver_soon(loop, items)
 
+    def interrupt(self, failure: ipc.Failure) -> None:
+        """End every request in flight with `failure` (the server is stopping), and free their places."""
+        with self._lock:
+            waiters, self._waiters = self._waiters, {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = defaultdict(list)
+        for rid, waiter in waiters.items():
+            by_loop[waiter.loop].append((waiter.queue, failure))
+            self.send((ipc.CANCEL, rid))
+        for loop, items in by_loop.items():
+            _deliver_soon(loop, items)
+
     def _die(self, reason: str) -> None:
         with self._lock:
             if self.dead is None:
@@ -245,6 +256,10 @@ class RunnerGenerator:
         if isinstance(reply, ipc.Failure):
             raise reply.to_exception()
         return reply
+
+    def interrupt(self, error: APIError) -> None:
+        if self._runner is not None:
+            self._runner.interrupt(ipc.Failure.from_exception(error))
 
     @property
     def pid(self) -> int | None:
