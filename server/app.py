@@ -29,7 +29,8 @@ from ortserve.server.errors import (
     error_body,
 )
 from ortserve.server.host_rules import host_allowed, origin_allowed
-from ortserve.server.registry import Loader, Registry
+from ortserve.server.loading import Loader
+from ortserve.server.registry import Registry
 from ortserve.server.routes import EXTENSION, AppState, app_state, chat, completions, embeddings, health, models, ps
 from ortserve.server.settings import ServerSettings
 from ortserve.server.store import ModelStore

@@ -1,26 +1,8 @@
-"""GET /api/ps: the loaded models in Ollama's shape, plus ortserve's `device`, `task`, `expires_in`,
-`context_length` and `requests` (in flight)."""
+"""GET /api/ps: the loaded models in Ollama's shape, plus ortserve's `names` (every name served by the one
+loaded model), `device`, `task`, `expires_in`, `context_length` and `requests` (in flight)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any
-
 from pydantic import BaseModel
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """What the registry knows of one loaded model (engine-neutral)."""
-
-    name: str
-    task: str
-    device: str
-    size: int  # bytes of its files on disk
-    expires_in: float | None  # seconds of keep-alive left (the full time while in use); None: kept forever
-    context_length: int | None
-    requests: int
-    manifest: dict[str, Any]
 
 
 class ModelDetails(BaseModel):
@@ -30,8 +12,11 @@ class ModelDetails(BaseModel):
 
 
 class RunningModel(BaseModel):
+    """One loaded model: `name` and `model` are the name it was last used under, `names` all it serves."""
+
     name: str
     model: str
+    names: list[str]
     size: int
     size_vram: int
     digest: str = ""
@@ -42,30 +27,6 @@ class RunningModel(BaseModel):
     task: str
     context_length: int | None
     requests: int
-
-    @classmethod
-    def of(cls, loaded: LoadedModel, now: datetime | None = None) -> "RunningModel":
-        expires_in, expires_at = loaded.expires_in, None
-        if expires_in is not None:
-            try:  # a keep_alive of many centuries is forever, as far as a date can say
-                expires_at = (now or datetime.now(timezone.utc)) + timedelta(seconds=expires_in)
-            except OverflowError:
-                expires_in = None
-        manifest = loaded.manifest
-        return cls(
-            name=loaded.name,
-            model=loaded.name,
-            size=loaded.size,
-            size_vram=0 if loaded.device == "cpu" else loaded.size,
-            details=ModelDetails(family=manifest.get("family") or manifest.get("model_type"),
-                                 quantization_level=manifest.get("precision")),
-            expires_at=expires_at.isoformat(timespec="seconds") if expires_at else None,
-            expires_in=None if expires_in is None else round(expires_in, 1),
-            device=loaded.device,
-            task=loaded.task,
-            context_length=loaded.context_length,
-            requests=loaded.requests,
-        )
 
 
 class ProcessList(BaseModel):

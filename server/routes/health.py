@@ -1,7 +1,7 @@
 """GET /health: 200 {"status": "ok"} once the server is ready; 503 while it is loading (or failed).
 
 The body also names the loaded models and the device each one runs on (`devices`: name -> "cpu",
-"cuda", ...), which `ortserve info --url` reads.
+"cuda", ...), which `ortserve info --url` reads; names that share one loaded model are each listed.
 """
 from quart import Blueprint
 
@@ -16,7 +16,7 @@ async def health():
     body = {
         "status": state.status,
         "models_loaded": state.registry.loaded(),
-        "devices": {model.name: model.device for model in state.registry.running()},
+        "devices": {name: model.device for model in state.registry.running() for name in model.names},
     }
     if state.error:
         body["error"] = state.error

@@ -27,7 +27,7 @@ from ortserve.server.serving.common import (
     now,
     start_all,
 )
-from ortserve.server.serving.structured import ChatPlan, deltas, finish_reason, plan_chat
+from ortserve.server.serving.chat_plan import ChatPlan, deltas, finish_reason, plan_chat
 
 
 async def create_chat_completion(

@@ -26,7 +26,7 @@ from ortserve.server.serving.common import (
     now,
     start_all,
 )
-from ortserve.server.serving.structured import completion_guidance
+from ortserve.server.serving.chat_plan import completion_guidance
 
 
 def _candidate_params(request: CompletionRequest, params: SamplingParams, index: int) -> SamplingParams:

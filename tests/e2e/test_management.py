@@ -1,6 +1,7 @@
 """Ollama-style model management on a real server: `ortserve create` from a Modelfile, per-model defaults
 and SYSTEM, keep-alive (request, settings, 0, forever), the LRU limit, `ortserve ps` / GET /api/ps, and
-store changes (create, cp, rm) seen by the running server, including `rm` during a stream.
+store changes (create, cp, rm) seen by the running server, including `rm` during a stream; names that
+share weights (`cp`) share one runner process.
 
 The `ortserve` commands run as subprocesses beside the server, as a user runs them. Loading and unloading
 is observed through GET /api/ps, polled with deadlines (never a fixed sleep taken as a result).
@@ -12,7 +13,9 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -27,6 +30,7 @@ pytestmark = pytest.mark.slow
 KEY = "e2e-management-key"
 EMBEDDER = "all-minilm"
 BASE = "acc-model"  # a `cp` of CHAT_MODEL; the server serves chat models with num_ctx 128 by default
+OTHER = "tiny-qwen"  # weights of its own
 NUM_CTX = 128
 USER = [{"role": "user", "content": "Who are you?"}]
 LONG = " ".join(["The quick brown fox jumps over the lazy dog."] * 40)  # ~400 tokens: > 128, < 2048
@@ -80,6 +84,19 @@ def wait_until(condition, what: str, timeout: float = 30):
         if time.monotonic() > deadline:
             raise AssertionError(f"still not {what} after {timeout} s")
         time.sleep(0.05)
+
+
+def runner_pids(server) -> set[int]:
+    """The server's runner processes (one per loaded chat model), found through /proc."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent == server.process.pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+                pids.add(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
 
 
 def create(server, tmp_path, name: str, modelfile: str) -> subprocess.CompletedProcess:
@@ -305,19 +322,60 @@ def test_cp_and_rm_while_running(managed, client):
     assert chat(client, BASE, max_tokens=1).model == BASE  # the weights it shared stay
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts the runner processes through /proc")
+def test_copies_share_one_runner_and_keep_their_own_system(managed, client):
+    copies = ("shared-copy", "shared-mario")
+    for name in copies:
+        done = run_ortserve(managed.home, "cp", BASE, name)
+        assert done.returncode == 0, done.stderr
+    system = "Answer in one word."
+    store = managed.store
+    store.write_config(copies[1], store.get(copies[1]).config.model_copy(update={"system": system}))
+    greedy = {"temperature": 0, "max_tokens": 4, "extra_body": {"min_tokens": 4}}
+    try:
+        replies = {name: chat(client, name, **greedy) for name in (BASE, *copies)}
+        rows = [m for m in ps(managed).values() if set(m["names"]) & {BASE, *copies}]
+        assert len(rows) == 1 and {BASE, *copies} <= set(rows[0]["names"])  # one loaded model for the three
+        assert rows[0]["name"] == copies[1]  # listed under the name last used
+        # one runner process per row, not per name (polled: a runner unloaded by an earlier test may be exiting)
+        wait_until(lambda: len(runner_pids(managed)) == len([m for m in ps(managed).values() if m["task"] == "chat"]),
+                   "one runner per loaded chat model")
+
+        # the copy's SYSTEM applies per request on the shared runner; the other names' requests have none
+        plain, mario = replies[BASE], replies[copies[1]]
+        assert replies[copies[0]].choices[0].message.content == plain.choices[0].message.content
+        assert mario.usage.prompt_tokens > plain.usage.prompt_tokens
+        assert mario.choices[0].message.content != plain.choices[0].message.content
+        explicit = chat(client, BASE, [{"role": "system", "content": system}, *USER], **greedy)
+        assert mario.choices[0].message.content == explicit.choices[0].message.content
+
+        # `rm` of one name leaves the runner the others use
+        pids = runner_pids(managed)
+        assert run_ortserve(managed.home, "rm", copies[0]).returncode == 0
+        assert chat(client, BASE, max_tokens=1).model == BASE
+        assert runner_pids(managed) == pids
+    finally:
+        for name in copies:
+            if store.exists(name):
+                store.remove(name)
+
+
 # ---- limits ---------------------------------------------------------------------
 def test_least_recently_used_is_unloaded_with_a_limit_of_one(one_model):
     with one_model.client(max_retries=0, timeout=120) as client:
-        for name in (CHAT_MODEL, BASE, CHAT_MODEL):
+        for name in (CHAT_MODEL, OTHER, CHAT_MODEL):
             assert chat(client, name, max_tokens=1).model == name
             assert list(ps(one_model, key=None)) == [name]
+        # a copy of the loaded model shares it: it counts once, so the limit of one pushes nothing out
+        assert chat(client, BASE, max_tokens=1).model == BASE
+        assert [m["names"] for m in ps(one_model, key=None).values()] == [[BASE, CHAT_MODEL]]
 
         # a model with a request in flight is never unloaded: the next one loads beside it, over the limit,
         # and the limit holds again once the first is idle
         stream = chat(client, CHAT_MODEL, max_tokens=1900, n=4, stream=True, extra_body={"min_tokens": 1900})
         chunks = iter(stream)
         next(chunks)
-        assert chat(client, BASE, max_tokens=1).model == BASE
+        assert chat(client, OTHER, max_tokens=1).model == OTHER
         finished = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
         assert finished == ["length"] * 4
         wait_until(lambda: len(ps(one_model, key=None)) == 1, "back to one loaded model")

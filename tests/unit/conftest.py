@@ -1,6 +1,8 @@
-"""Fixtures of the unit tests: the image server of tests/unit/image_site.py, and the real app over the fake
-engine of tests/unit/fake_app.py (each test module gives its own `store`)."""
+"""Fixtures of the unit tests: the image server of tests/unit/image_site.py, the real app over the fake
+engine of tests/unit/fake_app.py (each test module gives its own `store`), and a settable clock."""
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -8,6 +10,7 @@ from ortserve.server.app import create_app
 from ortserve.server.settings import ServerSettings
 from tests.unit.fake_app import FakeBackend
 from tests.unit.image_site import serve
+from tests.unit.registry_fakes import Clock
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +47,11 @@ async def client(settings, store, backend):
     app = create_app(settings, store, loader=backend.load)
     async with app.test_app() as test_app:
         yield test_app.test_client()
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    """`time.monotonic` (the registry's clock) stands still at `clock.now` until a test moves it."""
+    clock = Clock()
+    monkeypatch.setattr(time, "monotonic", clock)
+    return clock

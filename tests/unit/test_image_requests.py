@@ -11,7 +11,7 @@ from ortserve.server.app import create_app
 from ortserve.server.engine.generation import Finished, GenerationRequest, Started, TextDelta
 from ortserve.server.errors import InvalidRequestError
 from ortserve.server.protocol import ChatCompletionRequest, parse_request
-from ortserve.server.serving.structured import check_images_accepted
+from ortserve.server.serving.chat_plan import check_images_accepted
 from ortserve.server.settings import ModelConfig
 from ortserve.server.store import MANIFEST, ModelEntry, ModelStore
 from tests.unit.image_site import b64, image_bytes, opened, settings_for
@@ -146,7 +146,7 @@ async def test_images_are_fitted_to_what_the_models_processor_keeps(vision_app, 
 
 
 def test_the_fit_comes_from_the_processor_config(tmp_path):
-    from ortserve.server.serving.structured import image_fit_pixels
+    from ortserve.server.serving.chat_plan import image_fit_pixels
 
     (tmp_path / "processor_config.json").write_text(json.dumps({"a": [{"max_pixels": 5000}, {"max_pixels": 9000}]}))
     assert image_fit_pixels(ModelEntry("m", ModelConfig(), tmp_path, {"_folder_mtime": 1})) == 10_000

@@ -1,7 +1,8 @@
-"""The registry's keep-alive and limits (server/registry.py) on a real store with fake loaders.
+"""The registry's keep-alive and limits (server/registry.py, deciding with server/residency.py) on a real
+store with fake loaders (tests/unit/registry_fakes.py).
 
 The engines are fakes (loading real models is tests/e2e's work): these tests check which model is
-loaded, kept or unloaded when, with time read from `time.monotonic` (patched where a test needs it).
+loaded, kept or unloaded when, with time read from `time.monotonic` (the `clock` fixture patches it).
 """
 from __future__ import annotations
 
@@ -15,67 +16,10 @@ import pytest
 
 from ortserve.server import registry as registry_module
 from ortserve.server.errors import APIError, InvalidRequestError, ModelNotFoundError, OverloadedError
-from ortserve.server.protocol.ps import RunningModel
 from ortserve.server.registry import Registry
 from ortserve.server.settings import ModelConfig, ServerSettings
 from ortserve.server.store import MANIFEST, ModelStore
-
-
-def ps(registry: Registry) -> list[dict]:
-    """What GET /api/ps answers for the registry's loaded models."""
-    return [RunningModel.of(m).model_dump() for m in registry.running()]
-
-
-class FakeEngine:
-    device = "cpu"
-    context_length = 64
-
-    def __init__(self, name: str):
-        self.name, self.closed = name, False
-
-    async def close(self) -> None:
-        self.closed = True
-
-
-class Loads:
-    """A loader that records what it loaded; `gate` holds loads until set."""
-
-    def __init__(self):
-        self.engines: list[FakeEngine] = []
-        self.gate = asyncio.Event()
-        self.gate.set()
-
-    async def __call__(self, entry, *, num_ctx, device):
-        await self.gate.wait()
-        engine = FakeEngine(entry.name)
-        self.engines.append(engine)
-        return engine
-
-    def of(self, name: str) -> list[FakeEngine]:
-        return [e for e in self.engines if e.name == name]
-
-
-def slow_closing_loader(order: list[str], closing: asyncio.Event):
-    """A loader that records "load NAME" / "closed NAME" in `order`; each close waits for `closing`."""
-
-    class SlowClose(FakeEngine):
-        async def close(self) -> None:
-            await closing.wait()
-            order.append(f"closed {self.name}")
-
-    async def loader(entry, *, num_ctx, device):
-        order.append(f"load {entry.name}")
-        return SlowClose(entry.name)
-
-    return loader
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.registry_fakes import FakeEngine, Loads, make, ps, settle, slow_closing_loader, use, wait_for
 
 
 @pytest.fixture
@@ -87,29 +31,6 @@ def store(tmp_path) -> ModelStore:
         (folder / MANIFEST).write_text(json.dumps({"task": "chat", "precision": "int4"}), encoding="utf-8")
         (folder / "model.onnx.data").write_bytes(b"\0" * size)
     return store
-
-
-@pytest.fixture
-def clock(monkeypatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(registry_module.time, "monotonic", clock)
-    return clock
-
-
-def make(store, loads, **settings) -> Registry:
-    return Registry(ServerSettings(models_dir=store.models_dir, configs_dir=store.configs_dir.parent, **settings),
-                    store, loaders={"chat": loads})
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
-
-
-async def use(registry: Registry, name: str, keep_alive=None) -> None:
-    lease = await registry.acquire(name, keep_alive=keep_alive)
-    lease.release()
-    await settle()
 
 
 async def test_idle_model_stays_for_its_keep_alive_then_unloads(store, clock):
@@ -306,14 +227,6 @@ async def test_ps_shape(store, clock):
     assert model["context_length"] == 64 and model["requests"] == 0
 
 
-async def wait_for(condition, what: str, timeout: float = 10) -> None:
-    """Poll `condition` (real time: not for tests that freeze the clock) until true or the deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"still not {what} after {timeout} s"
-        await asyncio.sleep(0.01)
-
-
 async def test_the_size_of_the_weights_is_read_off_the_event_loop(store, clock, monkeypatch):
     threads = []
 
@@ -400,7 +313,7 @@ async def test_a_corrupt_manifest_spoils_only_its_own_model(store, clock):
     (store.models_dir / "b" / MANIFEST).write_text('{"task": "ch', encoding="utf-8")  # e.g. a torn write
     assert store.names() == ["a", "c"]
     registry = make(store, Loads())
-    assert [card.id for card in await registry.cards()] == ["a", "c"]
+    assert [served.name for served in await registry.served_names()] == ["a", "c"]
     with pytest.raises(APIError) as broken:  # not a 404: the model is there, its manifest needs fixing
         await registry.acquire("b")
     assert broken.value.status == 500 and "manifest.json" in broken.value.message

@@ -1,5 +1,6 @@
-"""Structured output for a request: the prompt as the model's template wants it, the grammar that
-constrains the reply, and how tool calls are read back out of it."""
+"""The chat planner: a chat request turned into a `ChatPlan`: the prompt as the model's template wants it
+(the name's SYSTEM, images), the sampling parameters (the name's defaults), the grammar that constrains the
+reply, and how tool calls are read back out of it. Completions use its guidance checks too."""
 from __future__ import annotations
 
 import asyncio

@@ -1,0 +1,87 @@
+"""Loading a stored model into an engine: the loader of each task, a load's memory estimate, what a load
+depends on (`LoadKey`), and one load held in memory (`Resident`), up to closing it.
+
+The registry (server/registry.py) decides when to load, who shares a load and when to close it; this
+module is only how.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from ortserve.server.engine.generation import TextGenerator
+from ortserve.server.engine.embedder import Embedder
+from ortserve.server.errors import InvalidRequestError
+from ortserve.server.residency import Usage
+from ortserve.server.store import ModelEntry
+
+log = logging.getLogger(__name__)
+
+Engine = TextGenerator | Embedder
+Loader = Callable[..., Awaitable[Engine]]  # (entry, *, num_ctx, device) -> a loaded model
+LoadKey = tuple[str, Any, int | None, str]  # (weights folder, manifest's created, context served, device)
+
+# task -> (module, function) of its loader, imported on first load: the engines are heavy
+LOADERS: dict[str, tuple[str, str]] = {
+    "chat": ("ortserve.server.engine", "load_generator"),
+    "embedding": ("ortserve.server.engine.ort_embedder", "load_embedder"),
+}
+
+
+def default_loader(task: str) -> Loader:
+    """The loader of `task`'s models; a 400 naming `model` for a task that cannot be served."""
+    if task not in LOADERS:
+        raise InvalidRequestError(f"Models for the task '{task}' cannot be served yet.", param="model")
+    module, function = LOADERS[task]
+    return getattr(importlib.import_module(module), function)
+
+
+def weights_size(folder: Path) -> int:
+    """A model's memory estimate: the size of its files on disk (the weights dominate)."""
+    try:
+        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    except OSError:
+        return 0
+
+
+@dataclass(eq=False)
+class Resident:
+    """One load of one set of weights (a runner process, or an embedder), however many names use it: the task
+    loading it, those names, and how it is used (what server/residency.py decides on)."""
+
+    key: LoadKey
+    task: asyncio.Task[Engine]
+    entry: ModelEntry  # the entry it was loaded for (its task, folder and manifest)
+    usage: Usage
+    names: dict[str, None] = field(default_factory=dict)  # the names it serves, most recently used last
+    retired: bool = False  # forgotten by the registry: closed once its requests are done
+
+    @property
+    def ready(self) -> bool:
+        return self.task.done() and not self.task.cancelled() and self.task.exception() is None
+
+    @property
+    def label(self) -> str:
+        """Its names, for logs."""
+        return "', '".join(reversed(self.names)) or self.entry.name
+
+    def serve(self, name: str) -> None:
+        """`name` uses it now (the most recently used)."""
+        self.names.pop(name, None)
+        self.names[name] = None
+
+    async def close(self) -> None:
+        """Cancel the load, or close the loaded engine."""
+        if not self.task.done():
+            self.task.cancel()
+        await asyncio.wait([self.task])
+        if self.task.cancelled() or self.task.exception() is not None:
+            return  # a failed or cancelled load has nothing to close
+        try:
+            await self.task.result().close()
+        except Exception:
+            log.exception("closing model '%s' failed", self.label)
