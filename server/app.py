@@ -26,6 +26,7 @@ from ortserve.server.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     RequestTimeoutError,
+    ShuttingDownError,
     error_body,
 )
 from ortserve.server.host_rules import host_allowed, origin_allowed
@@ -147,6 +148,8 @@ def _register_checks(app: Quart, settings: ServerSettings) -> None:
             return
         if state.status == "error":
             raise APIError(f"The server failed to start: {state.error}")
+        if state.status == "stopping":
+            raise ShuttingDownError("The server is shutting down; try again once it is back.")
         raise OverloadedError("The server is still starting up; try again shortly.")
 
 
@@ -234,9 +237,12 @@ async def serve(
     *,
     setup: Setup | None = None,
 ) -> None:
-    """Serve until `shutdown_trigger` returns (default: SIGINT/SIGTERM). The CLI runs it with asyncio.run."""
+    """Serve until `shutdown_trigger` returns (default: SIGINT/SIGTERM), then drain (server/shutdown.py). The CLI
+    runs it with asyncio.run."""
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
+
+    from ortserve.server.shutdown import Drain
 
     if not settings.api_key and not _loopback(settings.host):
         log.warning(
@@ -245,7 +251,9 @@ async def serve(
         )
     config = Config()
     config.bind = [_bind(settings.host, settings.port)]
-    config.graceful_timeout = 5.0
+    # our grace ends what still runs with an error event; Hypercorn's own cut comes only after that
+    config.graceful_timeout = settings.shutdown_grace + 5.0
     config.include_server_header = False
     app = create_app(settings, store, setup=setup)
-    await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
+    drain = Drain(app.extensions[EXTENSION], settings.shutdown_grace, shutdown_trigger)
+    await hypercorn_serve(app, config, shutdown_trigger=drain)

@@ -385,6 +385,12 @@ class Registry:
             ))  # fmt: skip
         return models
 
+    def interrupt(self, error: APIError) -> None:
+        """End every generation in flight with `error` (the shutdown's grace ran out)."""
+        for resident in self._loaded.values():
+            if resident.ready and resident.entry.task == "chat":
+                cast(TextGenerator, resident.task.result()).interrupt(error)
+
     async def close(self) -> None:
         """Stop the reaper and close every loaded model (at shutdown); later requests get a 503."""
         self._closed = True

@@ -114,6 +114,8 @@ class ServerSettings(BaseModel):
     configs_dir: Path = Field(default_factory=default_configs_dir)
     device: str = Field("auto", pattern="^(auto|cpu|cuda|dml|coreml)$")
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    shutdown_grace: float = Field(10.0, ge=0, description="seconds requests in flight get to finish after "
+                                  "SIGINT/SIGTERM; then they end with a 503 server_shutting_down")
     body_timeout: float = Field(30.0, gt=0, description="seconds a request body may take to arrive in all; a "
                                 "slower or stalled body gets a 408 and its connection is freed")
     num_ctx: int = Field(4096, ge=0, description="context served for chat models whose settings set none "

@@ -1,9 +1,9 @@
 """Server-sent events: OpenAI's streaming wire format.
 
-Each payload is one `data: {json}` event; a stream that ends normally ends with
-`data: [DONE]`. An error after the stream has started cannot change the HTTP
-status any more, so it is sent as one `data: {"error": {...}}` event (the same
-JSON `error_body` gives a normal response) and the stream ends there.
+Each payload is one `data: {json}` event; a stream ends with `data: [DONE]`. An
+error after the stream has started cannot change the HTTP status any more, so it
+is sent as one `data: {"error": {...}}` event (the same JSON `error_body` gives a
+normal response), then `[DONE]` ends the stream (as vLLM does).
 
 A client that disconnects cancels the task sending the response: the payload
 iterator is closed, and closing it stops the generation behind it.
@@ -33,7 +33,7 @@ def sse_event(payload: dict[str, Any]) -> str:
 
 
 async def sse_events(payloads: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
-    """Encode payloads as SSE, then [DONE]; an error becomes an error event that ends the stream."""
+    """Encode payloads as SSE, then [DONE]; an error becomes an error event, then [DONE]."""
     try:
         async for payload in payloads:
             yield sse_event(payload)
@@ -42,7 +42,6 @@ async def sse_events(payloads: AsyncIterator[dict[str, Any]]) -> AsyncIterator[s
             log.exception("error inside a stream")
         body, _status = error_body(exc)
         yield sse_event(body)
-        return
     finally:
         aclose = getattr(payloads, "aclose", None)
         if aclose is not None:

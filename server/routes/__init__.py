@@ -20,7 +20,7 @@ EXTENSION = "ortserve"
 class AppState:
     settings: ServerSettings
     registry: Registry
-    status: Literal["loading", "ok", "error"] = "loading"
+    status: Literal["loading", "ok", "error", "stopping"] = "loading"
     error: str | None = None  # why setup failed, when status == "error"
 
 

@@ -24,6 +24,7 @@ class FakeGenerator:
         self.requests: list[GenerationRequest] = []
         self.stopped_early = 0
         self.closed = False
+        self.interrupted: Exception | None = None  # set by interrupt(): raised at the next piece
 
     async def generate(self, request: GenerationRequest):
         self.requests.append(request)
@@ -39,6 +40,8 @@ class FakeGenerator:
             for piece in self.reply[:budget]:
                 if self.gate is not None:
                     await self.gate.wait()
+                if self.interrupted is not None:
+                    raise self.interrupted
                 if done == self.fail_at:
                     raise RuntimeError("the runner crashed")
                 yield TextDelta(piece, (done,))
@@ -47,6 +50,11 @@ class FakeGenerator:
             self.stopped_early += 1
             raise
         yield Finished("length" if budget < len(self.reply) else "stop", n_prompt, done)
+
+    def interrupt(self, error: Exception) -> None:
+        self.interrupted = error
+        if self.gate is not None:
+            self.gate.set()
 
     async def close(self) -> None:
         self.closed = True

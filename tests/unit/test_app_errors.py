@@ -103,8 +103,8 @@ async def test_engine_crash_is_a_500_and_inside_a_stream_an_error_event(client, 
     assert response.status_code == 200
     events = sse_data(await response.get_data(as_text=True))
     assert json.loads(events[1])["choices"][0]["delta"] == {"content": "Hel"}
-    assert_error(json.loads(events[-1]), type="server_error")
-    assert "[DONE]" not in events
+    assert_error(json.loads(events[-2]), type="server_error")
+    assert events[-1] == "[DONE]"
 
 
 async def test_failed_load_is_a_500_and_is_retried(client, backend):
