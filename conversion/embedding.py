@@ -8,7 +8,7 @@ The output folder is self-contained, served with onnxruntime + `tokenizers` only
     tokenizer_config.json, special_tokens_map.json   copied when the source has them
 
 Pooling is *not* in the graph (`pooled_in_graph: False`): the server pools in numpy with
-`ortserve.server.engine.encoder` (`pool`, `embed_texts`, re-exported here), the code the conversion validates.
+`ortserve.core.encoder` (`pool`, `embed_texts`, re-exported here), the code the conversion validates.
 One graph serves every pooling mode, and pooling costs microseconds next to the encoder.
 
 Pooling and normalization come from modules.json, 1_Pooling/config.json and a Normalize module. A plain
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ortserve.conversion.common import ConversionError, Progress, quiet_exporter
-from ortserve.server.engine.encoder import (  # noqa: F401  (embed_texts, load_tokenizer, pool: re-exported)
+from ortserve.core.encoder import (  # noqa: F401  (embed_texts, load_tokenizer, pool: re-exported)
     ONNX_OUTPUT,
     POOLING_MODES,
     embed_texts,

@@ -29,7 +29,7 @@ from ortserve.server.errors import (
 from ortserve.server.registry import Loader, Registry
 from ortserve.server.routes import EXTENSION, AppState, app_state, chat, completions, embeddings, health, models, ps
 from ortserve.server.settings import ServerSettings
-from ortserve.server.store import ModelStore
+from ortserve.core.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    store = store or ModelStore(settings.models_dir, settings.configs_dir)
+    store = store or ModelStore(settings.models_dir)
     state = AppState(settings=settings, registry=Registry(settings, store, loader, loaders=loaders))
     app.extensions[EXTENSION] = state
 

@@ -33,14 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, cast
 
+from ortserve.core.durations import FOREVER, parse_duration
+from ortserve.core.store import BrokenModelError, ModelEntry, ModelStore, StoreError
 from ortserve.server.engine.base import TextGenerator
 from ortserve.server.engine.embedder import Embedder
 from ortserve.server.errors import APIError, BackendError, InvalidRequestError, ModelNotFoundError, OverloadedError
-from ortserve.server.modelfile import FOREVER, parse_duration
 from ortserve.server.protocol.models import ModelCard
 from ortserve.server.protocol.ps import LoadedModel
 from ortserve.server.settings import ServerSettings
-from ortserve.server.store import BrokenModelError, ModelEntry, ModelStore, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ortserve.server.engine.base import TextGenerator
-    from ortserve.server.store import ModelEntry
+    from ortserve.core.store import ModelEntry
 
 
 async def load_generator(

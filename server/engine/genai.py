@@ -26,7 +26,7 @@ from ortserve.server.engine.base import Finished, GenerationEvent, GenerationReq
 from ortserve.server.errors import BackendError
 
 if TYPE_CHECKING:
-    from ortserve.server.store import ModelEntry
+    from ortserve.core.store import ModelEntry
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import httpx
 import openai
 import pytest
 
-from ortserve.server.settings import ModelConfig
-from ortserve.server.store import MANIFEST, ModelStore
+from ortserve.core.model_config import ModelConfig
+from ortserve.core.store import MANIFEST, ModelStore
 from tests.e2e.conftest import CHAT_MODEL, run_ortserve, start_server, stop_server_cleanly
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ LONG = " ".join(["The quick brown fox jumps over the lazy dog."] * 40)  # ~400 t
 def _home(tmp_path_factory, source, name: str):
     home = tmp_path_factory.mktemp(name) / "home"
     shutil.copytree(source, home)
-    ModelStore(home / "models", home / "configs").copy(CHAT_MODEL, BASE)
+    ModelStore(home / "models").copy(CHAT_MODEL, BASE)
     return home
 
 
