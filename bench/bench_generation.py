@@ -63,7 +63,7 @@ def chat_prompt(folder: Path) -> str:
 def raw_loop(folder: Path, tokens: int) -> dict:
     import onnxruntime_genai as og
 
-    from ortserve.server.engine.devices import physical_cores
+    from ortserve.core.devices import physical_cores
 
     config = og.Config(str(folder))
     config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": physical_cores()}}}}))

@@ -127,7 +127,7 @@ def _validate_paged(src: Path, out: Path, config: dict, *, precision: str, devic
     import onnxruntime_genai as og
 
     from ortserve.conversion.validate_chat import validate_chat
-    from ortserve.server.engine import devices
+    from ortserve.core import devices
 
     if not og.is_cuda_available():  # validate_chat says it skipped, and why
         return validate_chat(src, out, precision=precision, device=device, progress=progress)

@@ -1,4 +1,4 @@
-"""`ortserve convert`: SOURCE -> models/NAME (ONNX + manifest) + configs/models/NAME.toml.
+"""`ortserve convert`: SOURCE -> models/NAME/ (ONNX + manifest) + models/NAME.toml (its settings).
 
 torch and transformers are imported only inside `run()`'s steps, so the rest of
 the CLI starts fast and the server never loads them.
@@ -9,9 +9,10 @@ import argparse
 from pathlib import Path
 
 from ortserve.conversion.common import ConversionError, Progress
-from ortserve.conversion.registry import DEVICES, PRECISIONS, check_precision
-from ortserve.server.settings import ModelConfig
-from ortserve.server.store import ModelStore, check_name
+from ortserve.conversion.registry import PRECISIONS, check_precision
+from ortserve.core.devices import BUILD_DEVICES
+from ortserve.core.model_config import ModelConfig
+from ortserve.core.store import ModelStore, check_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="name in the store (default: the source's last path part, lower-case)")
     parser.add_argument("--task", choices=("chat", "embedding"), help="default: detected from the checkpoint")
     parser.add_argument("--precision", choices=PRECISIONS, help="default: int4 for chat, fp32 for embeddings (cpu)")
-    parser.add_argument("--device", choices=DEVICES, default="cpu", help="the device the model is built for")
+    parser.add_argument("--device", choices=BUILD_DEVICES, default="cpu", help="the device the model is built for")
     parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
     parser.add_argument("--force", action="store_true", help="replace a model of the same name")
     parser.add_argument("--no-validate", action="store_true", help="register even without checking against PyTorch")
@@ -109,9 +110,3 @@ def run(args: argparse.Namespace, store: ModelStore) -> int:
             revision=args.revision, force=args.force, validate=not args.no_validate,
             progress=Progress(quiet=args.quiet))
     return 0
-
-
-def store_for(models_dir: Path | None) -> ModelStore:
-    from ortserve.server.settings import default_configs_dir, default_models_dir
-
-    return ModelStore(models_dir or default_models_dir(), default_configs_dir())

@@ -1,15 +1,15 @@
 """What `ortserve convert` accepts: chat architectures (built by the onnxruntime-genai
 model builder) and which precision runs on which device.
 
-Embedding architectures register themselves in `ortserve.conversion.embedding`.
+Embedding architectures register themselves in `ortserve.conversion.embedding_source`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from ortserve.conversion.common import ConversionError
+from ortserve.core.devices import BUILD_DEVICES
 
-DEVICES = ("cpu", "cuda", "dml", "coreml")
 PRECISIONS = ("int4", "int8", "fp16", "fp32")
 
 
@@ -66,8 +66,8 @@ _WHY = {
 
 def check_precision(task: str, device: str, precision: str | None) -> str:
     """Return the precision to build (the default when None), or raise a one-line ConversionError."""
-    if device not in DEVICES:
-        raise ConversionError(f"unknown device '{device}'; choose from {', '.join(DEVICES)}")
+    if device not in BUILD_DEVICES:
+        raise ConversionError(f"unknown device '{device}'; choose from {', '.join(BUILD_DEVICES)}")
     allowed = _MATRIX.get((task, device))
     if not allowed:
         raise ConversionError(_WHY.get((task, device), f"{task} models cannot be built for {device}"))

@@ -68,7 +68,7 @@ def detect_task(src: Path) -> str:
         return "embedding"
     if any(a.endswith(_CAUSAL_SUFFIXES) or a in VISION_ARCHITECTURES for a in config.get("architectures") or []):
         return "chat"
-    from ortserve.conversion.embedding import is_embedding_checkpoint
+    from ortserve.conversion.embedding_source import is_embedding_checkpoint
 
     if is_embedding_checkpoint(src):
         return "embedding"

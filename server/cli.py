@@ -14,15 +14,27 @@ import sys
 import time
 from pathlib import Path
 
+from ortserve.core.devices import BUILD_DEVICES, DEVICES
+from ortserve.core.store import ModelStore, StoreError
 from ortserve.server import __version__
-from ortserve.server.store import ModelStore, StoreError
 
 
 def _store(args: argparse.Namespace) -> ModelStore:
-    from ortserve.server.settings import default_configs_dir, default_models_dir
+    """The store a store command works on: --models-dir, else $ORTSERVE_MODELS, else <home>/models."""
+    from ortserve.core.home import default_configs_dir, default_models_dir
 
-    store = ModelStore(args.models_dir or default_models_dir(), default_configs_dir())
+    _configure_logging("INFO")  # (says so when it moves old settings files into the store)
+    return _open_store(args.models_dir or default_models_dir(), default_configs_dir())
+
+
+def _open_store(models_dir: Path, configs_dir: Path) -> ModelStore:
+    """The store at `models_dir`, checked, with the per-model settings of an older layout of the same home moved
+    into it (see `migrate_settings`)."""
+    from ortserve.core.home import migrate_settings
+
+    store = ModelStore(models_dir)
     store.check_folders()
+    migrate_settings(store.models_dir, configs_dir)
     return store
 
 
@@ -85,9 +97,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
 def cmd_create(args: argparse.Namespace) -> int:
     """A new name from a Modelfile (Ollama's syntax, see server/modelfile.py): FROM a stored model shares its
     weights with new settings; FROM a folder or hub id converts it under the new name."""
+    from ortserve.core.model_config import ModelConfig
+    from ortserve.core.store import check_name
     from ortserve.server.modelfile import ModelfileError, parse_modelfile
-    from ortserve.server.settings import ModelConfig
-    from ortserve.server.store import check_name
 
     path: Path = args.file
     if path.is_dir():  # (Windows would say only "Permission denied")
@@ -141,7 +153,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 def cmd_ps(args: argparse.Namespace) -> int:
     """The models a running server has loaded (GET /api/ps), as `ollama ps` shows them."""
-    from ortserve.server.modelfile import format_duration
+    from ortserve.core.durations import format_duration
     from ortserve.server.remote import loaded_models, served
 
     url, key = args.url, args.api_key
@@ -185,18 +197,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ortserve.server.app import serve
     from ortserve.server.settings import ServerSettings
 
-    overrides = {"host": args.host, "port": args.port, "device": args.device, "api_key": args.api_key,
-                 "models_dir": args.models_dir}
+    flags = ("host", "port", "device", "api_key", "models_dir", "threads", "num_parallel", "prefill_chunk",
+             "log_level")
+    overrides = {name: getattr(args, name) for name in flags}
     if args.no_bootstrap:
         overrides["bootstrap"] = False
     settings = ServerSettings.load(**overrides)
-    _configure_logging()
+    _configure_logging(settings.log_level)
     if settings.device != "auto" and not _device_usable(settings.device):
         return 2
+    store = _open_store(settings.models_dir, settings.configs_dir)
     if not _can_listen(settings.host, settings.port):  # before a bootstrap that may take minutes
         return 2
-    store = ModelStore(settings.models_dir, settings.configs_dir)
-    store.check_folders()
     store.clean_staging()
     if settings.bootstrap and not store.entries():
         from ortserve.server.bootstrap import bootstrap
@@ -244,15 +256,9 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def _configure_logging() -> None:
-    """Our loggers (model loads, unloads, warnings) to stderr at $ORTSERVE_LOG_LEVEL (default INFO); once."""
-    import os
-
-    level = (os.environ.get("ORTSERVE_LOG_LEVEL") or "INFO").upper()  # empty: unset, as every ORTSERVE_*
-    if level not in logging.getLevelNamesMapping():
-        print(f"warning: ORTSERVE_LOG_LEVEL={os.environ['ORTSERVE_LOG_LEVEL']} is not a log level (DEBUG, INFO, "
-              "WARNING, ERROR); using INFO", file=sys.stderr)
-        level = "INFO"
+def _configure_logging(level: str) -> None:
+    """Our loggers (model loads, unloads, warnings) to stderr from `level` up (`serve`: the log_level setting);
+    the handler is added once."""
     for name in ("ortserve",):  # not the root: Hypercorn has its own handlers
         logger = logging.getLogger(name)
         logger.setLevel(level)
@@ -265,7 +271,7 @@ def _configure_logging() -> None:
 def _device_usable(device: str) -> bool:
     """A device named for the whole server: refuse to start when it runs nothing here, warn when it runs only
     one kind of model (CoreML: embeddings only). The per-model check at load says the same per request."""
-    from ortserve.server.engine.devices import detect, unavailable
+    from ortserve.core.devices import detect, unavailable
 
     env = detect()
     problems = {runtime: unavailable(device, env, runtime) for runtime in ("generation", "embeddings")}
@@ -280,8 +286,11 @@ def _device_usable(device: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ortserve.server.remote import server_url
+    from typing import get_args
+
     from ortserve.conversion.cli import add_arguments
+    from ortserve.server.remote import server_url
+    from ortserve.server.settings import LogLevel
 
     parser = argparse.ArgumentParser(prog="ortserve", description="A local OpenAI-compatible server on ONNX Runtime.")
     parser.add_argument("--version", action="version", version=f"ortserve {__version__}")
@@ -290,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, handler, help: str, store: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         if store:  # `ps` and `info` ask a server, not the store
-            p.add_argument("--models-dir", type=Path, help="the model store (default: $ORTSERVE_MODELS or models/)")
+            p.add_argument("--models-dir", type=Path, help="the model store: weights and their settings files "
+                           "(default: $ORTSERVE_MODELS, else models/ in ortserve's home)")
         p.set_defaults(handler=handler)
         return p
 
@@ -299,8 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("serve", cmd_serve, "serve the OpenAI API (/v1) for the models in the store")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "dml", "coreml"), help="execution provider")
+    p.add_argument("--device", choices=DEVICES, help="execution provider")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set ORTSERVE_API_KEY)")
+    p.add_argument("--threads", type=int, help="CPU threads per model (default: the physical cores)")
+    p.add_argument("--num-parallel", type=int, help="requests generating at once per chat model (default 4)")
+    p.add_argument("--prefill-chunk", type=int, help="prompt tokens per scheduler step (default 128)")
+    p.add_argument("--log-level", type=str.upper, choices=get_args(LogLevel), help="what serve logs (default INFO)")
     p.add_argument("--no-bootstrap", action="store_true", help="do not set up the default models on an empty store")
 
     p = command("create", cmd_create, "create a model from a Modelfile (Ollama's syntax: FROM, PARAMETER, SYSTEM)")
@@ -308,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", type=Path, default=Path("Modelfile"), help="the Modelfile (default: ./Modelfile)")
     p.add_argument("--precision", choices=("int4", "int8", "fp16", "fp32"),
                    help="when FROM is a folder or hub id to convert (default: as `convert`)")
-    p.add_argument("--device", choices=("cpu", "cuda", "dml", "coreml"), default="cpu",
+    p.add_argument("--device", choices=BUILD_DEVICES, default="cpu",
                    help="when FROM is converted: the device it is built for")
 
     p = command("ps", cmd_ps, "list the models a running server has loaded", store=False)

@@ -14,9 +14,8 @@ import sys
 import urllib.error
 from typing import Any
 
+from ortserve.core import devices
 from ortserve.server import __version__
-from ortserve.server.engine import devices
-from ortserve.server.errors import NotSupportedError
 from ortserve.server.remote import opener
 
 # what `auto` picks, per kind of model: (label, runtime, the device a chat model was converted for)
@@ -104,8 +103,8 @@ def collect(url: str | None) -> dict[str, Any]:
     for label, runtime, built_for in AUTO_CASES:
         try:
             choice = devices.choose("auto", env, runtime, built_for)  # type: ignore[arg-type]
-        except NotSupportedError as exc:
-            auto[label] = {"device": None, "reason": exc.message, "missed": None}
+        except devices.DeviceUnavailableError as exc:
+            auto[label] = {"device": None, "reason": str(exc), "missed": None}
             continue
         missed = devices.missed_accelerator(env, runtime) if built_for is None else None  # type: ignore[arg-type]
         auto[label] = {"device": choice.device, "reason": choice.reason, "missed": missed}

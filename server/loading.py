@@ -7,6 +7,7 @@ module is only how.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import logging
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from ortserve.server.engine.generation import TextGenerator
 from ortserve.server.engine.embedder import Embedder
 from ortserve.server.errors import InvalidRequestError
 from ortserve.server.residency import Usage
-from ortserve.server.store import ModelEntry
+from ortserve.core.store import ModelEntry
+from ortserve.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +34,17 @@ LOADERS: dict[str, tuple[str, str]] = {
 }
 
 
-def default_loader(task: str) -> Loader:
-    """The loader of `task`'s models; a 400 naming `model` for a task that cannot be served."""
+def default_loader(task: str, settings: ServerSettings) -> Loader:
+    """The loader of `task`'s models, with the server's running settings bound (threads; for chat models also
+    num_parallel and prefill_chunk); a 400 naming `model` for a task that cannot be served."""
     if task not in LOADERS:
         raise InvalidRequestError(f"Models for the task '{task}' cannot be served yet.", param="model")
     module, function = LOADERS[task]
-    return getattr(importlib.import_module(module), function)
+    load = getattr(importlib.import_module(module), function)
+    running: dict[str, Any] = {"threads": settings.threads}
+    if task == "chat":
+        running.update(parallel=settings.num_parallel, prefill_chunk=settings.prefill_chunk)
+    return functools.partial(load, **running)
 
 
 def weights_size(folder: Path) -> int:

@@ -1,8 +1,7 @@
-"""Ollama's formats that model management reads: the Modelfile, and duration strings (`keep_alive`).
+"""Ollama's Modelfile, as model management reads it (durations: `ortserve.core.durations`).
 
 Pure functions, no I/O: `parse_modelfile(text)` returns a `Modelfile`, or raises
-`ModelfileError` listing every bad line by its number; `parse_duration` reads
-Ollama's keep-alive values.
+`ModelfileError` listing every bad line by its number.
 
 What a Modelfile can say here (instructions and parameter names are
 case-insensitive, as in Ollama):
@@ -23,12 +22,11 @@ which have no meaning for ONNX Runtime and never change the output.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ortserve.server.settings import ModelConfig, SamplingDefaults
+from ortserve.core.model_config import ModelConfig, SamplingDefaults
 
 
 class ModelfileError(ValueError):
@@ -206,46 +204,3 @@ def parse_modelfile(text: str) -> Modelfile:
         values["stop"] = stops
     return Modelfile(source=sources[0][1], source_line=sources[0][0], num_ctx=num_ctx, system=system,
                      defaults=values, warnings=warnings)
-
-
-# ---- durations (keep_alive) ---------------------------------------------
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-FOREVER = math.inf
-
-
-def parse_duration(value: str | int | float) -> float:
-    """Seconds from Ollama's keep_alive: a number of seconds, or Go's duration syntax ("5m", "1h30m",
-    "10s", "1.5h"), or a string of seconds ("300"). 0 means at once; any negative value means forever
-    (`FOREVER`). Raises ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        text = value.strip()
-        sign = -1.0 if text.startswith("-") else 1.0
-        body = text.lstrip("+-")
-        try:
-            seconds = sign * float(body)
-        except ValueError:
-            seconds = math.nan
-            if body and _PART.sub("", body) == "":
-                seconds = sign * sum(float(n) * _UNITS[u] for n, u in _PART.findall(body))
-        if len(text) - len(body) > 1 or not body or math.isnan(seconds):
-            raise ValueError(f"invalid duration {value!r}: use seconds or units such as '5m', '1h30m', '10s'")
-    if math.isnan(seconds):
-        raise ValueError(f"invalid duration {value!r}")
-    return FOREVER if seconds < 0 else seconds
-
-
-def format_duration(seconds: float) -> str:
-    """A short human form: 'forever', '45s', '4m 59s', '2h 3m'."""
-    if seconds == FOREVER:
-        return "forever"
-    s = max(0, int(round(seconds)))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60}s"
-    return f"{s // 3600}h {s % 3600 // 60}m"

@@ -36,14 +36,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from ortserve.server.engine.generation import TextGenerator
+from ortserve.core.durations import parse_duration
+from ortserve.core.store import BrokenModelError, ModelEntry, ModelStore, StoreError
 from ortserve.server.engine.embedder import Embedder
+from ortserve.server.engine.generation import TextGenerator
 from ortserve.server.errors import APIError, BackendError, InvalidRequestError, ModelNotFoundError, OverloadedError
 from ortserve.server.loading import Engine, LoadKey, Loader, Resident, default_loader, weights_size
-from ortserve.server.modelfile import parse_duration
 from ortserve.server.residency import Limits, Usage, choose_keep_alive, expired, to_unload
 from ortserve.server.settings import ServerSettings
-from ortserve.server.store import BrokenModelError, ModelEntry, ModelStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class Registry:
     async def _load(self, entry: ModelEntry, after: list[asyncio.Task]) -> Engine:
         if after:  # models unloaded to make room, or a previous load of these weights: let them free their memory
             await asyncio.wait(after)
-        loader = self._loaders.get(entry.task) or default_loader(entry.task)
+        loader = self._loaders.get(entry.task) or default_loader(entry.task, self.settings)
         log.info("loading model '%s' from %s", entry.name, entry.folder)
         try:
             return await loader(entry, num_ctx=self._num_ctx(entry), device=self._device(entry))

@@ -12,7 +12,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from ortserve.server.store import StoreError
+from ortserve.core.store import StoreError
 
 # what `serve` listens on for every interface; asked on this machine's loopback
 _ANY = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Hashable, Iterable, Mapping, TypeVar
 
-from ortserve.server.modelfile import FOREVER  # a keep-alive (and a deadline) that never comes: math.inf
+from ortserve.core.durations import FOREVER  # a keep-alive (and a deadline) that never comes: math.inf
 
 K = TypeVar("K", bound=Hashable)
 

@@ -1,110 +1,33 @@
-"""Declarative settings: `ServerSettings` for the server, `ModelConfig` per model.
+"""The server's settings: `ServerSettings` and its one loader, `ServerSettings.load`.
 
 Sources, lowest first: built-in defaults, `configs/server.toml`, environment
-(`ORTSERVE_*`), command-line flags. Per-model settings live in
-`configs/models/NAME.toml`.
+(`ORTSERVE_*`), command-line flags; every setting has all four, and a bad value
+is refused at start naming where it came from. Per-model settings
+(`ortserve.core.model_config`) live in the store, beside the weights.
 """
 from __future__ import annotations
 
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-DEVICES = ("auto", "cpu", "cuda", "dml", "coreml")
+from ortserve.core.durations import check_duration
+from ortserve.core.home import default_configs_dir, default_models_dir
+from ortserve.core.model_config import check_device, describe
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]  # what `serve` logs to stderr, from this level up
 
 
 class SettingsError(Exception):
     """Server settings that cannot be used; the message names the file, variable or flag to fix."""
 
 
-def describe(exc: ValidationError, origins: dict[str, str] | None = None) -> str:
-    """A pydantic error in one line: `field: problem (where it came from)` for each problem."""
-    origins = origins or {}
-    parts = []
-    for e in exc.errors():
-        field = ".".join(map(str, e["loc"]))
-        origin = origins.get(str(e["loc"][0])) if e["loc"] else None
-        parts.append(f"{field}: {e['msg']}" + (f" ({origin})" if origin else ""))
-    return "; ".join(parts)
-
-
-def _is_checkout(root: Path) -> bool:
-    project = root / "pyproject.toml"
-    return project.is_file() and 'name = "ortserve"' in project.read_text(encoding="utf-8")
-
-
-def default_home() -> Path:
-    """Where models/ and configs/ live: $ORTSERVE_HOME, else the checkout, else the per-user data folder."""
-    env = os.environ.get("ORTSERVE_HOME")
-    if env:
-        return Path(env).expanduser()
-    root = Path(__file__).resolve().parents[1]
-    if _is_checkout(root):
-        return root
-    import platformdirs  # Windows: %LOCALAPPDATA%\ortserve, macOS: ~/Library/Application Support/ortserve
-
-    return Path(platformdirs.user_data_dir("ortserve", appauthor=False))
-
-
-def default_models_dir() -> Path:
-    env = os.environ.get("ORTSERVE_MODELS")
-    return Path(env).expanduser() if env else default_home() / "models"
-
-
-def default_configs_dir() -> Path:
-    env = os.environ.get("ORTSERVE_CONFIGS")
-    return Path(env).expanduser() if env else default_home() / "configs"
-
-
-def _check_duration(value: Any) -> Any:
-    """A keep_alive in Ollama's syntax ("5m", "1h30m", 300, -1), kept as text; ValueError otherwise."""
-    if value is None:
-        return None
-    from ortserve.server.modelfile import parse_duration  # (it imports this module)
-
-    parse_duration(value)
-    return str(value)
-
-
-class SamplingDefaults(BaseModel):
-    """Per-model defaults, used when a request leaves the field out."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    max_tokens: int | None = Field(None, ge=1)
-    stop: list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    repetition_penalty: float | None = Field(None, ge=1e-5)  # smaller divides the logits to inf (as requests)
-
-
-class ModelConfig(BaseModel):
-    """What `configs/models/NAME.toml` holds: how a stored model is served under NAME."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    weights: str | None = Field(None, description="folder under models/; defaults to the model's own name")
-    aliases: list[str] = Field(default_factory=list)
-    num_ctx: int | None = Field(None, ge=16, description="context length served; defaults to the model's")
-    device: str = Field("auto", pattern="^(auto|cpu|cuda|dml|coreml)$")
-    owned_by: str = "library"
-    system: str | None = None
-    defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
-    keep_alive: str | None = Field(None, description="how long the model stays loaded after its last request "
-                                   "(Ollama's syntax: '5m', '1h', '30s', seconds, 0 = unload at once, "
-                                   "negative = forever); default: the server's")
-
-    _keep_alive = field_validator("keep_alive", mode="before")(_check_duration)
-
-
 class ServerSettings(BaseModel):
+    """Every server setting; `load` reads them (see the module's docstring)."""
+
     model_config = ConfigDict(extra="forbid")
 
     host: str = Field("127.0.0.1", min_length=1)
@@ -112,7 +35,7 @@ class ServerSettings(BaseModel):
     api_key: str | None = Field(None, min_length=1)  # "" would silently serve without a key
     models_dir: Path = Field(default_factory=default_models_dir)
     configs_dir: Path = Field(default_factory=default_configs_dir)
-    device: str = Field("auto", pattern="^(auto|cpu|cuda|dml|coreml)$")
+    device: str = "auto"
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     shutdown_grace: float = Field(10.0, ge=0, description="seconds requests in flight get to finish after "
                                   "SIGINT/SIGTERM; then they end with a 503 server_shutting_down")
@@ -139,8 +62,20 @@ class ServerSettings(BaseModel):
                                      "to besides this machine's ('.example.lan': every name under it; '*': any)")
     allowed_origins: list[str] = Field(default_factory=list, description="more browser origins that may use "
                                        "the API besides this machine's pages ('https://*.example.com', '*')")
+    # ---- running models ----
+    threads: int | None = Field(None, ge=1, description="intra-op CPU threads per model; default: physical cores")
+    num_parallel: int = Field(4, ge=1, description="requests generating at once per chat model; others queue")
+    prefill_chunk: int = Field(128, ge=1, description="prompt tokens per scheduler step of a chat model")
+    log_level: LogLevel = "INFO"
 
-    _keep_alive = field_validator("keep_alive", mode="before")(_check_duration)
+    _device = field_validator("device", mode="before")(check_device)
+    _keep_alive = field_validator("keep_alive", mode="before")(check_duration)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        """ORTSERVE_LOG_LEVEL=debug: log levels in any case, as Python's logging reads them."""
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("image_fetch_allow", "allowed_hosts", "allowed_origins", mode="before")
     @classmethod

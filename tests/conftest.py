@@ -87,16 +87,16 @@ def store_home(tmp_path_factory, chat_store_home, minilm_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def store(store_home):
-    from ortserve.server.store import ModelStore
+    from ortserve.core.store import ModelStore
 
-    return ModelStore(store_home / "models", store_home / "configs")
+    return ModelStore(store_home / "models")
 
 
 @pytest.fixture(scope="session")
 def chat_store(chat_store_home):
-    from ortserve.server.store import ModelStore
+    from ortserve.core.store import ModelStore
 
-    return ModelStore(chat_store_home / "models", chat_store_home / "configs")
+    return ModelStore(chat_store_home / "models")
 
 
 # ---- vision (issue 7) ---------------------------------------------------------------------------

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ortserve.core.store import ModelEntry
     from ortserve.server.engine.generation import TextGenerator
-    from ortserve.server.store import ModelEntry
 
 DEFAULT_PARALLEL = 4
 DEFAULT_PREFILL_CHUNK = 128  # ~97% of 256's prefill speed; other requests wait half as long per step

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ortserve.server.engine.encoder import length_batches
+from ortserve.core.encoder import length_batches
 from ortserve.server.errors import APIError, BackendError
 
 log = logging.getLogger(__name__)

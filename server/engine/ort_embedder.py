@@ -20,7 +20,7 @@ import numpy as np
 
 from ortserve.server.engine.batcher import MicroBatcher
 from ortserve.server.engine.embedder import EmbeddingInput, Embeddings
-from ortserve.server.engine.encoder import (
+from ortserve.core.encoder import (
     POOLING_MODES,
     BadTokenError,
     EncoderTokenizer,
@@ -31,7 +31,7 @@ from ortserve.server.engine.encoder import (
 from ortserve.server.errors import BackendError, ContextLengthError, InvalidRequestError, NotSupportedError
 
 if TYPE_CHECKING:
-    from ortserve.server.store import ModelEntry
+    from ortserve.core.store import ModelEntry
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from ortserve.server.engine.generation import Finished, GenerationEvent, Generat
 from ortserve.server.errors import APIError, BackendError
 
 if TYPE_CHECKING:
-    from ortserve.server.store import ModelEntry
+    from ortserve.core.store import ModelEntry
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from ortserve.core.durations import parse_duration
+from ortserve.core.model_config import SamplingDefaults
 from ortserve.server.engine.generation import SamplingParams
 from ortserve.server.errors import InvalidRequestError
-from ortserve.server.modelfile import parse_duration
-from ortserve.server.settings import SamplingDefaults
 
 # ---- shared field definitions (reused by every request model) -------------
 ModelName = Annotated[str, Field(min_length=1, description="a served model name or alias")]

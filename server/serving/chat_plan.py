@@ -29,7 +29,7 @@ from ortserve.server.protocol.chat import (
 from ortserve.server.protocol.common import ResponseFormat
 from ortserve.server.serving.common import fit_vocabulary
 from ortserve.server.settings import ServerSettings
-from ortserve.server.store import ModelEntry
+from ortserve.core.store import ModelEntry
 
 
 @dataclass(frozen=True)

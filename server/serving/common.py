@@ -29,7 +29,7 @@ from ortserve.server.engine.generation import (
     TokenLogprob,
 )
 from ortserve.server.errors import BackendError
-from ortserve.server.store import ModelEntry
+from ortserve.core.store import ModelEntry
 
 SYSTEM_FINGERPRINT = f"fp_ortserve_{__version__}"
 

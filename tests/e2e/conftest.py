@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from ortserve.server.store import MANIFEST, ModelStore
+from ortserve.core.store import MANIFEST, ModelStore
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT_MODEL = "tiny-llama"
@@ -41,7 +41,7 @@ class Server:
 
     @property
     def store(self) -> ModelStore:
-        return ModelStore(self.home / "models", self.home / "configs")
+        return ModelStore(self.home / "models")
 
     def client(self, **kwargs) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.base_url}/v1", api_key=kwargs.pop("api_key", "unused"), **kwargs)
@@ -58,7 +58,7 @@ def _free_port() -> int:
 
 def _prepare_home(source: Path, target: Path) -> Path:
     shutil.copytree(source, target)
-    store = ModelStore(target / "models", target / "configs")
+    store = ModelStore(target / "models")
     # a model of another task, to check that chat endpoints refuse it (never loaded, so no weights)
     (target / "models" / EMBEDDER).mkdir()
     (target / "models" / EMBEDDER / MANIFEST).write_text(json.dumps({"task": "embedding"}), encoding="utf-8")

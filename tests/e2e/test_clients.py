@@ -21,7 +21,7 @@ import numpy as np
 import openai
 import pytest
 
-from ortserve.server.store import ModelStore
+from ortserve.core.store import ModelStore
 from tests.e2e.conftest import ROOT, start_server, stop_server_cleanly
 
 pytestmark = pytest.mark.slow
@@ -38,7 +38,7 @@ def seed_server(store_home, vision_store_home, tmp_path_factory):
     home = tmp_path_factory.mktemp("e2e-clients") / "home"
     shutil.copytree(store_home, home)
     shutil.copytree(vision_store_home, home, dirs_exist_ok=True)
-    store = ModelStore(home / "models", home / "configs")
+    store = ModelStore(home / "models")
     store.copy("tiny-llama", MODEL)
     store.copy("tiny-vlm", VISION)
     store.write_config(MODEL, store.get(MODEL).config.model_copy(update={"num_ctx": 256}))  # short answers

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from ortserve.server.engine import devices
+from ortserve.core import devices
 from tests.e2e.conftest import CHAT_MODEL, run_ortserve
 
 CUDA_NAME = "tiny-llama:cuda"  # a cp of CHAT_MODEL whose settings ask for CUDA

@@ -72,11 +72,11 @@ assert len(SENTENCES) == 52
 @pytest.fixture(scope="module")
 def embedding_server(store_home, tmp_path_factory):
     """A server of its own, on a copy of the store with the embedding models (all-minilm has an alias)."""
-    from ortserve.server.store import ModelStore
+    from ortserve.core.store import ModelStore
 
     home = tmp_path_factory.mktemp("e2e-embeddings") / "home"
     shutil.copytree(store_home, home)
-    store = ModelStore(home / "models", home / "configs")
+    store = ModelStore(home / "models")
     store.write_config("all-minilm", store.get("all-minilm").config.model_copy(update={"aliases": [ALIAS]}))
     log = tmp_path_factory.mktemp("e2e-embeddings-logs") / "server.log"
     server = start_server(home, log)

@@ -21,8 +21,8 @@ import httpx
 import openai
 import pytest
 
-from ortserve.server.settings import ModelConfig
-from ortserve.server.store import MANIFEST, ModelStore
+from ortserve.core.model_config import ModelConfig
+from ortserve.core.store import MANIFEST, ModelStore
 from tests.e2e.conftest import CHAT_MODEL, run_ortserve, start_server, stop_server_cleanly
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ LONG = " ".join(["The quick brown fox jumps over the lazy dog."] * 40)  # ~400 t
 def _home(tmp_path_factory, source, name: str):
     home = tmp_path_factory.mktemp(name) / "home"
     shutil.copytree(source, home)
-    ModelStore(home / "models", home / "configs").copy(CHAT_MODEL, BASE)
+    ModelStore(home / "models").copy(CHAT_MODEL, BASE)
     return home
 
 
@@ -111,13 +111,14 @@ def chat(client, model: str, messages=USER, **fields):
 
 # ---- create -----------------------------------------------------------------
 def test_create_gives_a_new_name_a_larger_context(managed, client, tmp_path):
-    folders = sorted(p.name for p in (managed.home / "models").iterdir())
+    folders = sorted(p.name for p in (managed.home / "models").iterdir() if p.is_dir())
     done = create(managed, tmp_path, "acc-model-8k", "FROM acc-model\nPARAMETER num_ctx 8192\n")
     assert done.returncode == 0, done.stderr
     assert "created 'acc-model-8k' from 'acc-model'" in done.stdout
     entry = managed.store.get("acc-model-8k")
     assert entry.config.weights == CHAT_MODEL and entry.config.num_ctx == 8192
-    assert sorted(p.name for p in (managed.home / "models").iterdir()) == folders  # no copy of the weights
+    assert sorted(p.name for p in (managed.home / "models").iterdir() if p.is_dir()) == folders  # no weights copy
+    assert (managed.home / "models" / "acc-model-8k.toml").is_file()  # its settings, beside the weights
 
     accepted = client.completions.create(model="acc-model-8k", prompt=LONG, max_tokens=1)
     assert accepted.usage.prompt_tokens > NUM_CTX

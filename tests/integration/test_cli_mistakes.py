@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ortserve.server.settings import ModelConfig, ServerSettings
-from ortserve.server.store import MANIFEST, ModelStore
+from ortserve.core.model_config import ModelConfig
+from ortserve.server.settings import ServerSettings
+from ortserve.core.store import MANIFEST, ModelStore
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +35,7 @@ def home(tmp_path) -> Path:
 
 
 def _store(home: Path) -> ModelStore:
-    return ModelStore(home / "models", home / "configs")
+    return ModelStore(home / "models")
 
 
 def _ortserve(home: Path, *argv: str, **env: str) -> subprocess.CompletedProcess:
@@ -146,24 +147,24 @@ def test_create_again_says_it_updated_the_name(home, tmp_path, capsys):
 @pytest.mark.parametrize("broken", ["settings", "manifest"])
 def test_rm_removes_a_model_that_cannot_be_read(home, capsys, broken):
     if broken == "settings":
-        (home / "configs" / "models" / "base.toml").write_text("num_ctx = 'many'\n", encoding="utf-8")
+        (home / "models" / "base.toml").write_text("num_ctx = 'many'\n", encoding="utf-8")
     else:
         (home / "models" / "base" / MANIFEST).write_text("{not json", encoding="utf-8")
     assert run_cli(home, "list") == 0
     assert "warning: skipped" in capsys.readouterr().err or broken == "manifest"
     assert run_cli(home, "rm", "base") == 0
-    assert not (home / "models" / "base").exists() and not list((home / "configs" / "models").iterdir())
+    assert not list((home / "models").iterdir())  # neither its folder nor its settings
 
 
 def test_rm_of_broken_settings_keeps_weights_another_name_serves(home):
     _store(home).copy("base", "copy")
-    (home / "configs" / "models" / "base.toml").write_text("[defaults]\ntemperature = 9\n", encoding="utf-8")
+    (home / "models" / "base.toml").write_text("[defaults]\ntemperature = 9\n", encoding="utf-8")
     assert run_cli(home, "rm", "base") == 0
     assert _store(home).names() == ["copy"] and (_store(home).get("copy").folder / MANIFEST).is_file()
 
 
 def test_broken_settings_are_named_in_plain_words(home, capsys):
-    (home / "configs" / "models" / "base.toml").write_text("num_ctx = 'many'\n", encoding="utf-8")
+    (home / "models" / "base.toml").write_text("num_ctx = 'many'\n", encoding="utf-8")
     assert run_cli(home, "show", "base") == 1
     err = capsys.readouterr().err
     assert "base.toml: num_ctx: Input should be a valid integer" in err and "errors.pydantic.dev" not in err
@@ -200,7 +201,7 @@ def test_a_store_inside_a_file_is_refused_not_empty(tmp_path, capsys):
 
 
 def test_a_file_that_cannot_be_written_is_an_error_line(home, capsys):
-    (home / "configs" / "models" / "copy.toml").mkdir()  # where `cp` writes its settings
+    (home / "models" / "copy.toml").mkdir()  # where `cp` writes its settings
     assert run_cli(home, "cp", "base", "copy") == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.splitlines()) == 1
@@ -237,6 +238,12 @@ def test_serve_with_a_broken_server_toml(tmp_path, capsys, content, says):
     ({}, ("--port", "-1"), "port: Input should be greater than or equal to 0 (--port)"),
     ({}, ("--host", ""), "host: String should have at least 1 character (--host)"),  # else: every interface
     ({}, ("--api-key", ""), "api_key: String should have at least 1 character (--api-key)"),  # else: no key
+    ({"ORTSERVE_LOG_LEVEL": "verbose"}, (), "log_level: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR' "
+                                            "(ORTSERVE_LOG_LEVEL='verbose')"),  # once a warning, then INFO
+    ({"ORTSERVE_THREADS": "0"}, (), "threads: Input should be greater than or equal to 1 (ORTSERVE_THREADS='0')"),
+    ({"ORTSERVE_NUM_PARALLEL": "4x"}, (), "num_parallel: Input should be a valid integer, unable to parse string as "
+                                          "an integer (ORTSERVE_NUM_PARALLEL='4x')"),  # once silently 4
+    ({}, ("--prefill-chunk", "0"), "prefill_chunk: Input should be greater than or equal to 1 (--prefill-chunk)"),
 ])
 def test_serve_names_where_a_bad_setting_came_from(tmp_path, monkeypatch, capsys, env, argv, says):
     for name, value in env.items():
@@ -245,16 +252,15 @@ def test_serve_names_where_a_bad_setting_came_from(tmp_path, monkeypatch, capsys
     assert f"error: invalid settings: {says}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("level, says", [("verbose", True), ("debug", False), ("", False)])
-def test_serve_warns_of_a_log_level_that_is_none(tmp_path, level, says):
+@pytest.mark.parametrize("level", ["debug", ""])
+def test_serve_takes_a_log_level_in_any_case_and_empty_as_unset(tmp_path, level):
     with socket.socket() as taken:  # serve stops there, after configuring its logging
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         done = _ortserve(tmp_path, "serve", "--no-bootstrap", "--port", str(taken.getsockname()[1]),
                          ORTSERVE_LOG_LEVEL=level)
-    assert done.returncode == 2 and "error: cannot listen on" in done.stderr.splitlines()[-1]
-    warning = f"warning: ORTSERVE_LOG_LEVEL={level} is not a log level (DEBUG, INFO, WARNING, ERROR); using INFO\n"
-    assert (warning in done.stderr) is says and len(done.stderr.splitlines()) == 1 + says
+    assert done.returncode == 2 and "error: cannot listen on" in done.stderr
+    assert len(done.stderr.splitlines()) == 1
 
 
 def test_an_empty_environment_variable_is_unset(tmp_path, monkeypatch):

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
 def vision_store(vision_store_home):
-    from ortserve.server.store import ModelStore
+    from ortserve.core.store import ModelStore
 
-    return ModelStore(vision_store_home / "models", vision_store_home / "configs")
+    return ModelStore(vision_store_home / "models")
 
 
 @pytest.fixture(scope="session")

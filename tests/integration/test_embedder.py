@@ -173,8 +173,8 @@ def test_serving_imports_neither_torch_nor_transformers(store):
         import asyncio, sys
         from ortserve.server.app import create_app
         from ortserve.server.engine.ort_embedder import load_embedder
-        from ortserve.server.store import ModelStore
-        store = ModelStore({str(store.models_dir)!r}, {str(store.configs_dir)!r})
+        from ortserve.core.store import ModelStore
+        store = ModelStore({str(store.models_dir)!r})
 
         async def main():
             embedder = await load_embedder(store.get({entry.name!r}))

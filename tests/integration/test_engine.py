@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 
 from ortserve.server.engine import load_generator
+from ortserve.core.devices import count_cores
+from ortserve.server.engine.devices import resolve_device
 from ortserve.server.engine.generation import Finished, GenerationRequest, Prompt, SamplingParams, Started, TextDelta
-from ortserve.server.engine.devices import count_cores, physical_cores, resolve_device
 from ortserve.server.engine.runner_loop import merge_deltas
 from ortserve.server.engine.runner_model import find_fim_tokens
 from ortserve.server.errors import BackendError, ContextLengthError, InvalidRequestError, NotSupportedError
-from ortserve.server.settings import ModelConfig
-from ortserve.server.store import ModelEntry
+from ortserve.core.model_config import ModelConfig
+from ortserve.core.store import ModelEntry
 from tests.integration.generation import HANG, ids_of, run
 
 pytestmark = pytest.mark.slow
@@ -349,13 +350,11 @@ async def test_devices(engine_entry):
     assert "cpu" in info.value.message
 
 
-def test_threads_default_to_physical_cores(monkeypatch):
+def test_threads_default_to_physical_cores():
     block = "processor\t: {}\nphysical id\t: {}\ncore id\t\t: {}\n\n"
     smt = "".join(block.format(i, i // 4, i % 2) for i in range(8))  # 2 packages x 2 cores x 2 threads
     assert count_cores(smt) == 4
     assert count_cores("processor\t: 0\nBogoMIPS\t: 50.00\n") is None
-    monkeypatch.setenv("ORTSERVE_THREADS", "3")
-    assert physical_cores() == 3
 
 
 def test_fim_tokens(generator):

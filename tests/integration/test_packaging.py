@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = {"server": "ortserve.server", "conversion": "ortserve.conversion"}
+FOLDERS = {"core": "ortserve.core", "server": "ortserve.server", "conversion": "ortserve.conversion"}
 
 
 def test_every_package_folder_is_listed_in_pyproject():

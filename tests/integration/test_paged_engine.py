@@ -18,8 +18,8 @@ import pytest
 from ortserve.server.engine import engine_scheduler, ipc
 from ortserve.server.engine.generation import Finished, GenerationRequest, Guidance, Prompt, SamplingParams, Started, TextDelta
 from ortserve.server.errors import BackendError, NotSupportedError
-from ortserve.server.settings import ModelConfig
-from ortserve.server.store import ModelEntry
+from ortserve.core.model_config import ModelConfig
+from ortserve.core.store import ModelEntry
 
 pytestmark = pytest.mark.slow
 
@@ -238,14 +238,14 @@ def test_budget_zero_finishes_without_generating(client):
 @pytest.fixture(scope="module")
 def paged_entry(checkpoints, tmp_path_factory) -> ModelEntry:
     """`ortserve convert --device cuda` on this CPU-only machine: the builder runs, validation is skipped."""
-    from ortserve.server.store import ModelStore
+    from ortserve.core.store import ModelStore
     from tests.conftest import run_cli
 
     home = tmp_path_factory.mktemp("paged-home")
     code = run_cli(home, "convert", str(checkpoints["qwen2"]), "--name", "tiny-qwen-cuda", "--device", "cuda",
                    "--quiet")  # fmt: skip
     assert code == 0
-    return ModelStore(home / "models", home / "configs").get("tiny-qwen-cuda")
+    return ModelStore(home / "models").get("tiny-qwen-cuda")
 
 
 def test_a_cuda_build_has_paged_attention(paged_entry, folder, tmp_path):

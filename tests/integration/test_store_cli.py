@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from ortserve.server.store import ModelStore, StoreError
+from ortserve.core.store import ModelStore, StoreError
 from tests.conftest import run_cli
 
 
@@ -16,15 +16,12 @@ def home(tmp_path, chat_store_home):
     """A private copy of the chat store (tests here change it)."""
     target = tmp_path / "home"
     shutil.copytree(chat_store_home / "models" / "tiny-llama", target / "models" / "tiny-llama")
-    shutil.copytree(chat_store_home / "configs", target / "configs")
-    for extra in (target / "configs" / "models").glob("*.toml"):
-        if extra.stem != "tiny-llama":
-            extra.unlink()
+    shutil.copy(chat_store_home / "models" / "tiny-llama.toml", target / "models" / "tiny-llama.toml")
     return target
 
 
 def _store(home) -> ModelStore:
-    return ModelStore(home / "models", home / "configs")
+    return ModelStore(home / "models")
 
 
 def test_list_shows_models(home, capsys):
@@ -52,7 +49,7 @@ def test_cp_adds_a_name_sharing_the_weights(home, capsys):
     store = _store(home)
     copy = store.get("gpt-3.5-turbo")
     assert copy.folder == store.get("tiny-llama").folder  # no copy of the weights
-    assert [p.name for p in (home / "models").iterdir()] == ["tiny-llama"]
+    assert sorted(p.name for p in (home / "models").iterdir() if p.is_dir()) == ["tiny-llama"]  # no new folder
     assert store.names() == ["gpt-3.5-turbo", "tiny-llama"]
     # names with ':' (ollama style) work too, and cp refuses to overwrite
     assert run_cli(home, "cp", "gpt-3.5-turbo", "llama3.2:1b") == 0
@@ -75,7 +72,7 @@ def test_rm_keeps_weights_while_another_name_uses_them(home):
 
 
 def test_aliases_resolve_and_bad_names_are_refused(home):
-    from ortserve.server.settings import ModelConfig
+    from ortserve.core.model_config import ModelConfig
 
     store = _store(home)
     store.write_config("tiny-llama", ModelConfig(aliases=["tl", "org/model"]))
@@ -88,7 +85,7 @@ def test_aliases_resolve_and_bad_names_are_refused(home):
 def test_broken_config_is_skipped_with_a_warning(home, capsys):
     assert run_cli(home, "cp", "tiny-llama", "other") == 0
     capsys.readouterr()
-    (home / "configs" / "models" / "tiny-llama.toml").write_text("num_ctx = 'many'\n")
+    (home / "models" / "tiny-llama.toml").write_text("num_ctx = 'many'\n")
     assert run_cli(home, "list") == 0
     captured = capsys.readouterr()
     assert "warning: skipped" in captured.err and "tiny-llama.toml" in captured.err

@@ -47,9 +47,9 @@ def request(messages, images=(), **params) -> GenerationRequest:
 
 @pytest.fixture(scope="session")
 async def vision_generator(vision_store_home):
-    from ortserve.server.store import ModelStore
+    from ortserve.core.store import ModelStore
 
-    entry = ModelStore(vision_store_home / "models", vision_store_home / "configs").get("tiny-vlm")
+    entry = ModelStore(vision_store_home / "models").get("tiny-vlm")
     gen = await load_generator(entry, prefill_chunk=16)
     yield gen
     await gen.close()

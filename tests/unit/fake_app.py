@@ -7,8 +7,8 @@ import json
 
 from ortserve.server.engine.generation import Finished, GenerationRequest, Started, TextDelta
 from ortserve.server.errors import ContextLengthError
-from ortserve.server.settings import ModelConfig
-from ortserve.server.store import MANIFEST, ModelStore
+from ortserve.core.model_config import ModelConfig
+from ortserve.core.store import MANIFEST, ModelStore
 
 CHAT = "/v1/chat/completions"
 USER = [{"role": "user", "content": "hello there"}]

@@ -74,7 +74,7 @@ class Clock:
 
 
 def make(store, loads, **settings) -> Registry:
-    return Registry(ServerSettings(models_dir=store.models_dir, configs_dir=store.configs_dir.parent, **settings),
+    return Registry(ServerSettings(models_dir=store.models_dir, configs_dir=store.models_dir.parent / "configs", **settings),
                     store, loaders={"chat": loads})
 
 

@@ -11,14 +11,14 @@ import json
 import pytest
 
 from ortserve.server.app import create_app
-from ortserve.server.settings import ModelConfig, SamplingDefaults
-from ortserve.server.store import ModelStore
+from ortserve.core.model_config import ModelConfig, SamplingDefaults
+from ortserve.core.store import ModelStore
 from tests.unit.fake_app import CHAT, USER, add_model, assert_error, chat_body, sse_data
 
 
 @pytest.fixture
 def store(settings) -> ModelStore:
-    store = ModelStore(settings.models_dir, settings.configs_dir)
+    store = ModelStore(settings.models_dir)
     add_model(store, "tiny", aliases=["tiny:latest", "org/tiny"], owned_by="me", system="Be terse.",
               defaults=SamplingDefaults(temperature=0.3, max_tokens=50))
     add_model(store, "embedder", task="embedding")

@@ -17,8 +17,8 @@ from ortserve.server.engine.logits import FLOOR, entry
 from ortserve.server.errors import InvalidRequestError
 from ortserve.server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_request
 from ortserve.server.protocol.completions import MAX_GENERATIONS
-from ortserve.server.settings import SamplingDefaults
-from ortserve.server.store import ModelStore
+from ortserve.core.model_config import SamplingDefaults
+from ortserve.core.store import ModelStore
 from tests.unit.fake_app import CHAT, FakeBackend, add_model, assert_error, chat_body
 
 COMPLETIONS = "/v1/completions"
@@ -27,7 +27,7 @@ VOCAB = 100  # the fake model's genai_config.json says so
 
 @pytest.fixture
 def store(settings) -> ModelStore:
-    store = ModelStore(settings.models_dir, settings.configs_dir)
+    store = ModelStore(settings.models_dir)
     add_model(store, "tiny")
     config = {"model": {"vocab_size": VOCAB, "context_length": 64}}
     (store.models_dir / "tiny" / "genai_config.json").write_text(json.dumps(config))

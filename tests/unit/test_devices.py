@@ -1,16 +1,20 @@
 """Choosing execution providers, from made-up machines (no GPU is needed to test the choice).
 
-`ortserve.server.engine.devices` decides from an `Environment` (platform, packages, a visible GPU, what the
+`ortserve.core.devices` decides from an `Environment` (platform, packages, a visible GPU, what the
 runtimes report); these tests hand it the environments of machines this one is not.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 
 import pytest
 
+from ortserve.core import devices
+from ortserve.core.devices import DeviceUnavailableError
 from ortserve.server import doctor
-from ortserve.server.engine import devices, engine_turn, ort_embedder, sampling
+from ortserve.server.engine import devices as engine_devices
+from ortserve.server.engine import engine_turn, ort_embedder, sampling
 from ortserve.server.engine.generation import Guidance, Prompt, SamplingParams
 from ortserve.server.errors import NotSupportedError
 
@@ -51,7 +55,7 @@ def test_what_the_runtimes_report_beats_the_package_metadata():
 
 
 def test_auto_on_the_cpu_warns_only_when_an_accelerator_was_half_there(caplog):
-    with caplog.at_level(logging.WARNING, logger="ortserve.server.engine.devices"):
+    with caplog.at_level(logging.WARNING, logger="ortserve.core.devices"):
         assert devices.resolve_device("auto", "generation", env(packages=CUDA, gpu=False)) == "cpu"
         assert devices.resolve_device("auto", "generation", env(packages=CPU_ONLY, gpu=True)) == "cpu"
         assert devices.resolve_device("auto", "generation", env()) == "cpu"
@@ -76,11 +80,13 @@ def test_auto_on_the_cpu_warns_only_when_an_accelerator_was_half_there(caplog):
     ("tpu", env(), "generation", ["unknown device 'tpu'", "cpu"]),
 ])  # fmt: skip
 def test_an_unavailable_device_is_a_501_that_says_what_is_missing(device, machine, runtime, words):
-    with pytest.raises(NotSupportedError) as info:
+    with pytest.raises(DeviceUnavailableError) as info:
         devices.choose(device, machine, runtime)
-    assert info.value.status == 501
     for word in words:
-        assert word in info.value.message
+        assert word in str(info.value)
+    with pytest.raises(NotSupportedError) as served:  # where the engine asks: the server's 501, the same words
+        engine_devices.resolve_device(device, runtime, machine)
+    assert served.value.status == 501 and served.value.message == str(info.value)
 
 
 def test_an_available_device_is_kept():
@@ -91,6 +97,30 @@ def test_an_available_device_is_kept():
 def test_the_registry_order_is_autos_preference():
     assert list(devices.PROVIDERS) == ["cuda", "dml", "coreml", "cpu"]
     assert set(devices.PROVIDERS) | {"auto"} == set(devices.DEVICES)
+
+
+def test_one_list_of_devices_for_every_setting_and_flag():
+    from ortserve.conversion.cli import add_arguments
+    from ortserve.core.model_config import ModelConfig
+    from ortserve.server.cli import build_parser
+    from ortserve.server.settings import ServerSettings
+
+    assert devices.DEVICES == ("auto", *devices.BUILD_DEVICES) and set(devices.BUILD_DEVICES) == set(devices.PROVIDERS)
+    with pytest.raises(ValueError, match="not in BUILD_DEVICES"):  # a provider is named in the one list first
+        devices.register(devices.Provider("tpu", "TPU"))
+    for name in devices.DEVICES:
+        assert ModelConfig(device=name).device == ServerSettings(device=name).device == name
+    for model in (ModelConfig, ServerSettings):
+        with pytest.raises(ValueError, match="unknown device 'tpu'; devices: auto, cpu, cuda, dml, coreml"):
+            model(device="tpu")
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--device", "auto"]).device == "auto"
+    assert parser.parse_args(["create", "x", "--device", "coreml"]).device == "coreml"
+    convert = argparse.ArgumentParser()
+    add_arguments(convert)
+    for argv in (["serve", "--device", "tpu"], ["create", "x", "--device", "auto"], ["convert", "s", "--device", "auto"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
 
 
 # ---- onnxruntime-genai: og.Config calls -----------------------------------------------------------
@@ -123,8 +153,8 @@ def test_configure_for_the_cpu_clears_what_the_builder_wrote():
 
 
 def test_configure_refuses_a_device_the_og_build_lacks():
-    with pytest.raises(NotSupportedError, match="onnxruntime-genai-cuda"):
-        devices.configure(FakeConfig(), "cuda", 2, FakeOg(cuda=False))
+    with pytest.raises(NotSupportedError, match="onnxruntime-genai-cuda"):  # the engine's side: a 501
+        engine_devices.configure(FakeConfig(), "cuda", 2, FakeOg(cuda=False))
     assert devices.genai_devices(FakeOg(cuda=True, dml=True)) == {"cpu", "cuda", "dml"}
 
 
@@ -137,7 +167,7 @@ def test_onnxruntime_providers_keep_the_cpu_behind_the_accelerator():
 
 
 def test_embedding_providers_follow_what_onnxruntime_offers(monkeypatch):
-    monkeypatch.setattr(devices, "detect", lambda **_: env(packages=CUDA, gpu=True))
+    monkeypatch.setattr(engine_devices, "detect", lambda **_: env(packages=CUDA, gpu=True))
     assert ort_embedder.providers_for("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == (
         "cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert ort_embedder.providers_for("auto", ["CPUExecutionProvider"]) == ("cpu", ["CPUExecutionProvider"])
@@ -243,13 +273,13 @@ def test_nvidia_smi_off_the_path_is_found(monkeypatch):
 
 
 def test_a_cuda_build_has_no_cpu_fallback():
-    with pytest.raises(NotSupportedError) as info:
+    with pytest.raises(DeviceUnavailableError) as info:
         devices.choose("auto", env(packages=CUDA), "generation", built_for="cuda")
-    assert "built for cuda" in info.value.message and "no NVIDIA GPU is visible" in info.value.message
+    assert "built for cuda" in str(info.value) and "no NVIDIA GPU is visible" in str(info.value)
 
 
 def test_auto_warns_when_a_model_cannot_run_where_it_was_built_for(caplog):
-    with caplog.at_level(logging.WARNING, logger="ortserve.server.engine.devices"):
+    with caplog.at_level(logging.WARNING, logger="ortserve.core.devices"):
         assert devices.resolve_device("auto", env=env(), built_for="dml") == "cpu"
         assert devices.resolve_device("auto", env=env(gpu=True), built_for="cpu") == "cpu"  # no warning: built so
     assert [r.getMessage() for r in caplog.records] == [

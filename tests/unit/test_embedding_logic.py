@@ -14,13 +14,13 @@ import pytest
 from ortserve.server.app import create_app
 from ortserve.server.engine.batcher import MicroBatcher
 from ortserve.server.engine.embedder import Embeddings
-from ortserve.server.engine.encoder import BadTokenError, EncoderTokenizer, TooLongError, length_batches, make_feeds, pool
+from ortserve.core.encoder import BadTokenError, EncoderTokenizer, TooLongError, length_batches, make_feeds, pool
 from ortserve.server.errors import BackendError, ContextLengthError, InvalidRequestError
 from ortserve.server.protocol import EmbeddingRequest, parse_request
 from ortserve.server.protocol.embeddings import EmbeddingResponse
 from ortserve.server.serving.embeddings import encode_vectors, response_body, response_pieces, shorten
 from ortserve.server.settings import ServerSettings
-from ortserve.server.store import ModelStore
+from ortserve.core.store import ModelStore
 from tests.unit.fake_app import add_model, assert_error
 
 
@@ -323,7 +323,7 @@ class FakeEmbedder:
 @pytest.fixture
 async def app_client(tmp_path):
     settings = ServerSettings(models_dir=tmp_path / "models", configs_dir=tmp_path / "configs")
-    store = ModelStore(settings.models_dir, settings.configs_dir)
+    store = ModelStore(settings.models_dir)
     add_model(store, "embedder", task="embedding", aliases=["text-embedding-3-small"])
     add_model(store, "chatty")
     embedders: list[FakeEmbedder] = []

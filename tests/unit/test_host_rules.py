@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ortserve.server.host_rules import host_allowed, machine_names, origin_allowed, split_host
-from ortserve.server.store import ModelStore
+from ortserve.core.store import ModelStore
 from tests.unit.fake_app import CHAT, add_model, assert_error
 
 BODY = b'{"model":"tiny-demo","messages":[{"role":"user","content":"hi"}]}'
@@ -16,7 +16,7 @@ BODY = b'{"model":"tiny-demo","messages":[{"role":"user","content":"hi"}]}'
 
 @pytest.fixture
 def store(settings) -> ModelStore:
-    store = ModelStore(settings.models_dir, settings.configs_dir)
+    store = ModelStore(settings.models_dir)
     add_model(store, "tiny-demo")
     return store
 

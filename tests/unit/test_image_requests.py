@@ -11,9 +11,9 @@ from ortserve.server.app import create_app
 from ortserve.server.engine.generation import Finished, GenerationRequest, Started, TextDelta
 from ortserve.server.errors import InvalidRequestError
 from ortserve.server.protocol import ChatCompletionRequest, parse_request
+from ortserve.core.model_config import ModelConfig
+from ortserve.core.store import MANIFEST, ModelEntry, ModelStore
 from ortserve.server.serving.chat_plan import check_images_accepted
-from ortserve.server.settings import ModelConfig
-from ortserve.server.store import MANIFEST, ModelEntry, ModelStore
 from tests.unit.image_site import b64, image_bytes, opened, settings_for
 
 
@@ -103,7 +103,7 @@ class RecordingGenerator:
 @pytest.fixture
 async def vision_app(tmp_path, images_server):
     settings = settings_for(tmp_path, image_fetch_allow=["127.0.0.1"], max_images=3)
-    store = ModelStore(settings.models_dir, settings.configs_dir)
+    store = ModelStore(settings.models_dir)
     for name, manifest in (("vlm", {"task": "chat", "modalities": ["text", "image"]}), ("text", {"task": "chat"})):
         (settings.models_dir / name).mkdir(parents=True)
         (settings.models_dir / name / MANIFEST).write_text(json.dumps(manifest))

@@ -1,4 +1,4 @@
-"""The Modelfile parser and Ollama's durations (server/modelfile.py): pure functions; and `ortserve create`
+"""The Modelfile parser (server/modelfile.py) and Ollama's durations (core/durations.py): pure functions; and `ortserve create`
 FROM a stored model, on a store of manifests only (nothing here loads a model)."""
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import math
 
 import pytest
 
-from ortserve.server.modelfile import ModelfileError, format_duration, parse_duration, parse_modelfile
-from ortserve.server.settings import ModelConfig, SamplingDefaults
-from ortserve.server.store import MANIFEST, ModelStore
+from ortserve.core.durations import format_duration, parse_duration
+from ortserve.server.modelfile import ModelfileError, parse_modelfile
+from ortserve.core.model_config import ModelConfig, SamplingDefaults
+from ortserve.core.store import MANIFEST, ModelStore
 from tests.conftest import run_cli
 
 
@@ -161,7 +162,7 @@ def test_create_over_its_own_name_keeps_its_aliases(tmp_path, capsys):
     home = tmp_path / "home"
     (home / "models" / "qwen").mkdir(parents=True)
     (home / "models" / "qwen" / MANIFEST).write_text(json.dumps({"task": "chat"}), encoding="utf-8")
-    store = ModelStore(home / "models", home / "configs")
+    store = ModelStore(home / "models")
     store.write_config("qwen", ModelConfig(aliases=["gpt-4o-mini"]))
     modelfile = tmp_path / "Modelfile"
     modelfile.write_text("FROM qwen\nPARAMETER temperature 0.2\n", encoding="utf-8")

@@ -15,7 +15,7 @@ from ortserve.server.protocol import (
     DeltaMessage,
     parse_request,
 )
-from ortserve.server.settings import SamplingDefaults
+from ortserve.core.model_config import SamplingDefaults
 
 USER = [{"role": "user", "content": "hi"}]
 

@@ -17,14 +17,15 @@ import pytest
 from ortserve.server import registry as registry_module
 from ortserve.server.errors import APIError, InvalidRequestError, ModelNotFoundError, OverloadedError
 from ortserve.server.registry import Registry
-from ortserve.server.settings import ModelConfig, ServerSettings
-from ortserve.server.store import MANIFEST, ModelStore
+from ortserve.core.model_config import ModelConfig
+from ortserve.core.store import MANIFEST, ModelStore
+from ortserve.server.settings import ServerSettings
 from tests.unit.registry_fakes import FakeEngine, Loads, make, ps, settle, slow_closing_loader, use, wait_for
 
 
 @pytest.fixture
 def store(tmp_path) -> ModelStore:
-    store = ModelStore(tmp_path / "models", tmp_path / "configs")
+    store = ModelStore(tmp_path / "models")
     for name, size in (("a", 1000), ("b", 2000), ("c", 3000)):
         folder = tmp_path / "models" / name
         folder.mkdir(parents=True)
@@ -83,8 +84,7 @@ async def test_bad_keep_alive(store, clock):
     with pytest.raises(ValueError):
         make(store, Loads(), keep_alive="whenever")
     # a bad value in a model's file: the file is refused when read (a problem listed), never half-used
-    (store.configs_dir / "a.toml").parent.mkdir(parents=True, exist_ok=True)
-    (store.configs_dir / "a.toml").write_text('keep_alive = "whenever"\n', encoding="utf-8")
+    (store.models_dir / "a.toml").write_text('keep_alive = "whenever"\n', encoding="utf-8")
     assert any("keep_alive" in problem for problem in store.problems())
     with pytest.raises(APIError) as broken:  # a 500 naming the file and the field, not a 404
         await registry.acquire("a")

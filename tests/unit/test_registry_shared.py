@@ -14,8 +14,8 @@ import pytest
 
 from ortserve.server.app import create_app
 from ortserve.server.errors import ModelNotFoundError
-from ortserve.server.settings import ModelConfig, SamplingDefaults
-from ortserve.server.store import MANIFEST, ModelStore
+from ortserve.core.model_config import ModelConfig, SamplingDefaults
+from ortserve.core.store import MANIFEST, ModelStore
 from tests.unit.fake_app import CHAT, USER
 from tests.unit.registry_fakes import Loads, make, ps, settle, use
 
@@ -26,7 +26,7 @@ MADE_SYSTEM = "You are Mario."
 def store(tmp_path) -> ModelStore:
     """`base` and `other` with weights of their own; `copy` (`ortserve cp base copy`) and `made` (a `create`
     FROM base with a SYSTEM and defaults) on base's weights."""
-    store = ModelStore(tmp_path / "models", tmp_path / "configs")
+    store = ModelStore(tmp_path / "models")
     for name, size in (("base", 1000), ("other", 2000)):
         folder = store.models_dir / name
         folder.mkdir(parents=True)

@@ -9,7 +9,7 @@ import pytest
 
 from ortserve.server.chat.schema_limits import MAX_COUNT, MAX_DEPTH, MAX_TOTAL_COUNT, check_schema
 from ortserve.server.errors import InvalidRequestError
-from ortserve.server.store import ModelStore
+from ortserve.core.store import ModelStore
 from tests.unit.fake_app import CHAT, add_model, assert_error, chat_body
 
 COMPLETIONS = "/v1/completions"
@@ -18,7 +18,7 @@ HUGE = {"type": "array", "items": {"type": "integer"}, "minItems": 1000000000}
 
 @pytest.fixture
 def store(settings) -> ModelStore:
-    store = ModelStore(settings.models_dir, settings.configs_dir)
+    store = ModelStore(settings.models_dir)
     add_model(store, "tiny")
     return store
 

@@ -8,13 +8,13 @@ import json
 
 from ortserve.server.routes import EXTENSION
 from ortserve.server.shutdown import Drain
-from ortserve.server.store import ModelStore
+from ortserve.core.store import ModelStore
 from ortserve.server.app import create_app
 from tests.unit.fake_app import CHAT, add_model, assert_error, chat_body, sse_data
 
 
 async def test_the_grace_ends_streams_with_an_error_event_then_done(settings, backend):
-    store = ModelStore(settings.models_dir, settings.configs_dir)
+    store = ModelStore(settings.models_dir)
     add_model(store, "tiny")
     gate = asyncio.Event()
     backend.options = {"gate": gate}

@@ -1,4 +1,4 @@
-"""The model store (server/store.py) under change: `rm` while a server holds the files (Windows), copies
+"""The model store (core/store.py) under change: `rm` while a server holds the files (Windows), copies
 sharing weights, entries read before a removal, and `serve` starting while a conversion runs."""
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from ortserve.server import store as store_module
-from ortserve.server.store import MANIFEST, REMOVED_MANIFEST, ModelStore
+from ortserve.core import store as store_module
+from ortserve.core.store import MANIFEST, REMOVED_MANIFEST, ModelStore
 
 
 @pytest.fixture
 def store(tmp_path) -> ModelStore:
-    store = ModelStore(tmp_path / "models", tmp_path / "configs")
+    store = ModelStore(tmp_path / "models")
     for name in ("a", "b", "c"):
         folder = tmp_path / "models" / name
         folder.mkdir(parents=True)
@@ -74,7 +74,7 @@ def test_a_name_removed_while_it_is_being_read_is_not_in_the_store(store, monkey
 def test_a_serve_starting_during_a_conversion_leaves_it_alone(store):
     with store.staging("new") as tmp:
         (tmp / "model.onnx").write_bytes(b"\0")
-        ModelStore(store.models_dir, store.configs_dir.parent).clean_staging()  # `ortserve serve` starts
+        ModelStore(store.models_dir).clean_staging()  # `ortserve serve` starts
         assert (tmp / "model.onnx").is_file()
         store.add("new", tmp, {"task": "chat"})
     assert "new" in store.names()

@@ -1,15 +1,18 @@
-"""The model store: `models/<folder>/` (ONNX files + manifest.json) and
-`configs/models/NAME.toml` (how a name is served).
+"""The model store, one folder: `<models>/<folder>/` (ONNX files + manifest.json) and, beside it,
+`<models>/NAME.toml` (how a name is served).
 
 A *name* is what clients send as `model`. Every converted model gets a name equal
 to its folder; `cp` adds a name that shares another's weights (like `ollama cp`),
-with its own settings. A folder is removed only when no name uses it any more.
-This module is the one owner of the store's files; it imports nothing heavy.
+with its own settings file and no folder. A folder is removed only when no name
+uses it any more. Every name becomes a path through `ModelStore.path_of`, which
+refuses whatever could point outside the models folder. This module is the one
+owner of the store's files; it imports nothing heavy.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tomllib
 import uuid
@@ -24,13 +27,15 @@ import tomli_w
 
 from pydantic import ValidationError
 
-from ortserve.server.settings import ModelConfig, describe
+from ortserve.core.model_config import ModelConfig, describe
 
 MANIFEST = "manifest.json"
 REMOVED_MANIFEST = "manifest.removed.json"  # a removed model whose files were still in use (Windows)
 STAGING_PREFIX = ".staging-"
 # file names Windows keeps for devices, with any extension ("con", "nul.txt"): a model folder cannot have them
 _WINDOWS_DEVICES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+_DRIVE = re.compile(r"[A-Za-z]:")
+SETTINGS_SUFFIX = ".toml"  # <models>/NAME.toml beside <models>/NAME/
 
 
 class StoreError(Exception):
@@ -48,11 +53,22 @@ def check_name(name: str) -> str:
         raise StoreError(f"invalid model name {name!r}")
     if "/" in name:  # a name with '/' would read as a hub id or an alias (see `get`)
         raise StoreError(f"invalid model name {name!r}: '/' is for hub ids and aliases; use ':' or '-' instead")
+    if name.lower().endswith(SETTINGS_SUFFIX):  # its folder would be the settings file of another name
+        raise StoreError(f"invalid model name {name!r}: a name cannot end in {SETTINGS_SUFFIX}")
     if name.split(".")[0].lower() in _WINDOWS_DEVICES or name.endswith("."):
         raise StoreError(f"invalid model name {name!r}: Windows cannot use it as a file name; pick another")
+    if not names_a_file(name):  # '\\', a drive ("c:"), dots only
+        raise StoreError(f"invalid model name {name!r}: it would not name a file inside the store")
     if len(_file_stem(name)) > 200:  # characters other than letters, digits and -_.+@ take 3 to 12 in a file name
         raise StoreError(f"invalid model name {name!r}: too long as a file name; use a shorter one")
     return name
+
+
+def names_a_file(name: str) -> bool:
+    """Whether `name` can be a file name inside the models folder: not empty, not dots only ('.', '..'), no path
+    separator, not a drive ('C:'), no control character, no end that Windows trims ('x.' opens 'x')."""
+    return bool(name) and name.strip(".") != "" and "/" not in name and "\\" not in name and name.isprintable() \
+        and not _DRIVE.fullmatch(name) and not name.endswith((".", " ")) and not name.startswith(STAGING_PREFIX)
 
 
 def _lock(path: Path) -> IO[bytes] | None:
@@ -109,13 +125,29 @@ class ModelEntry:
 
 
 class ModelStore:
-    def __init__(self, models_dir: Path, configs_dir: Path):
+    """The models folder `models_dir`: every model's weights and settings (see the module's docstring)."""
+
+    def __init__(self, models_dir: Path):
         self.models_dir = Path(models_dir)
-        self.configs_dir = Path(configs_dir) / "models"
+
+    def path_of(self, name: str, suffix: str = "") -> Path:
+        """The one way a name (or a settings file's `weights`) becomes a path: `<models>/NAME<suffix>`, the name
+        escaped; StoreError for a name that could point anywhere else (see `names_a_file`)."""
+        if not names_a_file(name):
+            raise StoreError(f"invalid model name {name!r}: not a name in the store ({self.models_dir})")
+        path = self.models_dir / f"{_file_stem(name)}{suffix}"
+        if os.path.dirname(os.path.abspath(path)) != os.path.abspath(self.models_dir):  # never, with the escaping
+            raise StoreError(f"invalid model name {name!r}: {path} is outside the store")
+        return path
 
     # ---- reading -------------------------------------------------------
     def _config_path(self, name: str) -> Path:
-        return self.configs_dir / f"{_file_stem(name)}.toml"
+        return self.path_of(name, SETTINGS_SUFFIX)
+
+    def _settings_files(self) -> list[Path]:
+        if not self.models_dir.is_dir():
+            return []
+        return sorted(p for p in self.models_dir.glob(f"*{SETTINGS_SUFFIX}") if p.is_file())
 
     def _read_config(self, name: str) -> tuple[ModelConfig, float] | None:
         path = self._config_path(name)
@@ -148,9 +180,7 @@ class ModelStore:
         return {**manifest, "_folder_mtime": mtime}
 
     def names(self) -> list[str]:
-        found: set[str] = set()
-        if self.configs_dir.is_dir():
-            found.update(unquote(p.stem) for p in self.configs_dir.glob("*.toml"))
+        found = {unquote(p.stem) for p in self._settings_files()}
         if self.models_dir.is_dir():
             found.update(
                 unquote(p.name)
@@ -167,11 +197,12 @@ class ModelStore:
             return None
 
     def problems(self) -> list[str]:
-        """One line per config file that cannot be read; such a model is left out of listings."""
+        """One line per settings file that cannot be used (unreadable, or its weights or manifest not); such a
+        model is left out of listings."""
         found = []
-        for path in sorted(self.configs_dir.glob("*.toml")) if self.configs_dir.is_dir() else []:
+        for path in self._settings_files():
             try:
-                self._read_config(unquote(path.stem))
+                self._entry_or_none(unquote(path.stem))
             except StoreError as exc:
                 found.append(str(exc))
         return found
@@ -179,7 +210,11 @@ class ModelStore:
     def _entry_or_none(self, name: str) -> ModelEntry | None:
         read = self._read_config(name)
         config, mtime = read if read else (ModelConfig(), 0.0)
-        folder = self.models_dir / _file_stem(config.weights or name)
+        try:
+            folder = self.path_of(config.weights or name)
+        except StoreError:  # a hand-edited `weights = ".."`: never a folder outside the store
+            raise BrokenModelError(f"{self._config_path(name)}: weights {config.weights!r} is not a model folder "
+                                   f"in the store") from None
         manifest = self._read_manifest(folder)
         if manifest is None or (read is None and manifest.get("unlisted")):
             return None
@@ -189,7 +224,7 @@ class ModelStore:
         return [e for e in (self._readable(n) for n in self.names()) if e is not None]
 
     def get(self, name_or_alias: str) -> ModelEntry:
-        entry = self._entry_or_none(name_or_alias) if name_or_alias and "/" not in name_or_alias else None
+        entry = self._entry_or_none(name_or_alias) if names_a_file(name_or_alias) else None
         if entry is not None:
             return entry
         for entry in self.entries():
@@ -198,18 +233,17 @@ class ModelStore:
         raise StoreError(f"model '{name_or_alias}' is not in the store ({self.models_dir})")
 
     def exists(self, name: str) -> bool:
-        return self._entry_or_none(name) is not None or os.path.isfile(self._config_path(name))
+        return names_a_file(name) and (self._entry_or_none(name) is not None or os.path.isfile(self._config_path(name)))
 
     def check_folders(self) -> None:
         """Refuse a store that would lie inside a file (a mistyped $ORTSERVE_HOME or --models-dir), where every
         listing would be silently empty and every write would fail."""
-        for folder in (self.models_dir, self.configs_dir):
-            path = folder
-            while not path.exists() and path != path.parent:
-                path = path.parent
-            if not path.is_dir():
-                raise StoreError(f"the model store cannot be at {folder}: {path} is a file, not a folder (check "
-                                 "--models-dir, $ORTSERVE_HOME, $ORTSERVE_MODELS and $ORTSERVE_CONFIGS)")
+        path = self.models_dir
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        if not path.is_dir():
+            raise StoreError(f"the model store cannot be at {self.models_dir}: {path} is a file, not a folder "
+                             "(check --models-dir, $ORTSERVE_HOME and $ORTSERVE_MODELS)")
 
     def check_not_an_alias(self, name: str) -> None:
         """Refuse a new name that is another model's alias: it would silently take that alias's requests."""
@@ -220,7 +254,7 @@ class ModelStore:
 
     # ---- writing -------------------------------------------------------
     def write_config(self, name: str, config: ModelConfig) -> None:
-        self.configs_dir.mkdir(parents=True, exist_ok=True)
+        self.models_dir.mkdir(parents=True, exist_ok=True)
         data = config.model_dump(exclude_none=True, exclude_defaults=True)
         if config.weights:
             data["weights"] = config.weights
@@ -247,7 +281,7 @@ class ModelStore:
         try:
             tmp.mkdir()
             yield tmp
-            final = self.models_dir / _file_stem(name)
+            final = self.path_of(name)
             if final.exists():
                 old = final.with_name(f"{STAGING_PREFIX}old-{uuid.uuid4().hex}")
                 os.replace(final, old)
@@ -295,7 +329,7 @@ class ModelStore:
             raise StoreError(f"model '{name}' is not in the store ({self.models_dir})")
         config_path.unlink(missing_ok=True)
         if broken:  # what it served is unknown: its own folder goes unless a readable name serves it
-            entry = ModelEntry(name, ModelConfig(), self.models_dir / _file_stem(name), {})
+            entry = ModelEntry(name, ModelConfig(), self.path_of(name), {})
             if not entry.folder.is_dir():
                 entry = None
         if entry is not None:
