@@ -1,7 +1,7 @@
 """Soak: many clients for a while against a real `ortserve serve`, mixing every kind of request.
 
     python bench/soak.py [--clients 16] [--seconds 300] [--chat MODEL] [--embedding MODEL]
-                         [--url http://127.0.0.1:8000 --pid PID]
+                         [--url http://127.0.0.1:8000 --pid PID] [--flood N]
 
 Without --url it starts `ortserve serve` on the default store (the embedded default models:
 `tiny-demo` and `all-minilm`, set up on first run) on a free port, and stops it at the end.
@@ -12,6 +12,9 @@ bench/results/soak-<date>.json with the machine and its load:
   - resident memory (VmRSS) of the server and its runner processes at the start, the middle
     and the end (Linux: read from /proc; elsewhere omitted);
   - the longest /health answer seen during the run (the event loop stays responsive).
+With --flood N it instead sends N chats at once and reports their statuses (503 server_busy past
+the queue) and latencies, the slowest /health answer while they run, and how long one more chat and
+one embedding took in the middle of the flood.
 """
 
 from __future__ import annotations
@@ -130,6 +133,47 @@ async def soak(url: str, pid: int | None, args: argparse.Namespace) -> dict:
     return {"kinds": per_kind, "errors": errors, "rss_mb": memory, "health_worst_s": round(health_worst, 3)}
 
 
+async def flood(url: str, args: argparse.Namespace) -> dict:
+    statuses: Counter = Counter()
+    latencies: list[float] = []
+    health: list[float] = []
+    done = asyncio.Event()
+    limits = httpx.Limits(max_connections=args.flood + 10)
+
+    async def chat(client: httpx.AsyncClient) -> None:
+        started = time.monotonic()
+        status = await one(client, "chat", args)
+        latencies.append(time.monotonic() - started)
+        statuses[str(status)] += 1
+
+    async def probe(client: httpx.AsyncClient) -> None:
+        while not done.is_set():
+            started = time.monotonic()
+            await client.get("/health")
+            health.append(time.monotonic() - started)
+            await asyncio.sleep(0.05)
+
+    async def timed(client: httpx.AsyncClient, kind: str) -> float:
+        await asyncio.sleep(1.0)  # in the middle of the flood
+        started = time.monotonic()
+        await one(client, kind, args)
+        return round(time.monotonic() - started, 3)
+
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        watcher = asyncio.ensure_future(probe(client))
+        lone = asyncio.ensure_future(timed(client, "chat"))
+        embedding = asyncio.ensure_future(timed(client, "embedding"))
+        await asyncio.gather(*(chat(client) for _ in range(args.flood)))
+        done.set()
+        await watcher
+        latencies.sort()
+        return {
+            "flood": args.flood, "statuses": dict(statuses), "p50_s": round(statistics.median(latencies), 3),
+            "p99_s": round(latencies[max(0, int(len(latencies) * 0.99) - 1)], 3),
+            "health_worst_s": round(max(health), 3), "lone_chat_s": await lone, "embedding_s": await embedding,
+        }  # fmt: skip
+
+
 def start_server() -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -157,6 +201,7 @@ def main() -> None:
     parser.add_argument("--embedding", default="all-minilm")
     parser.add_argument("--url", help="a running server (else one is started)")
     parser.add_argument("--pid", type=int, help="the running server's pid, for its memory")
+    parser.add_argument("--flood", type=int, help="send this many chats at once instead of soaking")
     args = parser.parse_args()
     process = None
     if args.url:
@@ -166,7 +211,7 @@ def main() -> None:
         pid = process.pid
     try:
         load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
-        result = asyncio.run(soak(url, pid, args))
+        result = asyncio.run(flood(url, args) if args.flood else soak(url, pid, args))
     finally:
         if process is not None:
             process.terminate()
@@ -177,7 +222,7 @@ def main() -> None:
         load_average_before=load_before, date=time.strftime("%Y-%m-%d %H:%M"),
     )  # fmt: skip
     print(json.dumps(result, indent=2))
-    out = ROOT / "bench" / "results" / f"soak-{time.strftime('%Y-%m-%d')}.json"
+    out = ROOT / "bench" / "results" / f"{'flood' if args.flood else 'soak'}-{time.strftime('%Y-%m-%d')}.json"
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"written to {out.relative_to(ROOT)}")
 

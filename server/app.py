@@ -76,8 +76,7 @@ def _http_error(exc: HTTPException) -> APIError:
 def _register_error_handlers(app: Quart) -> None:
     @app.errorhandler(APIError)
     async def api_error(exc: APIError):
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return _error_response(exc, headers)
+        return _error_response(exc, dict(exc.headers))
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException):

@@ -12,6 +12,7 @@ class APIError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
+    headers: dict[str, str] = {}  # HTTP headers the error's response carries (never changed in place)
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -34,6 +35,7 @@ class AuthenticationError(APIError):
     status = 401
     type = "authentication_error"
     code = "invalid_api_key"
+    headers = {"WWW-Authenticate": "Bearer"}
 
 
 class NotFoundError(APIError):
@@ -81,6 +83,13 @@ class OverloadedError(APIError):
     status = 503
     type = "server_error"
     code = "overloaded"
+
+
+class ServerBusyError(OverloadedError):
+    """A model's queue is full (max_queue): try again in a moment, as Retry-After says."""
+
+    code = "server_busy"
+    headers = {"Retry-After": "2"}
 
 
 class ShuttingDownError(OverloadedError):

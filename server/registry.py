@@ -40,7 +40,14 @@ from ortserve.core.durations import parse_duration
 from ortserve.core.store import BrokenModelError, ModelEntry, ModelStore, StoreError
 from ortserve.server.engine.embedder import Embedder
 from ortserve.server.engine.generation import TextGenerator
-from ortserve.server.errors import APIError, BackendError, InvalidRequestError, ModelNotFoundError, OverloadedError
+from ortserve.server.errors import (
+    APIError,
+    BackendError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    OverloadedError,
+    ServerBusyError,
+)
 from ortserve.server.loading import Engine, LoadKey, Loader, Resident, default_loader, weights_size
 from ortserve.server.residency import Limits, Usage, choose_keep_alive, expired, to_unload
 from ortserve.server.settings import ServerSettings
@@ -224,6 +231,7 @@ class Registry:
         if self._closed:
             raise OverloadedError("The server is shutting down.")
         self._forget_name(entry.name, keep=resident)  # the name's older weights or settings, if loaded
+        self._check_queue(model, resident)
         if resident is None:
             # wait for models unloaded to make room, and for a previous load of these weights if still closing
             after = self._make_room(size, entry.name)
@@ -245,6 +253,16 @@ class Registry:
                 raise OverloadedError(f"The model '{model}' was unloaded while it was loading; try again.") from None
             raise
         return Lease(entry, engine, resident, self)
+
+    def _check_queue(self, model: str, resident: Resident | None) -> None:
+        """A 503 server_busy when the model already holds as many requests as it may (max_queue waiting, plus
+        num_parallel generating for chat models): a flood is refused at once, not queued for minutes."""
+        if resident is None:
+            return
+        limit = self.settings.max_queue + (self.settings.num_parallel if resident.entry.task == "chat" else 0)
+        if resident.usage.users >= limit:
+            raise ServerBusyError(f"The model '{model}' has {resident.usage.users} requests in flight, as many as this "
+                                  "server queues (max_queue); try again in a moment.")
 
     def _forget_name(self, name: str, keep: Resident | None = None) -> None:
         """`name` no longer uses the loaded models other than `keep` (it was removed, or its weights or serving

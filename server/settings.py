@@ -65,6 +65,8 @@ class ServerSettings(BaseModel):
     # ---- running models ----
     threads: int | None = Field(None, ge=1, description="intra-op CPU threads per model; default: physical cores")
     num_parallel: int = Field(4, ge=1, description="requests generating at once per chat model; others queue")
+    max_queue: int = Field(512, ge=1, description="requests a model holds waiting (beyond num_parallel for chat "
+                           "models); more get a 503 server_busy with Retry-After (as Ollama's OLLAMA_MAX_QUEUE)")
     prefill_chunk: int = Field(128, ge=1, description="prompt tokens per scheduler step of a chat model")
     log_level: LogLevel = "INFO"
 
