@@ -5,9 +5,15 @@
 - `tiny-demo`: a tiny chat model with RANDOM weights (its text is gibberish),
   built locally, so the chat routes work out of the box. Convert a real model
   with `ortserve convert Qwen/Qwen2.5-0.5B-Instruct` for real answers.
+
+`serve` runs the setup in a child process (`bootstrap_in_child`): the conversions import torch and
+transformers (1.1 GB resident), which the serving process must not keep for the rest of its life
+(70 MB without them).
 """
 from __future__ import annotations
 
+import multiprocessing
+import sys
 import tempfile
 from pathlib import Path
 
@@ -48,3 +54,29 @@ def bootstrap(store: ModelStore) -> list[str]:
                     config=ModelConfig(aliases=["demo"], owned_by="ortserve-random-weights"))
         added.append(DEMO_NAME)
     return added
+
+
+def bootstrap_in_child(store: ModelStore) -> None:
+    """`bootstrap(store)` in a spawned child process (frozen bundles too: `main` calls freeze_support);
+    StoreError when it failed (the child has said why on stderr)."""
+    process = multiprocessing.get_context("spawn").Process(
+        target=_bootstrap_main, args=(str(store.models_dir),), name="ortserve-setup"
+    )
+    process.start()
+    try:
+        process.join()
+    except KeyboardInterrupt:  # Ctrl-C reaches the child too; wait for it to stop
+        process.join(30)
+        raise
+    if process.exitcode != 0:
+        raise StoreError(f"setting up the default models failed (exit code {process.exitcode}); see above")
+
+
+def _bootstrap_main(models_dir: str) -> None:
+    try:
+        bootstrap(ModelStore(Path(models_dir)))
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

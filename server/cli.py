@@ -211,9 +211,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     store.clean_staging()
     if settings.bootstrap and not store.entries():
-        from ortserve.server.bootstrap import bootstrap
+        from ortserve.server.bootstrap import bootstrap_in_child
 
-        bootstrap(store)
+        bootstrap_in_child(store)  # torch and transformers stay out of the serving process
     try:
         asyncio.run(serve(settings, store))
     except OSError as exc:
@@ -350,8 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import multiprocessing
+
     from ortserve.conversion.common import ConversionError
     from ortserve.server.settings import SettingsError
+
+    multiprocessing.freeze_support()  # a frozen bundle's runner and setup processes start here (no-op otherwise)
 
     for stream in (sys.stdout, sys.stderr):  # a console or pipe that cannot show a character (Windows' cp1252)
         if hasattr(stream, "reconfigure"):  # gets an escape, not a UnicodeEncodeError

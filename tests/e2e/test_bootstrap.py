@@ -1,6 +1,9 @@
 """`ortserve serve` on an empty store sets up the embedded default models, then serves them."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from tests.e2e.conftest import start_server, stop_server
@@ -30,3 +33,10 @@ def test_demo_chat_model_answers(fresh_server):
         model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=5, temperature=0)
     assert reply.model == "demo" and reply.usage.completion_tokens >= 1
     assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/PID/maps")
+def test_the_serving_process_does_not_keep_torch(fresh_server):
+    # the setup converted with torch in a child process; the server itself never loaded libtorch
+    maps = Path(f"/proc/{fresh_server.process.pid}/maps").read_text()
+    assert "python" in maps and "libtorch" not in maps
