@@ -98,6 +98,14 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
+def weights_size(folder: Path) -> int:
+    """A model's memory estimate: the size of its files on disk (the weights dominate)."""
+    try:
+        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    except OSError:
+        return 0
+
+
 def _file_stem(name: str) -> str:
     # ':' and '/' are common in model names (llama3.2:1b) but not portable in file names.
     return quote(name, safe="-_.+@")

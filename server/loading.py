@@ -11,7 +11,6 @@ import functools
 import importlib
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from ortserve.server.engine.generation import TextGenerator
@@ -43,16 +42,9 @@ def default_loader(task: str, settings: ServerSettings) -> Loader:
     load = getattr(importlib.import_module(module), function)
     running: dict[str, Any] = {"threads": settings.threads}
     if task == "chat":
-        running.update(parallel=settings.num_parallel, prefill_chunk=settings.prefill_chunk)
+        running.update(parallel=settings.num_parallel, prefill_chunk=settings.prefill_chunk,
+                       memory_limit=settings.runner_memory_limit)
     return functools.partial(load, **running)
-
-
-def weights_size(folder: Path) -> int:
-    """A model's memory estimate: the size of its files on disk (the weights dominate)."""
-    try:
-        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    except OSError:
-        return 0
 
 
 @dataclass(eq=False)

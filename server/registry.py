@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from ortserve.core.durations import parse_duration
-from ortserve.core.store import BrokenModelError, ModelEntry, ModelStore, StoreError
+from ortserve.core.store import BrokenModelError, ModelEntry, ModelStore, StoreError, weights_size
 from ortserve.server.engine.embedder import Embedder
 from ortserve.server.engine.generation import TextGenerator
 from ortserve.server.errors import (
@@ -48,7 +48,7 @@ from ortserve.server.errors import (
     OverloadedError,
     ServerBusyError,
 )
-from ortserve.server.loading import Engine, LoadKey, Loader, Resident, default_loader, weights_size
+from ortserve.server.loading import Engine, LoadKey, Loader, Resident, default_loader
 from ortserve.server.residency import Limits, Usage, choose_keep_alive, expired, to_unload
 from ortserve.server.settings import ServerSettings
 

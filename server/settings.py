@@ -65,6 +65,9 @@ class ServerSettings(BaseModel):
     # ---- running models ----
     threads: int | None = Field(None, ge=1, description="intra-op CPU threads per model; default: physical cores")
     num_parallel: int = Field(4, ge=1, description="requests generating at once per chat model; others queue")
+    runner_memory_limit: int | None = Field(None, ge=0, description="bytes of resident memory a chat model's "
+                                            "runner may hold before it is stopped (its requests fail, the next "
+                                            "starts a new one); default: twice the weights plus 2 GiB; 0: none")
     max_queue: int = Field(512, ge=1, description="requests a model holds waiting (beyond num_parallel for chat "
                            "models); more get a 503 server_busy with Retry-After (as Ollama's OLLAMA_MAX_QUEUE)")
     prefill_chunk: int = Field(128, ge=1, description="prompt tokens per scheduler step of a chat model")

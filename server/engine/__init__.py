@@ -23,29 +23,36 @@ async def load_generator(
     threads: int | None = None,
     parallel: int | None = None,
     prefill_chunk: int | None = None,
+    memory_limit: int | None = None,
 ) -> "TextGenerator":
     """Start a runner process for `entry` and return once its model is loaded (the event loop keeps running).
 
     num_ctx: context served (capped at the model's); device: "auto" or one of ortserve.server.engine.devices.DEVICES;
     threads: intra-op threads (None: the physical cores); parallel: requests generating at once (None: 4);
-    prefill_chunk: prompt tokens per scheduler step (None: 128). Nothing here reads the environment: the
-    server passes its settings.
+    prefill_chunk: prompt tokens per scheduler step (None: 128); memory_limit: the runner's resident memory
+    ceiling in bytes (None: twice the weights plus 2 GiB, see memory_watchdog.py; 0: none). Nothing here
+    reads the environment: the server passes its settings.
     Raises BackendError if the model cannot be loaded, NotSupportedError for a device not available here.
     """
     import asyncio
 
+    from ortserve.core.store import weights_size
     from ortserve.server.engine import devices, ipc
+    from ortserve.server.engine.memory_watchdog import default_limit
     from ortserve.server.engine.runner_client import RunnerGenerator
 
     # "auto" chosen (the device the model was built for, if here), or a 501 saying what is missing; off the
     # event loop, since it may read package metadata and run `nvidia-smi`
     resolved = await asyncio.to_thread(devices.resolve_device, device, built_for=entry.manifest.get("device"))
+    if memory_limit is None:
+        memory_limit = default_limit(await asyncio.to_thread(weights_size, entry.folder))
     options = ipc.RunnerOptions(
         num_ctx=num_ctx,
         device=resolved,
         threads=threads or devices.physical_cores(),
         parallel=parallel or DEFAULT_PARALLEL,
         prefill_chunk=prefill_chunk or DEFAULT_PREFILL_CHUNK,
+        memory_limit=memory_limit,
     )
     generator = RunnerGenerator(entry, options)
     await generator.start()

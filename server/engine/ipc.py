@@ -40,6 +40,7 @@ class RunnerOptions:
     threads: int
     parallel: int  # requests generating at once; more wait in the runner's queue
     prefill_chunk: int  # prompt tokens appended per scheduler tick
+    memory_limit: int = 0  # bytes of resident memory past which the server stops the runner; 0: no ceiling
 
 
 @dataclass(frozen=True)

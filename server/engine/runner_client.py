@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from ortserve.server.engine import ipc, runner_main
+from ortserve.server.engine.memory_watchdog import MemoryWatchdog
 from ortserve.server.engine.generation import Finished, GenerationEvent, GenerationRequest
 from ortserve.server.errors import APIError, BackendError
 
@@ -57,6 +58,9 @@ class RunnerProcess:
         self._waiters: dict[int, _Waiter] = {}
         self.dead: str | None = None  # why it stopped, once it has
         self.stopping = False
+        self.memory_limit = options.memory_limit
+        self._killed_for: str | None = None  # why the watchdog stopped it
+        self._watchdog: MemoryWatchdog | None = None
         self._outbox: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
 
     async def start(self) -> ipc.RunnerInfo:
@@ -64,6 +68,9 @@ class RunnerProcess:
         # the child holds its own copies now; closing ours lets either side see EOF when the other dies
         self._requests_in.close()
         self._events_out.close()
+        if self.memory_limit and self.process.pid is not None:
+            self._watchdog = MemoryWatchdog(self.process.pid, self.memory_limit, self._over_memory)
+            self._watchdog.start()
         threading.Thread(target=self._read, name=f"{self.process.name}-reader", daemon=True).start()
         threading.Thread(target=self._write, name=f"{self.process.name}-writer", daemon=True).start()
         return await asyncio.wrap_future(self.ready)
@@ -89,6 +96,17 @@ class RunnerProcess:
 
     def send(self, message: tuple) -> None:
         self._outbox.put(message)  # never blocks: the writer thread does the pipe write
+
+    def _over_memory(self, rss: int) -> None:
+        """The watchdog's call: stop the runner; its requests fail saying why, the next one starts a new one."""
+        mb = 1024 * 1024
+        self._killed_for = (
+            f"the runner for model '{self.name}' used {rss // mb:,} MB, over its memory ceiling of "
+            f"{self.memory_limit // mb:,} MB (runner_memory_limit), and was stopped; the next request starts a "
+            "new one"
+        )
+        log.error("%s", self._killed_for)
+        self.process.kill()
 
     def stop(self) -> None:
         self.stopping = True
@@ -120,7 +138,11 @@ class RunnerProcess:
         except Exception:  # a bug here must still end the waits
             log.exception("runner reader for %s failed", self.name)
         self.process.join(timeout=5)
-        if self.stopping:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        if self._killed_for is not None:
+            self._die(self._killed_for)
+        elif self.stopping:
             self._die(f"model '{self.name}' was unloaded")
         else:
             code = self.process.exitcode
