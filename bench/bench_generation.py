@@ -9,6 +9,7 @@ with `ortserve convert`, then measures on the same model and machine:
   3. aggregate completion tokens/s for 1, 4 and 8 concurrent HTTP streams.
 Results print as a table and are written to bench/results/generation-<shape>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 SHAPES = {
     # SmolLM2-135M's decoder shape with our small local tokenizer (vocab ~650 instead of 49152)
-    "smollm2-135m": dict(hidden_size=576, num_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                         intermediate_size=1536),
+    "smollm2-135m": dict(
+        hidden_size=576, num_layers=30, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536
+    ),
     "tiny": dict(hidden_size=64, num_layers=2),
 }
 PROMPT = "Tell me a long story about the weather in Paris, the quick brown fox and the lazy dog. " * 6
@@ -45,8 +47,7 @@ def build(home: Path, shape: str, precision: str) -> str:
     overrides = dict(SHAPES[shape])
     hidden, layers = overrides.pop("hidden_size"), overrides.pop("num_layers")
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = build_tiny_chat_checkpoint(Path(tmp) / name, "llama", hidden_size=hidden, num_layers=layers,
-                                          **overrides)
+        ckpt = build_tiny_chat_checkpoint(Path(tmp) / name, "llama", hidden_size=hidden, num_layers=layers, **overrides)
         os.environ["ORTSERVE_HOME"] = str(home)
         if main(["convert", str(ckpt), "--name", name, "--precision", precision, "--quiet", "--no-validate"]):
             raise SystemExit("conversion failed")
@@ -84,8 +85,14 @@ def raw_loop(folder: Path, tokens: int) -> dict:
             gen.generate_next_token()
             n += 1
         end = time.perf_counter()
-        results.append({"ttft_ms": (first - start) * 1000, "decode_tok_s": (n - 1) / (end - first),
-                        "prompt_tokens": len(ids), "tokens": n})
+        results.append(
+            {
+                "ttft_ms": (first - start) * 1000,
+                "decode_tok_s": (n - 1) / (end - first),
+                "prompt_tokens": len(ids),
+                "tokens": n,
+            }
+        )
     return min(results, key=lambda r: r["ttft_ms"]) | {"decode_tok_s": max(r["decode_tok_s"] for r in results)}
 
 
@@ -99,8 +106,14 @@ def http_stream(client, model: str, tokens: int) -> dict:
     start = time.perf_counter()
     first, n = None, 0
     stream = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": PROMPT}], max_tokens=tokens, temperature=0,
-        stream=True, stream_options={"include_usage": True}, extra_body={"min_tokens": tokens})
+        model=model,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"min_tokens": tokens},
+    )
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content and first is None:
             first = time.perf_counter()
@@ -108,8 +121,12 @@ def http_stream(client, model: str, tokens: int) -> dict:
             n = chunk.usage.completion_tokens
     end = time.perf_counter()
     first = first or end
-    return {"ttft_ms": (first - start) * 1000, "decode_tok_s": (n - 1) / max(end - first, 1e-9), "tokens": n,
-            "wall_s": end - start}
+    return {
+        "ttft_ms": (first - start) * 1000,
+        "decode_tok_s": (n - 1) / max(end - first, 1e-9),
+        "tokens": n,
+        "wall_s": end - start,
+    }
 
 
 def concurrent(client, model: str, tokens: int, streams: int) -> dict:
@@ -121,8 +138,11 @@ def concurrent(client, model: str, tokens: int, streams: int) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    return {"streams": streams, "aggregate_tok_s": sum(r["tokens"] for r in out) / wall,
-            "mean_ttft_ms": sum(r["ttft_ms"] for r in out) / len(out)}
+    return {
+        "streams": streams,
+        "aggregate_tok_s": sum(r["tokens"] for r in out) / wall,
+        "mean_ttft_ms": sum(r["ttft_ms"] for r in out) / len(out),
+    }
 
 
 def main() -> None:
@@ -140,8 +160,9 @@ def main() -> None:
     raw = raw_loop(folder, args.tokens)
     port = free_port()
     env = {**os.environ, "ORTSERVE_HOME": str(args.home)}
-    server = subprocess.Popen([sys.executable, "-m", "ortserve.server.cli", "serve", "--port", str(port), "--no-bootstrap"],
-                              env=env, cwd=ROOT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ortserve.server.cli", "serve", "--port", str(port), "--no-bootstrap"], env=env, cwd=ROOT
+    )
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="bench", max_retries=0)
         deadline = time.time() + 120
@@ -160,16 +181,25 @@ def main() -> None:
         server.terminate()
         server.wait(30)
 
-    result = {"shape": args.shape, "precision": args.precision, "tokens": args.tokens,
-              "machine": f"{platform.machine()} {os.cpu_count()} logical CPUs", "raw_genai": raw,
-              "http_stream": http, "concurrent": conc, "date": time.strftime("%Y-%m-%d")}
+    result = {
+        "shape": args.shape,
+        "precision": args.precision,
+        "tokens": args.tokens,
+        "machine": f"{platform.machine()} {os.cpu_count()} logical CPUs",
+        "raw_genai": raw,
+        "http_stream": http,
+        "concurrent": conc,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     print(f"\n{args.shape} {args.precision}, {raw['prompt_tokens']}-token prompt, {args.tokens} new tokens")
     print(f"{'path':<22}{'TTFT ms':>10}{'decode tok/s':>14}")
     print(f"{'raw onnxruntime-genai':<22}{raw['ttft_ms']:>10.1f}{raw['decode_tok_s']:>14.1f}")
     print(f"{'HTTP stream':<22}{http['ttft_ms']:>10.1f}{http['decode_tok_s']:>14.1f}")
     for c in conc:
-        print(f"{c['streams']} concurrent streams: {c['aggregate_tok_s']:.1f} tok/s aggregate, "
-              f"mean TTFT {c['mean_ttft_ms']:.0f} ms")
+        print(
+            f"{c['streams']} concurrent streams: {c['aggregate_tok_s']:.1f} tok/s aggregate, "
+            f"mean TTFT {c['mean_ttft_ms']:.0f} ms"
+        )
     out = ROOT / "bench" / "results" / f"generation-{args.shape}-{args.precision}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

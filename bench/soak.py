@@ -35,8 +35,11 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-SENTENCES = ["The quick brown fox jumps over the lazy dog.", "A local model server on ONNX Runtime.",
-             "Soak tests run for minutes, not seconds."]  # fmt: skip
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A local model server on ONNX Runtime.",
+    "Soak tests run for minutes, not seconds.",
+]
 
 
 def rss_mb(pid: int) -> float | None:
@@ -127,8 +130,9 @@ async def soak(url: str, pid: int | None, args: argparse.Namespace) -> dict:
             "p50_s": round(statistics.median(values), 3),
             "p99_s": round(sorted(values)[max(0, int(len(values) * 0.99) - 1)], 3),
         }
-        for kind, values in latencies.items() if values
-    }  # fmt: skip
+        for kind, values in latencies.items()
+        if values
+    }
     errors = sum(n for c in statuses.values() for s, n in c.items() if s != "200")
     return {"kinds": per_kind, "errors": errors, "rss_mb": memory, "health_worst_s": round(health_worst, 3)}
 
@@ -168,10 +172,14 @@ async def flood(url: str, args: argparse.Namespace) -> dict:
         await watcher
         latencies.sort()
         return {
-            "flood": args.flood, "statuses": dict(statuses), "p50_s": round(statistics.median(latencies), 3),
+            "flood": args.flood,
+            "statuses": dict(statuses),
+            "p50_s": round(statistics.median(latencies), 3),
             "p99_s": round(latencies[max(0, int(len(latencies) * 0.99) - 1)], 3),
-            "health_worst_s": round(max(health), 3), "lone_chat_s": await lone, "embedding_s": await embedding,
-        }  # fmt: skip
+            "health_worst_s": round(max(health), 3),
+            "lone_chat_s": await lone,
+            "embedding_s": await embedding,
+        }
 
 
 def start_server() -> tuple[subprocess.Popen, str]:
@@ -217,10 +225,14 @@ def main() -> None:
             process.terminate()
             process.wait(60)
     result.update(
-        clients=args.clients, seconds=args.seconds, chat=args.chat, embedding=args.embedding,
+        clients=args.clients,
+        seconds=args.seconds,
+        chat=args.chat,
+        embedding=args.embedding,
         machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
-        load_average_before=load_before, date=time.strftime("%Y-%m-%d %H:%M"),
-    )  # fmt: skip
+        load_average_before=load_before,
+        date=time.strftime("%Y-%m-%d %H:%M"),
+    )
     print(json.dumps(result, indent=2))
     out = ROOT / "bench" / "results" / f"{'flood' if args.flood else 'soak'}-{time.strftime('%Y-%m-%d')}.json"
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -3,6 +3,7 @@
 We never import the builder's internals: it is one very large class behind an
 if/elif chain. We pass it the options that matter and check its output.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ from ortserve.conversion.source import read_config
 _PAGED = {"use_paged_attention": "true"}
 # Measured (SmolLM2-135M shape, 2 cores): accuracy_level=4 decodes 93 tok/s, level 1 only 42.
 # The builder silently ignores the `int4_*` spellings, so only these names are passed.
-_EXTRA_OPTIONS = {
+_EXTRA_OPTIONS: dict[tuple[str, str], dict[str, object]] = {
     ("int4", "cpu"): {"block_size": 32, "accuracy_level": 4},
     ("int8", "cpu"): {"block_size": 32, "accuracy_level": 4},
     ("int4", "cuda"): {"block_size": 32, **_PAGED},
@@ -35,8 +36,16 @@ _EXTRA_OPTIONS = {
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
 
 
-def run_builder(src: Path, out: Path, precision: str, device: str, progress: Progress, *,
-                paged: bool = True, options: dict | None = None) -> dict:
+def run_builder(
+    src: Path,
+    out: Path,
+    precision: str,
+    device: str,
+    progress: Progress,
+    *,
+    paged: bool = True,
+    options: dict | None = None,
+) -> dict:
     """Build the ONNX decoder into `out`; returns the extra options used. `options` adds builder extra
     options (vision models: `exclude_embeds`); `paged=False` leaves paged attention out (as the builder
     requires when the embeddings are excluded)."""
@@ -44,15 +53,37 @@ def run_builder(src: Path, out: Path, precision: str, device: str, progress: Pro
     if not paged or extra.get("exclude_embeds") in (True, "true", "True", "1"):
         extra = {k: v for k, v in extra.items() if k not in _PAGED}
     cache = out / ".builder-cache"
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder",
-           "-m", str(src), "-i", str(src), "-o", str(out), "-p", precision, "-e", device, "-c", str(cache)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "onnxruntime_genai.models.builder",
+        "-m",
+        str(src),
+        "-i",
+        str(src),
+        "-o",
+        str(out),
+        "-p",
+        precision,
+        "-e",
+        device,
+        "-c",
+        str(cache),
+    ]
     if extra:
         cmd += ["--extra_options", *(f"{k}={v}" for k, v in extra.items())]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     tail: deque[str] = deque(maxlen=40)
     with progress.step(f"build ONNX decoder ({precision}, {device}) with the onnxruntime-genai builder"):
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                              text=True, encoding="utf-8", errors="replace") as proc:
+        with subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+        ) as proc:
             try:
                 assert proc.stdout is not None
                 for line in proc.stdout:
@@ -86,8 +117,9 @@ def _fix_genai_config(src_config: dict, out: Path) -> int:
     return int(model["context_length"])
 
 
-def convert_chat(src: Path, out: Path, *, precision: str, device: str, progress: Progress,
-                 validate: bool = True) -> dict:
+def convert_chat(
+    src: Path, out: Path, *, precision: str, device: str, progress: Progress, validate: bool = True
+) -> dict:
     config = read_config(src)
     arch = chat_architecture(config.get("architectures"))
     if not any((src / f).is_file() for f in _TOKENIZER_FILES):
@@ -112,11 +144,11 @@ def convert_chat(src: Path, out: Path, *, precision: str, device: str, progress:
 
         with progress.step("validate against PyTorch"):
             if paged:
-                manifest["validation"] = _validate_paged(src, out, config, precision=precision, device=device,
-                                                         progress=progress)
+                manifest["validation"] = _validate_paged(
+                    src, out, config, precision=precision, device=device, progress=progress
+                )
             else:
-                manifest["validation"] = validate_chat(src, out, precision=precision, device=device,
-                                                       progress=progress)
+                manifest["validation"] = validate_chat(src, out, precision=precision, device=device, progress=progress)
     return manifest
 
 
@@ -132,8 +164,10 @@ def _validate_paged(src: Path, out: Path, config: dict, *, precision: str, devic
     if not og.is_cuda_available():  # validate_chat says it skipped, and why
         return validate_chat(src, out, precision=precision, device=device, progress=progress)
     if not devices.nvidia_gpu_visible():  # the CUDA wheel says how og was built, not that a GPU is here
-        progress.info(f"    warning: no NVIDIA GPU is visible here, so the {device} build was not run; "
-                      f"validate it on that machine")  # fmt: skip
+        progress.info(
+            f"    warning: no NVIDIA GPU is visible here, so the {device} build was not run; "
+            f"validate it on that machine"
+        )
         return {"skipped": "no NVIDIA GPU visible on the converting machine"}
     twin = out / ".unpaged-for-validation"
     try:

@@ -3,6 +3,7 @@
 torch and transformers are imported only inside `run()`'s steps, so the rest of
 the CLI starts fast and the server never loads them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,11 @@ from ortserve.core.store import ModelStore, check_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="a local Hugging Face model folder, a hub id (owner/name), or a local "
-                        "onnxruntime-genai folder (genai_config.json + ONNX), registered as it is")
+    parser.add_argument(
+        "source",
+        help="a local Hugging Face model folder, a hub id (owner/name), or a local "
+        "onnxruntime-genai folder (genai_config.json + ONNX), registered as it is",
+    )
     parser.add_argument("--name", help="name in the store (default: the source's last path part, lower-case)")
     parser.add_argument("--task", choices=("chat", "embedding"), help="default: detected from the checkpoint")
     parser.add_argument("--precision", choices=PRECISIONS, help="default: int4 for chat, fp32 for embeddings (cpu)")
@@ -28,10 +32,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="print only errors and the result")
 
 
-def convert(source: str, store: ModelStore, *, name: str | None = None, task: str | None = None,
-            precision: str | None = None, device: str = "cpu", revision: str | None = None,
-            force: bool = False, validate: bool = True, progress: Progress | None = None,
-            config: ModelConfig | None = None) -> dict:
+def convert(
+    source: str,
+    store: ModelStore,
+    *,
+    name: str | None = None,
+    task: str | None = None,
+    precision: str | None = None,
+    device: str = "cpu",
+    revision: str | None = None,
+    force: bool = False,
+    validate: bool = True,
+    progress: Progress | None = None,
+    config: ModelConfig | None = None,
+) -> dict:
     """Convert SOURCE into the store under NAME; returns the manifest. Nothing is left behind on failure."""
     from ortserve.conversion.source import default_name, detect_task, is_genai_folder, resolve_source
 
@@ -55,8 +69,9 @@ def convert(source: str, store: ModelStore, *, name: str | None = None, task: st
         if task == "chat" and _is_vision(src):
             from ortserve.conversion.vision import convert_vision
 
-            manifest = convert_vision(src, out, precision=precision, device=device, progress=progress,
-                                      validate=validate)
+            manifest = convert_vision(
+                src, out, precision=precision, device=device, progress=progress, validate=validate
+            )
         elif task == "chat":
             from ortserve.conversion.chat import convert_chat
 
@@ -64,8 +79,9 @@ def convert(source: str, store: ModelStore, *, name: str | None = None, task: st
         else:
             from ortserve.conversion.embedding import convert_embedding
 
-            manifest = convert_embedding(src, out, precision=precision, device=device, progress=progress,
-                                         validate=validate)
+            manifest = convert_embedding(
+                src, out, precision=precision, device=device, progress=progress, validate=validate
+            )
         manifest = {**manifest, "source": source, "validated": validate}
         store.add(name, out, manifest, config or ModelConfig(device=device if device != "cpu" else "auto"))
     progress.info(f"'{name}' is ready in {store.models_dir / name}")
@@ -77,8 +93,11 @@ def _note_shared(shared: list[str], progress: Progress) -> None:
     """Said even with --quiet: other names now serve the weights just replaced."""
     if shared:
         verb = "shares" if len(shared) == 1 else "share"
-        print(f"note: {', '.join(shared)} {verb} these weights and now serve the new ones", file=progress.stream,
-              flush=True)
+        print(
+            f"note: {', '.join(shared)} {verb} these weights and now serve the new ones",
+            file=progress.stream,
+            flush=True,
+        )
 
 
 def _is_vision(src: Path) -> bool:
@@ -88,8 +107,16 @@ def _is_vision(src: Path) -> bool:
     return any(a in VISION_ARCHITECTURES for a in read_config(src).get("architectures") or [])
 
 
-def _register_ready(source: str, src: Path, store: ModelStore, name: str, task: str | None, force: bool,
-                    progress: Progress, config: ModelConfig | None) -> dict:
+def _register_ready(
+    source: str,
+    src: Path,
+    store: ModelStore,
+    name: str,
+    task: str | None,
+    force: bool,
+    progress: Progress,
+    config: ModelConfig | None,
+) -> dict:
     """An onnxruntime-genai folder (genai_config.json + ONNX files) is added as it is, unvalidated."""
     from ortserve.conversion.vision_ready import register_genai_folder
 
@@ -106,7 +133,16 @@ def _register_ready(source: str, src: Path, store: ModelStore, name: str, task: 
 
 
 def run(args: argparse.Namespace, store: ModelStore) -> int:
-    convert(args.source, store, name=args.name, task=args.task, precision=args.precision, device=args.device,
-            revision=args.revision, force=args.force, validate=not args.no_validate,
-            progress=Progress(quiet=args.quiet))
+    convert(
+        args.source,
+        store,
+        name=args.name,
+        task=args.task,
+        precision=args.precision,
+        device=args.device,
+        revision=args.revision,
+        force=args.force,
+        validate=not args.no_validate,
+        progress=Progress(quiet=args.quiet),
+    )
     return 0

@@ -1,12 +1,14 @@
 """Shared pieces of the conversion pipeline: errors and step progress."""
+
 from __future__ import annotations
 
 import logging
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, TextIO
+from typing import TextIO
 
 
 class ConversionError(Exception):
@@ -21,8 +23,9 @@ class ValidationFailedError(ConversionError):
         self.figures = figures
 
 
-def decoder_problem(figures: dict, precision: str, greedy_match: int, prompts: int, min_cosine: float,
-                    position: str) -> str | None:
+def decoder_problem(
+    figures: dict, precision: str, greedy_match: int, prompts: int, min_cosine: float, position: str
+) -> str | None:
     """A chat decoder's bar: an fp32 build reproduces transformers' greedy tokens on every prompt (recorded in
     `figures`), a quantized one keeps its `position` logits within `min_cosine` of PyTorch's; the problem, if any."""
     if precision == "fp32":

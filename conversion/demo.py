@@ -5,6 +5,7 @@ model, clearly labelled as random weights). The tokenizer is a byte-level BPE
 trained here with `tokenizers`; the chat template is ChatML with tools
 (system/user/assistant/tool messages, `<tool_call>` blocks).
 """
+
 from __future__ import annotations
 
 import json

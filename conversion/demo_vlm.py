@@ -8,6 +8,7 @@ template that renders `{"type": "image"}` parts as
 and a Qwen2-VL image-processor config kept small (at most 112x112 pixels, so an
 image costs at most 16 tokens).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,9 +39,16 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_vlm_checkpoint(out_dir: Path, *, seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
-                              vision_hidden_size: int = 32, vision_depth: int = 2,
-                              context_length: int = 2048) -> Path:
+def build_tiny_vlm_checkpoint(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    vision_hidden_size: int = 32,
+    vision_depth: int = 2,
+    context_length: int = 2048,
+) -> Path:
     """Write a random-weight Qwen2.5-VL checkpoint (config, safetensors, tokenizer, template, preprocessor)."""
     import torch
     import transformers
@@ -66,12 +74,20 @@ def build_tiny_vlm_checkpoint(out_dir: Path, *, seed: int = 0, hidden_size: int 
     preprocessor = {
         "image_processor_type": "Qwen2VLImageProcessor",
         "processor_class": "Qwen2_5_VLProcessor",
-        "do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True,
+        "do_resize": True,
+        "do_rescale": True,
+        "do_normalize": True,
+        "do_convert_rgb": True,
         "rescale_factor": 1 / 255,
-        "image_mean": IMAGE_MEAN, "image_std": IMAGE_STD,
-        "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS,
+        "image_mean": IMAGE_MEAN,
+        "image_std": IMAGE_STD,
+        "min_pixels": MIN_PIXELS,
+        "max_pixels": MAX_PIXELS,
         "size": {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS},
-        "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2, "resample": 3,
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "resample": 3,
     }
     (out_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2), encoding="utf-8")
 
@@ -87,8 +103,7 @@ def build_tiny_vlm_checkpoint(out_dir: Path, *, seed: int = 0, hidden_size: int 
         num_attention_heads=heads,
         num_key_value_heads=2,
         max_position_embeddings=context_length,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
-                         "mrope_section": mrope_section},
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope_section},
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],

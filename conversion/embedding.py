@@ -22,6 +22,7 @@ by 0.05-0.12 on sequence lengths other than the traced one), then ONNX Runtime i
 PyTorch on several shapes. torch/transformers are imported only inside functions; the serving pieces
 live in the server (which never imports this package).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -77,9 +78,15 @@ def export_onnx(source: EmbeddingSource, onnx_path: Path):
     try:
         with quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
-                wrapper, (), kwargs=dummy_inputs(names, vocab, 2, 16), dynamo=True, verbose=False,
-                dynamic_shapes={n: {0: batch, 1: seq} for n in names}, output_names=[ONNX_OUTPUT], optimize=True,
-            )  # fmt: skip
+                wrapper,
+                (),
+                kwargs=dummy_inputs(names, vocab, 2, 16),
+                dynamo=True,
+                verbose=False,
+                dynamic_shapes={n: {0: batch, 1: seq} for n in names},
+                output_names=[ONNX_OUTPUT],
+                optimize=True,
+            )
             program.save(str(onnx_path))
     except Exception as e:
         raise ConversionError(f"ONNX export of {source.config.get('model_type')} failed: {_first_line(e)}") from e

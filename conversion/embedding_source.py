@@ -7,9 +7,10 @@ dimensions. The export (embedding.py) and the validation (validate_embedding.py)
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ortserve.conversion.common import ConversionError
 from ortserve.core.encoder import POOLING_MODES
@@ -128,9 +129,14 @@ class EmbeddingSource:
 def _pooling_mode(cfg: dict) -> str:
     mode = cfg.get("pooling_mode")
     if mode is None:  # the sentence-transformers < 5 layout: one boolean per mode
-        legacy = {"cls_token": "cls", "mean_tokens": "mean", "max_tokens": "max",
-                  "mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "weightedmean_tokens": "weightedmean",
-                  "lasttoken": "lasttoken"}  # fmt: skip
+        legacy = {
+            "cls_token": "cls",
+            "mean_tokens": "mean",
+            "max_tokens": "max",
+            "mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+            "weightedmean_tokens": "weightedmean",
+            "lasttoken": "lasttoken",
+        }
         mode = [m for key, m in legacy.items() if cfg.get(f"pooling_mode_{key}")] or ["mean"]
     modes = [mode] if isinstance(mode, str) else list(mode)
     if len(modes) != 1 or modes[0] not in POOLING_MODES:
@@ -182,10 +188,18 @@ def read_source(src: Path) -> EmbeddingSource:
     st_meta = read_json(meta_path) if meta_path.is_file() else {}
     hidden = int(config.get("hidden_size") or config.get("dim") or 0)
     return EmbeddingSource(
-        root=src, model_dir=model_dir, config=config, encoder=encoder, pooling=pooling, normalize=normalize,
-        max_seq_length=int(max_len), dimensions=int(pool_dim or hidden), lowercase=bool(st_cfg.get("do_lower_case")),
-        prompts=dict(st_meta.get("prompts") or {}), default_prompt_name=st_meta.get("default_prompt_name") or None,
-    )  # fmt: skip
+        root=src,
+        model_dir=model_dir,
+        config=config,
+        encoder=encoder,
+        pooling=pooling,
+        normalize=normalize,
+        max_seq_length=int(max_len),
+        dimensions=int(pool_dim or hidden),
+        lowercase=bool(st_cfg.get("do_lower_case")),
+        prompts=dict(st_meta.get("prompts") or {}),
+        default_prompt_name=st_meta.get("default_prompt_name") or None,
+    )
 
 
 # ---- inputs for checking an export -----------------------------------------------------------
@@ -200,5 +214,3 @@ def dummy_inputs(names: Sequence[str], vocab_size: int, batch: int, seq: int, se
         mask[-1, max(1, seq // 2) :] = 0
     feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
     return {n: feeds[n] for n in names}
-
-

@@ -19,13 +19,15 @@ the tests' 50; sentences/s on one CPU thread, batch 32, fp32 = 73):
 
 Large models (> ~1.8 GB of weights) are written with external data (`<dst>.data`).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 from ortserve.conversion.common import ConversionError
 
@@ -91,8 +93,14 @@ def _save(model, dst: Path, large: bool) -> None:
     import onnx
 
     if large:
-        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=dst.name + ".data", size_threshold=1024)  # fmt: skip
+        onnx.save_model(
+            model,
+            str(dst),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=dst.name + ".data",
+            size_threshold=1024,
+        )
     else:
         onnx.save_model(model, str(dst))
 
@@ -128,9 +136,13 @@ def _dynamic(src: Path, dst: Path, ops: list[str], config: QuantizationConfig, l
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
-        str(src), str(dst), op_types_to_quantize=ops, per_channel=config.per_channel,
-        weight_type=QuantType.QInt8, use_external_data_format=large,
-    )  # fmt: skip
+        str(src),
+        str(dst),
+        op_types_to_quantize=ops,
+        per_channel=config.per_channel,
+        weight_type=QuantType.QInt8,
+        use_external_data_format=large,
+    )
 
 
 def _blockwise(src: Path, dst: Path, config: QuantizationConfig, large: bool) -> None:
@@ -138,9 +150,13 @@ def _blockwise(src: Path, dst: Path, config: QuantizationConfig, large: bool) ->
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     quantizer = MatMulNBitsQuantizer(
-        onnx.load(str(src)), bits=8, block_size=config.block_size, is_symmetric=True,
-        accuracy_level=config.accuracy_level, op_types_to_quantize=("MatMul",),
-    )  # fmt: skip
+        onnx.load(str(src)),
+        bits=8,
+        block_size=config.block_size,
+        is_symmetric=True,
+        accuracy_level=config.accuracy_level,
+        op_types_to_quantize=("MatMul",),
+    )
     quantizer.process()
     _save(quantizer.model.model, dst, large)
 

@@ -3,6 +3,7 @@ model builder) and which precision runs on which device.
 
 Embedding architectures register themselves in `ortserve.conversion.embedding_source`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,10 +57,10 @@ _MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
 
 _WHY = {
     ("chat", "coreml"): "onnxruntime-genai's models (GroupQueryAttention, MatMulNBits) do not run on CoreML; "
-                        "on a Mac convert chat models with --device cpu (they are served on the CPU)",
+    "on a Mac convert chat models with --device cpu (they are served on the CPU)",
     ("chat", "cuda", "fp32"): "the builder's fp32 CUDA model does not load in onnxruntime-genai 0.18 (\"Graph output "
-                              "(present.0.key) does not exist\", seen on an H100), and paged attention needs fp16 "
-                              "activations; use fp16 or int4 (the default)",
+    '(present.0.key) does not exist", seen on an H100), and paged attention needs fp16 '
+    "activations; use fp16 or int4 (the default)",
     ("chat", "cpu", "fp16"): "fp16 has no fast CPU kernels; use int4 (fastest) or fp32 (exact) on cpu",
 }
 

@@ -1,4 +1,5 @@
 """Resolve SOURCE (a local Hugging Face folder or a hub id) and detect its task."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,17 @@ from ortserve.conversion.registry import VISION_ARCHITECTURES
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # What a conversion reads: configs, tokenizers, templates, weights. Never optimizer states or other formats.
-_ALLOW = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken", "1_Pooling/*", "2_Normalize/*", "*.py"]
+_ALLOW = [
+    "*.json",
+    "*.safetensors",
+    "*.jinja",
+    "*.model",
+    "*.txt",
+    "*.tiktoken",
+    "1_Pooling/*",
+    "2_Normalize/*",
+    "*.py",
+]
 
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
@@ -37,12 +48,16 @@ def resolve_source(source: str, progress: Progress, revision: str | None = None)
             raise ConversionError(f"{source}: no such model on the hub (or it is gated: run `hf auth login`)") from None
         except LocalEntryNotFoundError as exc:  # not in the cache, and the hub did not answer (or may not be asked)
             if constants.HF_HUB_OFFLINE:
-                raise ConversionError(f"{source}: no such local folder, and not in the Hugging Face cache while "
-                                      "HF_HUB_OFFLINE is set (unset it to download)") from None
+                raise ConversionError(
+                    f"{source}: no such local folder, and not in the Hugging Face cache while "
+                    "HF_HUB_OFFLINE is set (unset it to download)"
+                ) from None
             why = f"{type(exc.__cause__).__name__}: {exc.__cause__}" if exc.__cause__ else "no answer"
-            raise ConversionError(f"{source}: no such local folder, and the Hugging Face hub could not be reached "
-                                  f"({why}); check the connection (or HF_ENDPOINT, HTTPS_PROXY), or convert a "
-                                  "local folder") from None
+            raise ConversionError(
+                f"{source}: no such local folder, and the Hugging Face hub could not be reached "
+                f"({why}); check the connection (or HF_ENDPOINT, HTTPS_PROXY), or convert a "
+                "local folder"
+            ) from None
         except (HfHubHTTPError, OSError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConversionError(f"{source}: download failed: {first}") from None

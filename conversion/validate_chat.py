@@ -4,6 +4,7 @@ fp32 must reproduce transformers' greedy tokens; quantized builds must keep the
 last-token logits within cosine 0.99. The tokenizer and chat template that the
 server will use (onnxruntime-genai's) must agree with transformers'.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,10 @@ MIN_COSINE = 0.99
 GREEDY_TOKENS = 16
 _CONVERSATIONS = [
     [{"role": "user", "content": "Hello! What is the capital of France?"}],
-    [{"role": "system", "content": "You are a terse assistant."},
-     {"role": "user", "content": "Write one sentence about the sea, with the word 'blue'."}],
+    [
+        {"role": "system", "content": "You are a terse assistant."},
+        {"role": "user", "content": "Write one sentence about the sea, with the word 'blue'."},
+    ],
     [{"role": "user", "content": "Übersetze bitte: good morning, 日本語も少し。"}],
 ]
 
@@ -41,7 +44,9 @@ def validate_chat(src: Path, out: Path, *, precision: str, device: str, progress
     if device != "cpu":
         available = {"cuda": og.is_cuda_available, "dml": og.is_dml_available}.get(device, lambda: False)()
         if not available:
-            progress.info(f"    warning: no {device} here, so the {device} build was not run; validate it on that machine")
+            progress.info(
+                f"    warning: no {device} here, so the {device} build was not run; validate it on that machine"
+            )
             return {"skipped": f"no {device} execution provider on the converting machine"}
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(src)
@@ -59,8 +64,11 @@ def validate_chat(src: Path, out: Path, *, precision: str, device: str, progress
     figures: dict = {"prompts": len(_CONVERSATIONS), "template_match": template_match}
     tokenizer_match, cosines, greedy_match, argmax_match = True, [], 0, 0
     for text in _prompts(tokenizer):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"] if getattr(tokenizer, "chat_template", None) \
+        ids = (
+            tokenizer(text, add_special_tokens=False)["input_ids"]
+            if getattr(tokenizer, "chat_template", None)
             else tokenizer(text)["input_ids"]
+        )
         tokenizer_match &= [int(t) for t in og_tokenizer.encode(text)] == list(ids)
         with torch.no_grad():
             ref_logits = reference(torch.tensor([ids])).logits[0, -1].float().numpy()
@@ -72,24 +80,34 @@ def validate_chat(src: Path, out: Path, *, precision: str, device: str, progress
         cosines.append(_cosine(ref_logits, ours))
         argmax_match += int(ref_logits.argmax() == ours.argmax())
         if precision == "fp32":
-            produced = []
+            produced: list[int] = []
             while not generator.is_done() and len(produced) < GREEDY_TOKENS:
                 generator.generate_next_token()
                 produced.append(int(generator.get_next_tokens()[0]))
             with torch.no_grad():
-                expected = reference.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                              max_new_tokens=GREEDY_TOKENS, do_sample=False,
-                                              pad_token_id=tokenizer.pad_token_id or 0)[0, len(ids):].tolist()
+                expected = reference.generate(
+                    torch.tensor([ids]),
+                    attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                    max_new_tokens=GREEDY_TOKENS,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id or 0,
+                )[0, len(ids) :].tolist()
             greedy_match += int(produced[: len(expected)] == expected)
 
-    figures.update({
-        "tokenizer_match": tokenizer_match,
-        "logits_cosine_min": round(min(cosines), 6),
-        "logits_cosine_mean": round(float(np.mean(cosines)), 6),
-        "argmax_match": f"{argmax_match}/{len(cosines)}",
-    })
-    return conclude([
-        decoder_problem(figures, precision, greedy_match, len(cosines), MIN_COSINE, "last-token"),
-        None if tokenizer_match else "onnxruntime-genai's tokenizer encodes differently from transformers'",
-        None if template_match else "onnxruntime-genai renders the chat template differently from transformers",
-    ], figures, progress)
+    figures.update(
+        {
+            "tokenizer_match": tokenizer_match,
+            "logits_cosine_min": round(min(cosines), 6),
+            "logits_cosine_mean": round(float(np.mean(cosines)), 6),
+            "argmax_match": f"{argmax_match}/{len(cosines)}",
+        }
+    )
+    return conclude(
+        [
+            decoder_problem(figures, precision, greedy_match, len(cosines), MIN_COSINE, "last-token"),
+            None if tokenizer_match else "onnxruntime-genai's tokenizer encodes differently from transformers'",
+            None if template_match else "onnxruntime-genai renders the chat template differently from transformers",
+        ],
+        figures,
+        progress,
+    )

@@ -8,11 +8,13 @@ is `SentenceTransformer(src).encode(...)` in PyTorch on the CPU. The figure that
 per-sentence cosine between the two (min and mean over `VALIDATION_SENTENCES`); the bar per
 precision is in `MIN_COSINE`.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -45,9 +47,7 @@ VALIDATION_SENTENCES = (
     "你好，世界。今天天气很好。",
     "مرحبا بالعالم",
     "Emoji test 🙂🚀🔥 and symbols ∑ ∞ ≠",
-    " ".join(
-        ["Long documents are truncated to the model's maximum sequence length, so this sentence repeats"] * 40
-    ),
+    " ".join(["Long documents are truncated to the model's maximum sequence length, so this sentence repeats"] * 40),
 )
 
 
@@ -72,7 +72,7 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1)
 
 
-def reference_embeddings(source: "EmbeddingSource", sentences: Sequence[str]) -> np.ndarray:
+def reference_embeddings(source: EmbeddingSource, sentences: Sequence[str]) -> np.ndarray:
     """sentence-transformers' embeddings of `sentences` (the default prompt applied, as `encode` does)."""
     from sentence_transformers import SentenceTransformer
 
@@ -90,12 +90,17 @@ def onnx_embeddings(out: Path, manifest: dict, sentences: Sequence[str], *, devi
     session = ort.InferenceSession(str(Path(out) / "model.onnx"), providers=providers_for(device))
     prompts = manifest.get("prompts") or {}
     return embed_texts(
-        session, load_tokenizer(out), sentences, pooling=manifest["pooling"], normalize=manifest["normalize"],
-        prompt=prompts.get(manifest.get("default_prompt_name") or ""), lowercase=manifest.get("lowercase", False),
-    )  # fmt: skip
+        session,
+        load_tokenizer(out),
+        sentences,
+        pooling=manifest["pooling"],
+        normalize=manifest["normalize"],
+        prompt=prompts.get(manifest.get("default_prompt_name") or ""),
+        lowercase=manifest.get("lowercase", False),
+    )
 
 
-def check_export(module, onnx_path: Path, source: "EmbeddingSource", *, progress: Progress | None = None) -> dict:
+def check_export(module, onnx_path: Path, source: EmbeddingSource, *, progress: Progress | None = None) -> dict:
     """Max |ONNX Runtime - PyTorch| of last_hidden_state on several (batch, sequence) shapes, padding included."""
     import onnxruntime as ort
     import torch
@@ -123,7 +128,7 @@ def check_export(module, onnx_path: Path, source: "EmbeddingSource", *, progress
 
 
 def validate_embedding(
-    source: "EmbeddingSource",
+    source: EmbeddingSource,
     out: Path,
     manifest: dict,
     *,

@@ -13,6 +13,7 @@ step (conversion/vision_export.py), add their `genai_config.json` sections and w
 `processor_config.json` (onnxruntime-extensions' image pipeline, from the checkpoint's
 preprocessor_config.json); then check against PyTorch (conversion/vision_validate.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -68,22 +69,59 @@ def processor_config(preprocessor: dict, vision: dict) -> dict:
     min_pixels = int(preprocessor.get("min_pixels") or size.get("shortest_edge") or 56 * 56)
     max_pixels = int(preprocessor.get("max_pixels") or size.get("longest_edge") or 28 * 28 * 1280)
     max_pixels = min(max_pixels, (patch * merge) ** 2 * MAX_IMAGE_TOKENS)  # larger images are resized down
-    return {"processor": {"name": "qwen2_5_image_processor", "transforms": [
-        {"operation": {"name": "decode_image", "type": "DecodeImage", "attrs": {"color_space": "RGB"}}},
-        {"operation": {"name": "convert_to_rgb", "type": "ConvertRGB"}},
-        {"operation": {"name": "resize", "type": "Resize", "attrs": {
-            "width": 540, "height": 360, "smart_resize": 1, "min_pixels": min_pixels, "max_pixels": max_pixels,
-            "patch_size": patch, "merge_size": merge}}},
-        {"operation": {"name": "rescale", "type": "Rescale",
-                       "attrs": {"rescale_factor": float(preprocessor.get("rescale_factor", 1 / 255))}}},
-        {"operation": {"name": "normalize", "type": "Normalize", "attrs": {
-            "mean": list(preprocessor.get("image_mean", [0.48145466, 0.4578275, 0.40821073])),
-            "std": list(preprocessor.get("image_std", [0.26862954, 0.26130258, 0.27577711])),
-            "qwen2_5_vl": 1}}},
-        {"operation": {"name": "patch_image", "type": "PatchImage", "attrs": {
-            "patch_size": patch, "temporal_patch_size": int(preprocessor.get("temporal_patch_size", 2)),
-            "merge_size": merge}}},
-    ]}}
+    return {
+        "processor": {
+            "name": "qwen2_5_image_processor",
+            "transforms": [
+                {"operation": {"name": "decode_image", "type": "DecodeImage", "attrs": {"color_space": "RGB"}}},
+                {"operation": {"name": "convert_to_rgb", "type": "ConvertRGB"}},
+                {
+                    "operation": {
+                        "name": "resize",
+                        "type": "Resize",
+                        "attrs": {
+                            "width": 540,
+                            "height": 360,
+                            "smart_resize": 1,
+                            "min_pixels": min_pixels,
+                            "max_pixels": max_pixels,
+                            "patch_size": patch,
+                            "merge_size": merge,
+                        },
+                    }
+                },
+                {
+                    "operation": {
+                        "name": "rescale",
+                        "type": "Rescale",
+                        "attrs": {"rescale_factor": float(preprocessor.get("rescale_factor", 1 / 255))},
+                    }
+                },
+                {
+                    "operation": {
+                        "name": "normalize",
+                        "type": "Normalize",
+                        "attrs": {
+                            "mean": list(preprocessor.get("image_mean", [0.48145466, 0.4578275, 0.40821073])),
+                            "std": list(preprocessor.get("image_std", [0.26862954, 0.26130258, 0.27577711])),
+                            "qwen2_5_vl": 1,
+                        },
+                    }
+                },
+                {
+                    "operation": {
+                        "name": "patch_image",
+                        "type": "PatchImage",
+                        "attrs": {
+                            "patch_size": patch,
+                            "temporal_patch_size": int(preprocessor.get("temporal_patch_size", 2)),
+                            "merge_size": merge,
+                        },
+                    }
+                },
+            ],
+        }
+    }
 
 
 def write_runtime_configs(src: Path, out: Path, config: dict) -> None:
@@ -94,8 +132,9 @@ def write_runtime_configs(src: Path, out: Path, config: dict) -> None:
     path.write_text(json.dumps(genai, indent=4), encoding="utf-8")
     pre_path = src / "preprocessor_config.json"
     preprocessor = json.loads(pre_path.read_text(encoding="utf-8")) if pre_path.is_file() else {}
-    (out / PROCESSOR_FILE).write_text(json.dumps(processor_config(preprocessor, config["vision_config"]), indent=2),
-                                      encoding="utf-8")
+    (out / PROCESSOR_FILE).write_text(
+        json.dumps(processor_config(preprocessor, config["vision_config"]), indent=2), encoding="utf-8"
+    )
 
 
 def run_vision_builder(src: Path, out: Path, precision: str, device: str, progress: Progress) -> dict:
@@ -106,8 +145,9 @@ def run_vision_builder(src: Path, out: Path, precision: str, device: str, progre
     return {k: v for k, v in used.items() if k != "exclude_embeds"}
 
 
-def convert_vision(src: Path, out: Path, *, precision: str, device: str, progress: Progress,
-                   validate: bool = True) -> dict:
+def convert_vision(
+    src: Path, out: Path, *, precision: str, device: str, progress: Progress, validate: bool = True
+) -> dict:
     """Build a Qwen2.5-VL checkpoint into `out`; returns the manifest (task chat, modalities text + image)."""
     import torch
     import transformers

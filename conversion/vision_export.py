@@ -19,6 +19,7 @@ full attention are masks over one attention, and since attention ignores order t
 permutation (and its inverse) is unnecessary. The result equals transformers' to float
 rounding for every grid (checked at conversion on several image sizes).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -115,15 +116,24 @@ def _export(module, args: tuple, path: Path, input_names: list[str], output_name
 
     try:
         with quiet_exporter(), torch.no_grad():
-            program = torch.onnx.export(module, args, dynamo=True, verbose=False, input_names=input_names,
-                                        output_names=[output_name], dynamic_shapes=dynamic, optimize=True)
+            program = torch.onnx.export(
+                module,
+                args,
+                dynamo=True,
+                verbose=False,
+                input_names=input_names,
+                output_names=[output_name],
+                dynamic_shapes=dynamic,
+                optimize=True,
+            )
             program.save(str(path), external_data=_big(module))
     except ConversionError:
         raise
     except Exception as exc:
         text = str(exc).strip().splitlines()
-        raise ConversionError(f"ONNX export of {path.name} failed: {type(exc).__name__}: "
-                              f"{text[0] if text else ''}"[:300]) from exc
+        raise ConversionError(
+            f"ONNX export of {path.name} failed: {type(exc).__name__}: {text[0] if text else ''}"[:300]
+        ) from exc
 
 
 def _big(module) -> bool:
@@ -140,8 +150,14 @@ def export_vision(model, out: Path) -> None:
     grid = torch.tensor([[1, 4, 6]], dtype=torch.int64)  # 24 patches, 6 merged tokens
     pixels = torch.randn(24, patch_dim)
     patches = torch.export.Dim("num_patches", min=4)
-    _export(vision_encoder(model), (pixels, grid), out / VISION_FILE, ["pixel_values", "image_grid_thw"],
-            "image_features", {"pixel_values": {0: patches}, "image_grid_thw": None})
+    _export(
+        vision_encoder(model),
+        (pixels, grid),
+        out / VISION_FILE,
+        ["pixel_values", "image_grid_thw"],
+        "image_features",
+        {"pixel_values": {0: patches}, "image_grid_thw": None},
+    )
 
     hidden = int(model.config.text_config.hidden_size)
     ids = torch.randint(0, int(model.config.text_config.vocab_size), (1, 12), dtype=torch.int64)
@@ -149,5 +165,11 @@ def export_vision(model, out: Path) -> None:
     features = torch.randn(3, hidden)
     batch, seq = torch.export.Dim("batch_size"), torch.export.Dim("sequence_length")
     feats = torch.export.Dim("num_features")
-    _export(embedding_module(model), (ids, features), out / EMBEDDING_FILE, ["input_ids", "image_features"],
-            "inputs_embeds", {"input_ids": {0: batch, 1: seq}, "image_features": {0: feats}})
+    _export(
+        embedding_module(model),
+        (ids, features),
+        out / EMBEDDING_FILE,
+        ["input_ids", "image_features"],
+        "inputs_embeds",
+        {"input_ids": {0: batch, 1: seq}, "image_features": {0: feats}},
+    )

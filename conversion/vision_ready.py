@@ -5,6 +5,7 @@ manifest says so. The folder is copied as it is; its model type, context length,
 modalities (a `vision` section means images) and device come from its genai_config.json.
 On cpu the copy is loaded once with onnxruntime-genai, so a broken folder is refused.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,22 @@ from pathlib import Path
 from ortserve.conversion.common import ConversionError, Progress
 
 # genai model types we serve as chat (text, or text + image with a vision section)
-_FAMILIES = {"phi3": "phi", "phi3v": "phi", "phi4mm": "phi", "qwen2": "hermes", "qwen3": "hermes",
-             "qwen2_5_vl": "hermes", "qwen3_vl": "hermes", "fara": "hermes", "llama": "llama3", "mistral": "llama3",
-             "gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3_text": "gemma"}
+_FAMILIES = {
+    "phi3": "phi",
+    "phi3v": "phi",
+    "phi4mm": "phi",
+    "qwen2": "hermes",
+    "qwen3": "hermes",
+    "qwen2_5_vl": "hermes",
+    "qwen3_vl": "hermes",
+    "fara": "hermes",
+    "llama": "llama3",
+    "mistral": "llama3",
+    "gemma": "gemma",
+    "gemma2": "gemma",
+    "gemma3": "gemma",
+    "gemma3_text": "gemma",
+}
 _NOT_CHAT = ("whisper", "nemotron_speech", "parakeet", "marian-ssru")
 _SKIPPED = "an already-converted onnxruntime-genai folder: there is no PyTorch original to validate against"
 
@@ -47,8 +61,15 @@ def register_genai_folder(src: Path, out: Path, *, progress: Progress, check_loa
         processor = vision.get("config_filename", "processor_config.json")
         if not (src / processor).is_file():
             raise ConversionError(f"{src}: has a vision model but no {processor}")
-    missing = [f for f in (decoder.get("filename"), (vision or {}).get("filename"),
-                           (model.get("embedding") or {}).get("filename")) if f and not (src / f).is_file()]
+    missing = [
+        f
+        for f in (
+            decoder.get("filename"),
+            (vision or {}).get("filename"),
+            (model.get("embedding") or {}).get("filename"),
+        )
+        if f and not (src / f).is_file()
+    ]
     if missing:
         raise ConversionError(f"{src}: genai_config.json names files that are not there: {', '.join(missing)}")
     device = _device(decoder)

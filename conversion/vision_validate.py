@@ -12,6 +12,7 @@ The validation images are drawn here; their sizes avoid the one place the two
 preprocessors differ: transformers' smart resize rounds a side of exactly n + 1/2
 patches-of-28 to even (Python's round), onnxruntime-extensions rounds it up.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,22 +37,36 @@ def validation_image(index: int, size: tuple[int, int]) -> bytes:
     w, h = size
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     phase = index * 1.7
-    rgb = np.stack([
-        127 + 127 * np.sin(x / (5 + index) + phase),
-        255 * y / max(h - 1, 1),
-        127 + 127 * np.cos((x + y) / (7 + 2 * index) - phase),
-    ], axis=-1)
+    rgb = np.stack(
+        [
+            127 + 127 * np.sin(x / (5 + index) + phase),
+            255 * y / max(h - 1, 1),
+            127 + 127 * np.cos((x + y) / (7 + 2 * index) - phase),
+        ],
+        axis=-1,
+    )
     buf = io.BytesIO()
     Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
 
 
 def _conversations(images: list[bytes]) -> list[tuple[list[dict], list[bytes]]]:
-    one = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in this picture?"}]}]
-    two = [{"role": "system", "content": "You are a terse assistant."},
-           {"role": "user", "content": [{"type": "text", "text": "Compare"}, {"type": "image"},
-                                        {"type": "text", "text": "and"}, {"type": "image"}]}]
-    text = [{"role": "user", "content": "Hello! What is the capital of France?"}]
+    one: list[dict] = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in this picture?"}]}
+    ]
+    two: list[dict] = [
+        {"role": "system", "content": "You are a terse assistant."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Compare"},
+                {"type": "image"},
+                {"type": "text", "text": "and"},
+                {"type": "image"},
+            ],
+        },
+    ]
+    text: list[dict] = [{"role": "user", "content": "Hello! What is the capital of France?"}]
     return [(one, images[:1]), (one, images[1:2]), (two, images[:2]), (text, [])]
 
 
@@ -94,11 +109,17 @@ def validate_vision(src: Path, out: Path, *, precision: str, progress: Progress)
     feature_cos, feature_diff = [], []
     for png in images:
         hf = image_processor(images=[pil[png]], return_tensors="np")
-        ours = session.run(None, {"pixel_values": hf["pixel_values"].astype(np.float32),
-                                  "image_grid_thw": hf["image_grid_thw"].astype(np.int64)})[0]
+        ours = session.run(
+            None,
+            {
+                "pixel_values": hf["pixel_values"].astype(np.float32),
+                "image_grid_thw": hf["image_grid_thw"].astype(np.int64),
+            },
+        )[0]
         with torch.no_grad():
-            ref = reference.model.visual(torch.from_numpy(hf["pixel_values"]).float(),
-                                         grid_thw=torch.from_numpy(hf["image_grid_thw"])).pooler_output.numpy()
+            ref = reference.model.visual(
+                torch.from_numpy(hf["pixel_values"]).float(), grid_thw=torch.from_numpy(hf["image_grid_thw"])
+            ).pooler_output.numpy()
         feature_cos.append(_cosine(ref, ours))
         feature_diff.append(float(np.abs(ref - ours).max()))
 
@@ -125,17 +146,24 @@ def validate_vision(src: Path, out: Path, *, precision: str, progress: Progress)
                     pixel_diff = max(pixel_diff, float(np.abs(og_pixels - hf["pixel_values"]).max()))
             parts = text.split("<|image_pad|>")
             counts = [int(np.prod(g)) // merge**2 for g in hf["image_grid_thw"]]
-            text = parts[0] + "".join("<|image_pad|>" * n + rest for n, rest in zip(counts, parts[1:]))
-            kwargs = {"pixel_values": torch.from_numpy(hf["pixel_values"]).float(),
-                      "image_grid_thw": torch.from_numpy(hf["image_grid_thw"])}
+            text = parts[0] + "".join("<|image_pad|>" * n + rest for n, rest in zip(counts, parts[1:], strict=True))
+            kwargs = {
+                "pixel_values": torch.from_numpy(hf["pixel_values"]).float(),
+                "image_grid_thw": torch.from_numpy(hf["image_grid_thw"]),
+            }
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
         ids_match &= og_ids == ids[0].tolist()
         produced, logits = _og_generate(og, model, inputs, len(og_ids), GREEDY_TOKENS)
         with torch.no_grad():
             ref_logits = reference(input_ids=ids, **kwargs).logits[0, -1].numpy()
-            expected = reference.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                          max_new_tokens=GREEDY_TOKENS, do_sample=False,
-                                          pad_token_id=tokenizer.pad_token_id or 0, **kwargs)[0, ids.shape[1]:].tolist()
+            expected = reference.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=GREEDY_TOKENS,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id or 0,
+                **kwargs,
+            )[0, ids.shape[1] :].tolist()
         cosines.append(_cosine(ref_logits, logits))
         greedy_match += int(produced[: len(expected)] == expected)
 
@@ -151,12 +179,17 @@ def validate_vision(src: Path, out: Path, *, precision: str, progress: Progress)
         "logits_cosine_min": round(min(cosines), 6),
     }
     features = figures["image_features_cosine_min"]
-    conclude([
-        f"image features cosine {features} < {MIN_FEATURE_COSINE}" if features < MIN_FEATURE_COSINE else None,
-        None if grid_match and not pixel_diff > MAX_PIXEL_DIFF
-        else f"onnxruntime-genai preprocesses images differently (max pixel diff {pixel_diff:.3g})",
-        None if ids_match else "the expanded prompt's token ids differ from transformers'",
-        None if template_match else "onnxruntime-genai renders the chat template differently from transformers",
-        decoder_problem(figures, precision, greedy_match, len(conversations), MIN_LOGITS_COSINE, "first-token"),
-    ], figures, progress)
+    conclude(
+        [
+            f"image features cosine {features} < {MIN_FEATURE_COSINE}" if features < MIN_FEATURE_COSINE else None,
+            None
+            if grid_match and not pixel_diff > MAX_PIXEL_DIFF
+            else f"onnxruntime-genai preprocesses images differently (max pixel diff {pixel_diff:.3g})",
+            None if ids_match else "the expanded prompt's token ids differ from transformers'",
+            None if template_match else "onnxruntime-genai renders the chat template differently from transformers",
+            decoder_problem(figures, precision, greedy_match, len(conversations), MIN_LOGITS_COSINE, "first-token"),
+        ],
+        figures,
+        progress,
+    )
     return figures

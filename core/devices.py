@@ -17,6 +17,7 @@ metadata without importing onnxruntime-genai; the runner process then checks wha
 onnxruntime-genai build really offers before loading the model. A device that cannot run
 here is a `DeviceUnavailableError` (the server answers it as a 501).
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,10 +28,11 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
@@ -70,39 +72,66 @@ def register(entry: Provider) -> Provider:
     return entry
 
 
-register(Provider(
-    "cuda", "NVIDIA CUDA", platforms=("linux", "win32"), needs_gpu=True,
-    genai_ep="cuda", genai_packages=("onnxruntime-genai-cuda", "onnxruntime-genai-winml"),
-    genai_options={"enable_cuda_graph": "0"},  # the builder's default; paged attention schedules variable batches
-    genai_missing="install onnxruntime-genai-cuda in place of onnxruntime-genai (pip install 'ortserve[cuda]', "
-                  "then see README 'Devices and platforms')",
-    ort_ep="CUDAExecutionProvider", ort_packages=("onnxruntime-gpu",),
-    ort_missing="install onnxruntime-gpu in place of onnxruntime (pip install 'ortserve[cuda]')",
-    cpu_fallback=False,  # CUDA chat builds use paged attention: og.Engine on CUDA only
-))  # fmt: skip
-register(Provider(
-    "dml", "DirectML", platforms=("win32",),
-    genai_ep="dml", genai_packages=("onnxruntime-genai-directml", "onnxruntime-genai-winml"),
-    genai_missing="needs an onnxruntime-genai 0.18 build with DirectML: the stock onnxruntime-genai wheel has none; "
-                  "onnxruntime-genai-winml with onnxruntime-windowsml has it, untested (see the README)",
-    ort_ep="DmlExecutionProvider", ort_packages=("onnxruntime-directml", "onnxruntime-windowsml"),
-    ort_missing="install onnxruntime-directml (or onnxruntime-windowsml) in place of onnxruntime",
-))  # fmt: skip
-register(Provider(
-    "coreml", "Apple CoreML", platforms=("darwin",), machines=("arm64",),
-    genai_missing="onnxruntime-genai models (GroupQueryAttention, MatMulNBits) do not run on CoreML; "
-                  "chat models run on the CPU on a Mac (--device cpu, or auto)",
-    ort_ep="CoreMLExecutionProvider", ort_packages=("onnxruntime",),
-    ort_missing="the stock onnxruntime wheel for macOS on Apple silicon has it",
-))  # fmt: skip
+register(
+    Provider(
+        "cuda",
+        "NVIDIA CUDA",
+        platforms=("linux", "win32"),
+        needs_gpu=True,
+        genai_ep="cuda",
+        genai_packages=("onnxruntime-genai-cuda", "onnxruntime-genai-winml"),
+        genai_options={"enable_cuda_graph": "0"},  # the builder's default; paged attention schedules variable batches
+        genai_missing="install onnxruntime-genai-cuda in place of onnxruntime-genai (pip install 'ortserve[cuda]', "
+        "then see README 'Devices and platforms')",
+        ort_ep="CUDAExecutionProvider",
+        ort_packages=("onnxruntime-gpu",),
+        ort_missing="install onnxruntime-gpu in place of onnxruntime (pip install 'ortserve[cuda]')",
+        cpu_fallback=False,  # CUDA chat builds use paged attention: og.Engine on CUDA only
+    )
+)
+register(
+    Provider(
+        "dml",
+        "DirectML",
+        platforms=("win32",),
+        genai_ep="dml",
+        genai_packages=("onnxruntime-genai-directml", "onnxruntime-genai-winml"),
+        genai_missing="needs an onnxruntime-genai 0.18 build with DirectML: the stock onnxruntime-genai wheel has "
+        "none; onnxruntime-genai-winml with onnxruntime-windowsml has it, untested (see the README)",
+        ort_ep="DmlExecutionProvider",
+        ort_packages=("onnxruntime-directml", "onnxruntime-windowsml"),
+        ort_missing="install onnxruntime-directml (or onnxruntime-windowsml) in place of onnxruntime",
+    )
+)
+register(
+    Provider(
+        "coreml",
+        "Apple CoreML",
+        platforms=("darwin",),
+        machines=("arm64",),
+        genai_missing="onnxruntime-genai models (GroupQueryAttention, MatMulNBits) do not run on CoreML; "
+        "chat models run on the CPU on a Mac (--device cpu, or auto)",
+        ort_ep="CoreMLExecutionProvider",
+        ort_packages=("onnxruntime",),
+        ort_missing="the stock onnxruntime wheel for macOS on Apple silicon has it",
+    )
+)
 register(Provider("cpu", "CPU", genai_ep="cpu", ort_ep="CPUExecutionProvider"))
 
 # The distributions `ortserve info` reports and `detect()` looks at.
 PACKAGES = (
-    "ortserve", "onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime-genai-directml",
-    "onnxruntime-genai-winml", "onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-windowsml",
-    "torch", "transformers",
-)  # fmt: skip
+    "ortserve",
+    "onnxruntime-genai",
+    "onnxruntime-genai-cuda",
+    "onnxruntime-genai-directml",
+    "onnxruntime-genai-winml",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-directml",
+    "onnxruntime-windowsml",
+    "torch",
+    "transformers",
+)
 _PLATFORM_NAMES = {"linux": "Linux", "win32": "Windows", "darwin": "macOS"}
 
 
@@ -173,8 +202,10 @@ def choose(device: str, env: Environment, runtime: Runtime, built_for: str | Non
         if why is None:
             return Choice(target.name, f"the model was built for {target.name}")
         if not target.cpu_fallback:
-            raise DeviceUnavailableError(f"the model was built for {target.name}, which is not available here, and it "
-                                    f"cannot run on the CPU (convert it with --device cpu for that): {why}")
+            raise DeviceUnavailableError(
+                f"the model was built for {target.name}, which is not available here, and it "
+                f"cannot run on the CPU (convert it with --device cpu for that): {why}"
+            )
         return Choice("cpu", f"the model was built for {target.name}, which is not available here: {why}")
     skipped: list[str] = []
     for name in PROVIDERS:
@@ -200,8 +231,9 @@ def missed_accelerator(env: Environment, runtime: Runtime) -> str | None:
     return None
 
 
-def resolve_device(device: str, runtime: Runtime = "generation", env: Environment | None = None,
-                   built_for: str | None = None) -> str:
+def resolve_device(
+    device: str, runtime: Runtime = "generation", env: Environment | None = None, built_for: str | None = None
+) -> str:
     """`device` checked against this machine; "auto" becomes the best available one (the CPU, with a warning
     when an accelerator was meant to be there). DeviceUnavailableError names what is missing."""
     if device == "cpu" or (device == "auto" and runtime == "generation" and built_for == "cpu"):
@@ -242,7 +274,9 @@ def configure(config: Any, device: str, threads: int, og: Any = None) -> None:
         why = unavailable(device, detect(), "generation")
         raise DeviceUnavailableError(f"device '{device}' cannot run generation: {why}")
     if og is not None and device not in genai_devices(og):
-        raise DeviceUnavailableError(f"the installed onnxruntime-genai has no {entry.label} support: {entry.genai_missing}")
+        raise DeviceUnavailableError(
+            f"the installed onnxruntime-genai has no {entry.label} support: {entry.genai_missing}"
+        )
     config.clear_providers()
     if entry.name != "cpu":  # onnxruntime's CPU provider is what a config without providers uses
         config.append_provider(entry.genai_ep)
@@ -255,7 +289,8 @@ def configure(config: Any, device: str, threads: int, og: Any = None) -> None:
 def ort_providers(device: str) -> list[str]:
     """onnxruntime's providers for a resolved device: its own, then the CPU for what it cannot run."""
     entry = PROVIDERS[device]
-    return [entry.ort_ep] + (["CPUExecutionProvider"] if entry.name != "cpu" else [])  # type: ignore[list-item]
+    assert entry.ort_ep is not None  # every registered device names its onnxruntime provider
+    return [entry.ort_ep] + (["CPUExecutionProvider"] if entry.name != "cpu" else [])
 
 
 def device_of_providers(providers: list[str]) -> str:
@@ -277,8 +312,9 @@ def detect(*, ort: bool = False, genai: bool = False) -> Environment:
         import onnxruntime_genai
 
         genai_list = genai_devices(onnxruntime_genai)
-    return Environment(sys.platform, platform.machine(), installed_packages(), nvidia_gpu_visible(),
-                       ort_list, genai_list)  # fmt: skip
+    return Environment(
+        sys.platform, platform.machine(), installed_packages(), nvidia_gpu_visible(), ort_list, genai_list
+    )
 
 
 @functools.cache  # package metadata does not change while the server runs

@@ -3,6 +3,7 @@
 Pure functions, no I/O; used by the per-model settings, the server settings, the requests' `keep_alive`
 and `ortserve ps`.
 """
+
 from __future__ import annotations
 
 import math

@@ -9,11 +9,13 @@ Token ids here are always the model's own tokenizer ids. `EncoderTokenizer` toke
 truncation (an over-long input must be seen, not silently cut) and adds the special tokens itself,
 so a text and the ids of that text (tokenized without special tokens) give the same sequence.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +81,7 @@ class EncoderTokenizer:
     @classmethod
     def create(
         cls, tokenizer, *, max_length: int | None = None, prompt: str | None = None, lowercase: bool = False
-    ) -> "EncoderTokenizer":
+    ) -> EncoderTokenizer:
         """From the converted tokenizer; `max_length` defaults to its truncation length."""
         from tokenizers import Tokenizer
 
@@ -96,10 +98,14 @@ class EncoderTokenizer:
         if start is None or len(with_special) - len(bare) != plain.num_special_tokens_to_add(False):
             raise ValueError("cannot tell where the tokenizer's special tokens go")
         return cls(
-            tokenizer=plain, max_length=int(limit), prefix=tuple(with_special[:start]),
-            suffix=tuple(with_special[start + len(bare) :]), prompt=prompt or "", lowercase=lowercase,
+            tokenizer=plain,
+            max_length=int(limit),
+            prefix=tuple(with_special[:start]),
+            suffix=tuple(with_special[start + len(bare) :]),
+            prompt=prompt or "",
+            lowercase=lowercase,
             pad_id=int(padding.get("pad_id", 0)),
-        )  # fmt: skip
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -156,9 +162,14 @@ def make_feeds(sequences: Sequence[np.ndarray], input_names: Sequence[str], pad_
 
 
 def run_batch(
-    session, sequences: Sequence[np.ndarray], *, pooling: str, normalize: bool, pad_id: int = 0,
+    session,
+    sequences: Sequence[np.ndarray],
+    *,
+    pooling: str,
+    normalize: bool,
+    pad_id: int = 0,
     input_names: Sequence[str] | None = None,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """One `session.run` over `sequences` (padded to the longest), pooled: [len(sequences), dim] float32."""
     names = input_names or [i.name for i in session.get_inputs()]
     feeds = make_feeds(sequences, names, pad_id)
@@ -181,9 +192,16 @@ def length_batches(lengths: Sequence[int], max_rows: int, max_tokens: int) -> li
 
 
 def embed_texts(
-    session, tokenizer, texts: Sequence[str], *, pooling: str, normalize: bool,
-    batch_size: int = 32, prompt: str | None = None, lowercase: bool = False,
-) -> np.ndarray:  # fmt: skip
+    session,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    pooling: str,
+    normalize: bool,
+    batch_size: int = 32,
+    prompt: str | None = None,
+    lowercase: bool = False,
+) -> np.ndarray:
     """Embed `texts` with an onnxruntime session (truncating at the tokenizer's max length, as
     sentence-transformers does); rows come back in input order. Batched by length, so batches pad little."""
     encoder = EncoderTokenizer.create(tokenizer, prompt=prompt, lowercase=lowercase)
@@ -191,8 +209,14 @@ def embed_texts(
     names = [i.name for i in session.get_inputs()]
     out: np.ndarray | None = None
     for batch in length_batches([len(s) for s in sequences], batch_size, batch_size * encoder.max_length):
-        pooled = run_batch(session, [sequences[i] for i in batch], pooling=pooling, normalize=normalize,
-                           pad_id=encoder.pad_id, input_names=names)  # fmt: skip
+        pooled = run_batch(
+            session,
+            [sequences[i] for i in batch],
+            pooling=pooling,
+            normalize=normalize,
+            pad_id=encoder.pad_id,
+            input_names=names,
+        )
         if out is None:
             out = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
         out[batch] = pooled

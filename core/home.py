@@ -4,6 +4,7 @@
 These are the defaults behind `ServerSettings.models_dir` / `configs_dir` and the store commands'
 `--models-dir`; `$ORTSERVE_HOME`, `$ORTSERVE_MODELS` and `$ORTSERVE_CONFIGS` move them.
 """
+
 from __future__ import annotations
 
 import logging

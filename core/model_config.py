@@ -3,6 +3,7 @@
 The conversion writes them, the store reads them, the server serves by them; `describe` puts a
 pydantic error in the one line that every settings message uses.
 """
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -50,17 +51,21 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    weights: str | None = Field(None, description="the model folder it serves (beside this file); defaults to "
-                                "the model's own name")
+    weights: str | None = Field(
+        None, description="the model folder it serves (beside this file); defaults to the model's own name"
+    )
     aliases: list[str] = Field(default_factory=list)
     num_ctx: int | None = Field(None, ge=16, description="context length served; defaults to the model's")
     device: str = "auto"
     owned_by: str = "library"
     system: str | None = None
     defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
-    keep_alive: str | None = Field(None, description="how long the model stays loaded after its last request "
-                                   "(Ollama's syntax: '5m', '1h', '30s', seconds, 0 = unload at once, "
-                                   "negative = forever); default: the server's")
+    keep_alive: str | None = Field(
+        None,
+        description="how long the model stays loaded after its last request "
+        "(Ollama's syntax: '5m', '1h', '30s', seconds, 0 = unload at once, "
+        "negative = forever); default: the server's",
+    )
 
     _device = field_validator("device", mode="before")(check_device)
     _keep_alive = field_validator("keep_alive", mode="before")(check_duration)

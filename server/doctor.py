@@ -6,6 +6,7 @@ runtime offers, every device's availability for generation and embeddings (with 
 the device `auto` resolves to and why, and, from a running server's /health, each loaded model's device.
 `collect()` builds the report as data (`--json` prints it); `render()` writes it for people.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,10 +29,12 @@ AUTO_CASES = (
 )
 # distributions that install the same module: (module, the distributions)
 _SHARED_MODULES = (
-    ("onnxruntime_genai", ("onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime-genai-directml",
-                           "onnxruntime-genai-winml")),
+    (
+        "onnxruntime_genai",
+        ("onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime-genai-directml", "onnxruntime-genai-winml"),
+    ),
     ("onnxruntime", ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-windowsml")),
-)  # fmt: skip
+)
 
 
 def conflicts(packages: dict[str, str]) -> list[str]:
@@ -55,8 +58,11 @@ def _onnxruntime() -> dict[str, Any]:
         from onnxruntime.capi import build_and_package_info
     except Exception as exc:  # noqa: BLE001 - a broken install is what this command is for
         return {"error": f"{type(exc).__name__}: {exc}"}
-    return {"package": getattr(build_and_package_info, "package_name", "onnxruntime"), "version": ort.__version__,
-            "providers": list(ort.get_available_providers())}  # fmt: skip
+    return {
+        "package": getattr(build_and_package_info, "package_name", "onnxruntime"),
+        "version": ort.__version__,
+        "providers": list(ort.get_available_providers()),
+    }
 
 
 def _onnxruntime_genai() -> dict[str, Any]:
@@ -64,8 +70,11 @@ def _onnxruntime_genai() -> dict[str, Any]:
         import onnxruntime_genai as og
     except Exception as exc:  # noqa: BLE001
         return {"error": f"{type(exc).__name__}: {exc}"}
-    return {"package": getattr(og, "__id__", "onnxruntime-genai"), "version": og.__version__,
-            "devices": sorted(devices.genai_devices(og))}  # fmt: skip
+    return {
+        "package": getattr(og, "__id__", "onnxruntime-genai"),
+        "version": og.__version__,
+        "devices": sorted(devices.genai_devices(og)),
+    }
 
 
 def server_devices(url: str, timeout: float = 3.0) -> dict[str, Any]:
@@ -91,10 +100,13 @@ def collect(url: str | None) -> dict[str, Any]:
     ort_info, genai_info = _onnxruntime(), _onnxruntime_genai()
     base = devices.detect()
     env = devices.Environment(  # what the runtimes say wins; the package metadata speaks for one that fails to import
-        base.platform, base.machine, base.packages, base.gpu,
+        base.platform,
+        base.machine,
+        base.packages,
+        base.gpu,
         tuple(ort_info["providers"]) if "providers" in ort_info else None,
         frozenset(genai_info["devices"]) if "devices" in genai_info else None,
-    )  # fmt: skip
+    )
     table = {
         name: {runtime: devices.unavailable(name, env, runtime) for runtime in ("generation", "embeddings")}
         for name in devices.PROVIDERS
@@ -131,12 +143,22 @@ def render(report: dict[str, Any]) -> str:
     lines += [f"  warning: {c}" for c in report["conflicts"]]
     ort, genai = report["onnxruntime"], report["onnxruntime_genai"]
     lines += ["", "runtimes"]
-    lines.append(f"  onnxruntime (embeddings):       " + (
-        f"{ort['package']} {ort['version']}: {', '.join(ort['providers'])}" if "error" not in ort
-        else f"cannot be imported: {ort['error']}"))  # fmt: skip
-    lines.append(f"  onnxruntime-genai (generation): " + (
-        f"{genai['package']} {genai['version']}: {', '.join(genai['devices'])}" if "error" not in genai
-        else f"cannot be imported: {genai['error']}"))  # fmt: skip
+    lines.append(
+        "  onnxruntime (embeddings):       "
+        + (
+            f"{ort['package']} {ort['version']}: {', '.join(ort['providers'])}"
+            if "error" not in ort
+            else f"cannot be imported: {ort['error']}"
+        )
+    )
+    lines.append(
+        "  onnxruntime-genai (generation): "
+        + (
+            f"{genai['package']} {genai['version']}: {', '.join(genai['devices'])}"
+            if "error" not in genai
+            else f"cannot be imported: {genai['error']}"
+        )
+    )
     lines.append(f"  NVIDIA GPU visible:             {'yes' if report['nvidia_gpu_visible'] else 'no'}")
     lines += ["", "devices"]
     for name, runtimes in report["devices"].items():

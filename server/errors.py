@@ -3,6 +3,7 @@
 Every error the server sends, as a response body or as an SSE event inside a
 stream, comes from `error_body()`, so both shapes are the same.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -4,20 +4,22 @@ depends on (`LoadKey`), and one load held in memory (`Resident`), up to closing 
 The registry (server/registry.py) decides when to load, who shares a load and when to close it; this
 module is only how.
 """
+
 from __future__ import annotations
 
 import asyncio
 import functools
 import importlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
-from ortserve.server.engine.generation import TextGenerator
+from ortserve.core.store import ModelEntry
 from ortserve.server.engine.embedder import Embedder
+from ortserve.server.engine.generation import TextGenerator
 from ortserve.server.errors import InvalidRequestError
 from ortserve.server.residency import Usage
-from ortserve.core.store import ModelEntry
 from ortserve.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -42,8 +44,11 @@ def default_loader(task: str, settings: ServerSettings) -> Loader:
     load = getattr(importlib.import_module(module), function)
     running: dict[str, Any] = {"threads": settings.threads}
     if task == "chat":
-        running.update(parallel=settings.num_parallel, prefill_chunk=settings.prefill_chunk,
-                       memory_limit=settings.runner_memory_limit)
+        running.update(
+            parallel=settings.num_parallel,
+            prefill_chunk=settings.prefill_chunk,
+            memory_limit=settings.runner_memory_limit,
+        )
     return functools.partial(load, **running)
 
 

@@ -20,11 +20,12 @@ Warnings (the line is ignored): LICENSE and REQUIRES, which are metadata, and
 Ollama's hardware/runtime tuning parameters (num_gpu, num_thread, num_batch, ...),
 which have no meaning for ONNX Runtime and never change the output.
 """
+
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ortserve.core.model_config import ModelConfig, SamplingDefaults
 
@@ -64,11 +65,29 @@ PARAMETERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "stop": ("stop", str),
 }
 UNSUPPORTED_PARAMETERS = {  # change sampling in ways we cannot reproduce: an error
-    "mirostat", "mirostat_eta", "mirostat_tau", "tfs_z", "typical_p", "min_p", "repeat_last_n", "penalize_newline",
+    "mirostat",
+    "mirostat_eta",
+    "mirostat_tau",
+    "tfs_z",
+    "typical_p",
+    "min_p",
+    "repeat_last_n",
+    "penalize_newline",
 }
 IGNORED_PARAMETERS = {  # llama.cpp hardware and runtime tuning: a warning
-    "num_gpu", "num_thread", "num_batch", "num_keep", "main_gpu", "low_vram", "f16_kv", "use_mmap", "use_mlock",
-    "numa", "vocab_only", "logits_all", "num_gqa",
+    "num_gpu",
+    "num_thread",
+    "num_batch",
+    "num_keep",
+    "main_gpu",
+    "low_vram",
+    "f16_kv",
+    "use_mmap",
+    "use_mlock",
+    "numa",
+    "vocab_only",
+    "logits_all",
+    "num_gqa",
 }
 UNSUPPORTED_INSTRUCTIONS = {
     "TEMPLATE": "ortserve always renders prompts with the model's own chat template",
@@ -107,18 +126,18 @@ def _quoted(lines: list[str], i: int, number: int, value: str) -> tuple[str, int
         body = [value[3:]]
         while '"""' not in body[-1]:
             if i >= len(lines):
-                raise ModelfileError(f"line {number}: the \"\"\" opened here is never closed")
+                raise ModelfileError(f'line {number}: the """ opened here is never closed')
             body.append(lines[i])
             i += 1
         closed, _, after = body[-1].partition('"""')
         if after.strip():
-            raise ModelfileError(f"line {number}: unexpected text after the closing \"\"\": {after.strip()!r}")
+            raise ModelfileError(f'line {number}: unexpected text after the closing """: {after.strip()!r}')
         body[-1] = closed
         return "\n".join(body).strip(), i
     body = [value]
     while len("\n".join(body).strip()) < 2 or not body[-1].rstrip().endswith('"'):
         if i >= len(lines):
-            raise ModelfileError(f"line {number}: the \" opened here is never closed")
+            raise ModelfileError(f'line {number}: the " opened here is never closed')
         body.append(lines[i])
         i += 1
     return "\n".join(body).strip()[1:-1], i
@@ -135,7 +154,8 @@ def _logical_lines(text: str) -> list[tuple[int, str, str, str]]:
         i += 1
         if not line or line.startswith("#"):
             continue
-        instruction, value = re.match(r"(\S+)\s*(.*)", line).groups()  # type: ignore[union-attr]
+        instruction, *rest = line.split(maxsplit=1)  # the first word, and the rest from its first non-space
+        value = rest[0] if rest else ""
         name = ""
         if instruction.upper() == "PARAMETER":
             name, value = (value.split(None, 1) + ["", ""])[:2]
@@ -202,5 +222,11 @@ def parse_modelfile(text: str) -> Modelfile:
     num_ctx = values.pop("num_ctx", None)
     if stops:
         values["stop"] = stops
-    return Modelfile(source=sources[0][1], source_line=sources[0][0], num_ctx=num_ctx, system=system,
-                     defaults=values, warnings=warnings)
+    return Modelfile(
+        source=sources[0][1],
+        source_line=sources[0][0],
+        num_ctx=num_ctx,
+        system=system,
+        defaults=values,
+        warnings=warnings,
+    )

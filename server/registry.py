@@ -28,6 +28,7 @@ this module acts on its decisions: the reaper task (`start()`/`close()`, run by
 the app's lifecycle) and closing engines. What it reports are plain records
 (`ServedName`, `ResidentModel`); the serving layer turns them into protocol shapes.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -48,11 +49,12 @@ from ortserve.server.errors import (
     OverloadedError,
     ServerBusyError,
 )
-from ortserve.server.loading import Engine, LoadKey, Loader, Resident, default_loader
+from ortserve.server.loading import Engine, Loader, LoadKey, Resident, default_loader
 from ortserve.server.residency import Limits, Usage, choose_keep_alive, expired, to_unload
 from ortserve.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ServedName:
@@ -89,7 +91,7 @@ class Lease:
     entry: ModelEntry
     engine: Engine
     _resident: Resident
-    _registry: "Registry"
+    _registry: Registry
     _released: bool = field(default=False, repr=False)
 
     @property
@@ -261,8 +263,10 @@ class Registry:
             return
         limit = self.settings.max_queue + (self.settings.num_parallel if resident.entry.task == "chat" else 0)
         if resident.usage.users >= limit:
-            raise ServerBusyError(f"The model '{model}' has {resident.usage.users} requests in flight, as many as this "
-                                  "server queues (max_queue); try again in a moment.")
+            raise ServerBusyError(
+                f"The model '{model}' has {resident.usage.users} requests in flight, as many as this "
+                "server queues (max_queue); try again in a moment."
+            )
 
     def _forget_name(self, name: str, keep: Resident | None = None) -> None:
         """`name` no longer uses the loaded models other than `keep` (it was removed, or its weights or serving
@@ -289,9 +293,13 @@ class Registry:
             if closing is not None:
                 freed.append(closing)
         if incoming and self._limits.exceeded(self._usages().values(), 1, size):
-            log.warning("loading model '%s' over the limits (max_loaded_models=%d, max_loaded_bytes=%d): "
-                        "every loaded model has requests in flight", incoming, self.settings.max_loaded_models,
-                        self.settings.max_loaded_bytes)
+            log.warning(
+                "loading model '%s' over the limits (max_loaded_models=%d, max_loaded_bytes=%d): "
+                "every loaded model has requests in flight",
+                incoming,
+                self.settings.max_loaded_models,
+                self.settings.max_loaded_bytes,
+            )
         return freed
 
     def _release(self, resident: Resident) -> None:
@@ -395,12 +403,18 @@ class Registry:
             if not resident.ready or not resident.names:
                 continue
             engine = resident.task.result()
-            models.append(ResidentModel(
-                names=tuple(reversed(resident.names)), task=resident.entry.task,
-                device=getattr(engine, "device", None) or "cpu", size=resident.usage.size,
-                expires_in=resident.usage.expires_in(now), context_length=getattr(engine, "context_length", None),
-                requests=resident.usage.users, manifest=resident.entry.manifest,
-            ))  # fmt: skip
+            models.append(
+                ResidentModel(
+                    names=tuple(reversed(resident.names)),
+                    task=resident.entry.task,
+                    device=getattr(engine, "device", None) or "cpu",
+                    size=resident.usage.size,
+                    expires_in=resident.usage.expires_in(now),
+                    context_length=getattr(engine, "context_length", None),
+                    requests=resident.usage.users,
+                    manifest=resident.entry.manifest,
+                )
+            )
         return models
 
     def interrupt(self, error: APIError) -> None:

@@ -3,6 +3,7 @@
 The default server is the one `ortserve serve` would start with the same settings
 (configs/server.toml, ORTSERVE_*), so a port set there is found without `--url`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from typing import Any, TypeGuard
 
 from ortserve.core.store import StoreError
 
@@ -67,13 +68,16 @@ def loaded_models(base: str, api_key: str | None) -> list[dict[str, Any]]:
         models = None
     if not _is_ps_answer(models):  # another kind of server (Ollama's /api/ps has no expires_in)
         raise StoreError(f"{url} did not answer as ortserve does (a JSON object with 'models')")
-    return models  # type: ignore[return-value]
+    return models
 
 
-def _is_ps_answer(models: object) -> bool:
+def _is_ps_answer(models: object) -> TypeGuard[list[dict[str, Any]]]:
     """Whether /api/ps answered ortserve's shape: models with a name, a size and expires_in (None: forever)."""
     return isinstance(models, list) and all(
-        isinstance(m, dict) and isinstance(m.get("name"), str) and "expires_in" in m
-        and isinstance(m["expires_in"], (int, float, type(None))) and isinstance(m.get("size", 0), (int, float))
+        isinstance(m, dict)
+        and isinstance(m.get("name"), str)
+        and "expires_in" in m
+        and isinstance(m["expires_in"], (int, float, type(None)))
+        and isinstance(m.get("size", 0), (int, float))
         for m in models
     )

@@ -18,10 +18,12 @@ more first unloads the least recently used idle models until it fits (`to_unload
 flight is never chosen: when every loaded model is busy the newcomer is loaded over the limits, and the
 limits are restored (`to_unload` with nothing incoming) as soon as models go idle.
 """
+
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Hashable, Iterable, Mapping, TypeVar
+from typing import TypeVar
 
 from ortserve.core.durations import FOREVER  # a keep-alive (and a deadline) that never comes: math.inf
 
@@ -94,7 +96,7 @@ def to_unload(loaded: Mapping[K, Usage], limits: Limits, incoming_bytes: int | N
     extra_models, extra_bytes = (0, 0) if incoming_bytes is None else (1, incoming_bytes)
     remaining = dict(loaded)
     chosen: list[K] = []
-    for key, usage in sorted(((k, u) for k, u in loaded.items() if u.idle), key=lambda item: item[1].last_used):
+    for key, _usage in sorted(((k, u) for k, u in loaded.items() if u.idle), key=lambda item: item[1].last_used):
         if not limits.exceeded(remaining.values(), extra_models, extra_bytes):
             break
         del remaining[key]

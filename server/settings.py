@@ -5,6 +5,7 @@ Sources, lowest first: built-in defaults, `configs/server.toml`, environment
 is refused at start naming where it came from. Per-model settings
 (`ortserve.core.model_config`) live in the store, beside the weights.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,39 +38,68 @@ class ServerSettings(BaseModel):
     configs_dir: Path = Field(default_factory=default_configs_dir)
     device: str = "auto"
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
-    shutdown_grace: float = Field(10.0, ge=0, description="seconds requests in flight get to finish after "
-                                  "SIGINT/SIGTERM; then they end with a 503 server_shutting_down")
-    body_timeout: float = Field(30.0, gt=0, description="seconds a request body may take to arrive in all; a "
-                                "slower or stalled body gets a 408 and its connection is freed")
-    num_ctx: int = Field(4096, ge=0, description="context served for chat models whose settings set none "
-                         "(as Ollama's default); 0: each model's full context. A request's KV cache is sized "
-                         "prompt + max_tokens, so an unbounded default would reserve a 128k context per request")
+    shutdown_grace: float = Field(
+        10.0,
+        ge=0,
+        description="seconds requests in flight get to finish after "
+        "SIGINT/SIGTERM; then they end with a 503 server_shutting_down",
+    )
+    body_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a request body may take to arrive in all; a "
+        "slower or stalled body gets a 408 and its connection is freed",
+    )
+    num_ctx: int = Field(
+        4096,
+        ge=0,
+        description="context served for chat models whose settings set none "
+        "(as Ollama's default); 0: each model's full context. A request's KV cache is sized "
+        "prompt + max_tokens, so an unbounded default would reserve a 128k context per request",
+    )
     # ---- loading (issue 9) ----
     keep_alive: str = Field("5m", description="default time a model stays loaded after its last request")
-    max_loaded_models: int = Field(3, ge=0, description="models loaded at once; the least recently used is "
-                                   "unloaded first; 0: no limit")
+    max_loaded_models: int = Field(
+        3, ge=0, description="models loaded at once; the least recently used is unloaded first; 0: no limit"
+    )
     max_loaded_bytes: int = Field(0, ge=0, description="memory budget for loaded models' weights; 0: no budget")
     # ---- images in chat (issue 7) ----
-    image_fetch_allow: list[str] = Field(default_factory=list, description="hosts / addresses / CIDR ranges "
-                                         "that image URLs may reach although they are private or loopback")
+    image_fetch_allow: list[str] = Field(
+        default_factory=list,
+        description="hosts / addresses / CIDR ranges that image URLs may reach although they are private or loopback",
+    )
     image_max_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest image, fetched or inline")
     image_fetch_timeout: float = Field(10.0, gt=0, description="seconds for fetching one image URL, in all")
     image_max_redirects: int = Field(3, ge=0)
     max_images: int = Field(8, ge=1, description="images per request")
     bootstrap: bool = Field(True, description="on an empty store, set up the embedded default models first")
     # ---- who may talk to the server (server/host_rules.py) ----
-    allowed_hosts: list[str] = Field(default_factory=list, description="more Host names the server answers "
-                                     "to besides this machine's ('.example.lan': every name under it; '*': any)")
-    allowed_origins: list[str] = Field(default_factory=list, description="more browser origins that may use "
-                                       "the API besides this machine's pages ('https://*.example.com', '*')")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="more Host names the server answers "
+        "to besides this machine's ('.example.lan': every name under it; '*': any)",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="more browser origins that may use "
+        "the API besides this machine's pages ('https://*.example.com', '*')",
+    )
     # ---- running models ----
     threads: int | None = Field(None, ge=1, description="intra-op CPU threads per model; default: physical cores")
     num_parallel: int = Field(4, ge=1, description="requests generating at once per chat model; others queue")
-    runner_memory_limit: int | None = Field(None, ge=0, description="bytes of resident memory a chat model's "
-                                            "runner may hold before it is stopped (its requests fail, the next "
-                                            "starts a new one); default: twice the weights plus 2 GiB; 0: none")
-    max_queue: int = Field(512, ge=1, description="requests a model holds waiting (beyond num_parallel for chat "
-                           "models); more get a 503 server_busy with Retry-After (as Ollama's OLLAMA_MAX_QUEUE)")
+    runner_memory_limit: int | None = Field(
+        None,
+        ge=0,
+        description="bytes of resident memory a chat model's "
+        "runner may hold before it is stopped (its requests fail, the next "
+        "starts a new one); default: twice the weights plus 2 GiB; 0: none",
+    )
+    max_queue: int = Field(
+        512,
+        ge=1,
+        description="requests a model holds waiting (beyond num_parallel for chat "
+        "models); more get a 503 server_busy with Retry-After (as Ollama's OLLAMA_MAX_QUEUE)",
+    )
     prefill_chunk: int = Field(128, ge=1, description="prompt tokens per scheduler step of a chat model")
     log_level: LogLevel = "INFO"
 
@@ -90,7 +120,7 @@ class ServerSettings(BaseModel):
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
     @classmethod
-    def load(cls, **overrides: Any) -> "ServerSettings":
+    def load(cls, **overrides: Any) -> ServerSettings:
         """Defaults < configs/server.toml < ORTSERVE_* environment < overrides (flags); SettingsError names
         where a bad value came from."""
         values: dict[str, Any] = {}

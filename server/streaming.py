@@ -8,13 +8,15 @@ normal response), then `[DONE]` ends the stream (as vLLM does).
 A client that disconnects cancels the task sending the response: the payload
 iterator is closed, and closing it stops the generation behind it.
 """
+
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
-from quart import Response, make_response
+from quart import Response
 
 from ortserve.server.errors import APIError, error_body
 
@@ -51,6 +53,6 @@ async def sse_events(payloads: AsyncIterator[dict[str, Any]]) -> AsyncIterator[s
 
 async def sse_response(payloads: AsyncIterator[dict[str, Any]]) -> Response:
     """A streaming Quart response (no response timeout: a generation may take minutes)."""
-    response = await make_response(sse_events(payloads), 200, HEADERS)
+    response = Response(sse_events(payloads), 200, HEADERS)
     response.timeout = None
     return response

@@ -5,6 +5,7 @@ Store names (all under `store_home`, an ORTSERVE_HOME):
   tiny-llama (fp32), tiny-llama-int4, tiny-qwen (fp32), tiny-qwen-int4  -- chat
   all-minilm (fp32), all-minilm-int8                                    -- embedding (issue 4 fixture)
 """
+
 from __future__ import annotations
 
 import os

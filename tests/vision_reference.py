@@ -1,6 +1,7 @@
 """The PyTorch reference for the tiny vision-language fixture: transformers' Qwen2.5-VL with transformers'
 own image processor and tokenizer, greedy `generate`. Independent of onnxruntime-genai; shared by the
 runner's integration tests and the end-to-end tests."""
+
 from __future__ import annotations
 
 import io
@@ -20,7 +21,9 @@ def load_reference(checkpoint: Path) -> tuple:
     )
 
 
-def hf_greedy(reference: tuple, messages: list[dict], images: list[bytes], max_new_tokens: int) -> tuple[list[int], int]:
+def hf_greedy(
+    reference: tuple, messages: list[dict], images: list[bytes], max_new_tokens: int
+) -> tuple[list[int], int]:
     """transformers' greedy tokens (end token cut) and its prompt length, images expanded as its processor does.
 
     `messages` use the template's parts: {"type": "image"} and {"type": "text", "text": ...}."""
@@ -35,11 +38,17 @@ def hf_greedy(reference: tuple, messages: list[dict], images: list[bytes], max_n
         merge = int(model.config.vision_config.spatial_merge_size)
         counts = [int(g.prod()) // merge**2 for g in pixels["image_grid_thw"]]
         parts = text.split("<|image_pad|>")
-        text = parts[0] + "".join("<|image_pad|>" * n + rest for n, rest in zip(counts, parts[1:]))
+        text = parts[0] + "".join("<|image_pad|>" * n + rest for n, rest in zip(counts, parts[1:], strict=True))
         kwargs = {"pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"]}
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id, **kwargs)[0, ids.shape[1]:].tolist()
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            **kwargs,
+        )[0, ids.shape[1] :].tolist()
     eos = tokenizer.convert_tokens_to_ids(EOS)
     return (out[: out.index(eos)] if eos in out else out), ids.shape[1]

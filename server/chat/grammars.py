@@ -13,10 +13,12 @@ the literal `{"name": "<function>", "arguments": ` followed by `%json` of that
 function's parameters schema. A marker that is a special token is written `<[id]>`
 so the model emits that token, not its spelling.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ortserve.server.chat.schema_limits import check_schema
 from ortserve.server.chat.tool_parsers import ToolParser
@@ -38,11 +40,12 @@ def response_format_guidance(response_format: Mapping[str, Any] | None) -> Guida
     if kind == "json_object":
         return Guidance("json_schema", schema_text({"type": "object"}), param="response_format")
     if kind == "json_schema":
-        spec = response_format.get("json_schema") or {}  # type: ignore[union-attr]
+        spec = (response_format or {}).get("json_schema") or {}
         check_schema(spec.get("schema") or {}, "response_format.json_schema.schema")
         text = schema_text(spec.get("schema") or {})
-        part = GuidancePart("response_format.json_schema.schema", "json_schema", text,
-                            f"response_format '{spec.get('name', '')}'")
+        part = GuidancePart(
+            "response_format.json_schema.schema", "json_schema", text, f"response_format '{spec.get('name', '')}'"
+        )
         return Guidance("json_schema", text, param="response_format", parts=(part,))
     return None
 
@@ -50,7 +53,7 @@ def response_format_guidance(response_format: Mapping[str, Any] | None) -> Guida
 def chat_guidance(
     parser: type[ToolParser],
     *,
-    tools: list[Mapping[str, Any]] | None,
+    tools: Sequence[Mapping[str, Any]] | None,
     tool_choice: str | Mapping[str, Any] | None,
     parallel_tool_calls: bool = True,
     response_format: Mapping[str, Any] | None = None,
@@ -69,13 +72,20 @@ def chat_guidance(
     if choice == "auto":
         if json_format is None:
             return None
-        return _calls_grammar(parser, tools, range(len(tools)), multiple=parallel_tool_calls,
-                              special=special_tokens or {}, alternative=json_format, param="response_format")
+        return _calls_grammar(
+            parser,
+            tools,
+            range(len(tools)),
+            multiple=parallel_tool_calls,
+            special=special_tokens or {},
+            alternative=json_format,
+            param="response_format",
+        )
     if choice == "required":
         indices: range | list[int] = range(len(tools))
         multiple, param = parallel_tool_calls, "tool_choice"
     else:
-        name = choice["function"]["name"]  # type: ignore[index]
+        name = choice["function"]["name"] if isinstance(choice, Mapping) else choice
         indices = [i for i, tool in enumerate(tools) if tool["function"]["name"] == name]
         multiple, param = False, "tool_choice"
     return _calls_grammar(parser, tools, indices, multiple=multiple, special=special_tokens or {}, param=param)
@@ -88,7 +98,7 @@ def parameters_schema(tool: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _calls_grammar(
     parser: type[ToolParser],
-    tools: list[Mapping[str, Any]],
+    tools: Sequence[Mapping[str, Any]],
     indices: range | list[int],
     *,
     multiple: bool,

@@ -6,6 +6,7 @@ reports what a streaming response needs: the name as soon as its string closes,
 and where the arguments value starts and (once known) ends, so that argument
 text can be forwarded while it is still being generated.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,7 +72,8 @@ class CallScanner:
             elif c == '"':
                 self._in_string = False
                 if self._depth == 1 and self._string_role == "key":
-                    self._key = _loads(self.text[self._mark : i + 1])
+                    key = _loads(self.text[self._mark : i + 1])
+                    self._key = key if isinstance(key, str) else None
                     self._expect = "colon"
                 elif self._depth == 1 and self._string_role == "value":
                     self._end_value(i + 1)

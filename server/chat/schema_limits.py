@@ -60,8 +60,7 @@ class _Walk:
         self.nodes += 1 + (len(enum) if isinstance(enum, list) else 0)
         if self.nodes > MAX_NODES:
             raise InvalidRequestError(
-                f"Invalid value for '{self.root}': the schema has more than {MAX_NODES:,} subschemas and enum "
-                "values.",
+                f"Invalid value for '{self.root}': the schema has more than {MAX_NODES:,} subschemas and enum values.",
                 param=self.root,
             )
         if depth > MAX_DEPTH:

@@ -4,6 +4,7 @@ Read once per model folder (and conversion) from the files onnxruntime-genai rea
 too: `chat_template.jinja` or `tokenizer_config.json`'s "chat_template", and the
 special tokens in `tokenizer.json`.
 """
+
 from __future__ import annotations
 
 import json

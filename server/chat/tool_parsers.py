@@ -19,6 +19,7 @@ A model whose template cannot render tools gets the documented generic format
 (`GenericToolParser`): tools described in a system message, calls written as
 `<tool_call>{"name": ..., "arguments": ...}</tool_call>`.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ import secrets
 import string
 from typing import Any, ClassVar
 
-TOOL_PARSERS: dict[str, type["ToolParser"]] = {}
+TOOL_PARSERS: dict[str, type[ToolParser]] = {}
 
 
 def register_tool_parser(name: str, *, families: tuple[str, ...] = (), template_markers: tuple[str, ...] = ()):
@@ -206,4 +207,3 @@ def select_tool_parser(template: str | None, family: str | None = None) -> type[
         if family in parser.families:
             return parser
     return GenericToolParser
-

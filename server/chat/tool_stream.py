@@ -8,11 +8,12 @@ might still turn into a marker is held back until it cannot.
 
 `parse_tool_calls(parser, text)` runs the same stream over a whole reply.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Collection
 
 from ortserve.server.chat.json_scan import ARGUMENT_KEYS, CallScanner
 from ortserve.server.chat.tool_parsers import ToolParser
@@ -172,8 +173,9 @@ class ToolCallStream:
             self._started = True
             events.append(CallStarted(self._calls, self.parser.new_call_id(), scanner.name))
         end = scanner.streamable_args_end
-        if self._started and scanner.args_kind == "container" and end is not None:
-            text = scanner.text[scanner.args_start + self._sent : end]
+        start = scanner.args_start
+        if self._started and scanner.args_kind == "container" and end is not None and start is not None:
+            text = scanner.text[start + self._sent : end]
             if text:
                 self._sent += len(text)
                 events.append(ArgumentsDelta(self._calls, text))
@@ -208,7 +210,7 @@ class ToolCallStream:
         name = value.get("name")
         if not isinstance(name, str) or not name or not self._known(name):
             return False
-        arguments = next((value[k] for k in ARGUMENT_KEYS if k in value), {})
+        arguments: object = next((value[k] for k in ARGUMENT_KEYS if k in value), {})
         events.append(CallStarted(self._calls, self.parser.new_call_id(), name))
         text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
         events.append(ArgumentsDelta(self._calls, text))

@@ -3,6 +3,7 @@
 Importing this package is cheap; onnxruntime-genai is only imported by the runner
 process that serves a model (see runner_main.py).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ DEFAULT_PREFILL_CHUNK = 128  # ~97% of 256's prefill speed; other requests wait 
 
 
 async def load_generator(
-    entry: "ModelEntry",
+    entry: ModelEntry,
     *,
     num_ctx: int | None = None,
     device: str = "cpu",
@@ -24,7 +25,7 @@ async def load_generator(
     parallel: int | None = None,
     prefill_chunk: int | None = None,
     memory_limit: int | None = None,
-) -> "TextGenerator":
+) -> TextGenerator:
     """Start a runner process for `entry` and return once its model is loaded (the event loop keeps running).
 
     num_ctx: context served (capped at the model's); device: "auto" or one of ortserve.server.engine.devices.DEVICES;

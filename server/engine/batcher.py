@@ -13,14 +13,15 @@ Fairness: a round takes at most `ROUND_BATCHES * max_batch` rows, first come fir
 request with thousands of inputs does not hold the ones behind it for its whole duration. A cancelled
 request (client gone) has its rows dropped before they run.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -49,8 +50,15 @@ class _Job:
 
 
 class MicroBatcher:
-    def __init__(self, run: RunBatch, *, max_batch: int = 32, max_batch_tokens: int = 16384,
-                 window_s: float = 0.002, name: str = "embedder"):  # fmt: skip
+    def __init__(
+        self,
+        run: RunBatch,
+        *,
+        max_batch: int = 32,
+        max_batch_tokens: int = 16384,
+        window_s: float = 0.002,
+        name: str = "embedder",
+    ):
         self.run = run
         self.max_batch = max_batch
         self.max_batch_tokens = max_batch_tokens
@@ -140,7 +148,7 @@ class MicroBatcher:
 
     @staticmethod
     def _scatter(live: list[tuple[_Job, int]], vectors: np.ndarray) -> None:
-        for (job, i), row in zip(live, vectors):
+        for (job, i), row in zip(live, vectors, strict=True):
             if job.future.done():
                 continue
             if job.out is None:

@@ -11,6 +11,7 @@ The method is a sliding window (as in vLLM): decode the ids since the last
 character boundary with and without the new token and emit the difference, so
 a piece like "▁Hello" keeps its leading space.
 """
+
 from __future__ import annotations
 
 import json

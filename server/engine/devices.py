@@ -4,6 +4,7 @@ here raised as NotSupportedError (the server's 501, naming what is missing), as 
 A runner process that fails to load reports its error by class name, and the registry passes an APIError
 through unchanged, so the conversion happens here, where the engine calls in, not later.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -25,8 +26,9 @@ from ortserve.core.devices import (  # noqa: F401  (what the engine uses, from o
 from ortserve.server.errors import NotSupportedError
 
 
-def resolve_device(device: str, runtime: Runtime = "generation", env: Environment | None = None,
-                   built_for: str | None = None) -> str:
+def resolve_device(
+    device: str, runtime: Runtime = "generation", env: Environment | None = None, built_for: str | None = None
+) -> str:
     """`core.resolve_device`: "auto" becomes the best available device; NotSupportedError when none can."""
     try:
         return core.resolve_device(device, runtime, env, built_for)

@@ -5,10 +5,12 @@ tokens: the embedder adds those, as for text), into one vector per input, in inp
 `ortserve.server.errors.APIError`s: `ContextLengthError` for an over-long input, `InvalidRequestError` for
 token ids outside the vocabulary (both with param "input"), `BackendError` when the backend fails.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 

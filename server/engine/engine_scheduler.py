@@ -15,6 +15,7 @@ path); see tests/integration/test_paged_engine.py. NOT verified on a GPU: the dy
 CUDA) path is written from the 0.18 API and the H100 figures in the project notes, and has not run in
 this form.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,8 +55,9 @@ def load(folder: Path, options: ipc.RunnerOptions) -> tuple[EngineModel, ipc.Run
     capacity = max(1024, 4 * int(engine.get_capabilities().configured_max_batch_size or 0))
     em = EngineModel(model, engine, engine.create_event_buffer(capacity), dynamic)
     # also the Engine's warm-up (its first run is the slow one)
-    model.guidance_error = probe_guidance(model, lambda *args: generate_greedy(em, *args),
-                                          engine="onnxruntime-genai's Engine")  # fmt: skip
+    model.guidance_error = probe_guidance(
+        model, lambda *args: generate_greedy(em, *args), engine="onnxruntime-genai's Engine"
+    )
     running = str(getattr(model.og_model, "device_type", options.device)).lower()
     return em, model.info(options, running if running in devices.PROVIDERS else options.device)
 

@@ -9,10 +9,11 @@ Engine without dynamic batching (any non-paged model, e.g. on the CPU) a `seed`.
 
 Imported only by the runner process (onnxruntime-genai is imported when a turn starts).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ortserve.server.engine import ipc
 from ortserve.server.engine.generation import GenerationRequest, Prompt, SamplingParams, Started
@@ -29,10 +30,17 @@ _ENGINE_ERRORS = {
     "CAPACITY_DEFERRED": ("OverloadedError", "the GPU's KV cache is full; try again shortly"),
     "EXECUTION_CAPACITY_EXCEEDED": ("OverloadedError", "the GPU's KV cache is full; try again shortly"),
     "RETRYABLE_EXECUTION": ("OverloadedError", "a retryable execution failure; try again"),
-    "REQUEST_UNSERVICEABLE": ("InvalidRequestError", "the request needs more KV cache than this model has "
-                              "(lower max_tokens or the prompt)"),
+    "REQUEST_UNSERVICEABLE": (
+        "InvalidRequestError",
+        "the request needs more KV cache than this model has (lower max_tokens or the prompt)",
+    ),
 }
-_FINISH = {"EOS": "stop", "STOP_STRING": "stop", "MAX_GENERATED_TOKENS": "length", "MAX_SESSION_TOKENS": "length"}
+_FINISH: dict[str, Literal["stop", "length"]] = {
+    "EOS": "stop",
+    "STOP_STRING": "stop",
+    "MAX_GENERATED_TOKENS": "length",
+    "MAX_SESSION_TOKENS": "length",
+}
 
 
 def engine_failure(code: str) -> ipc.Failure:
@@ -92,8 +100,9 @@ class EngineTurn:
             )
         self.ids, prompt_text, _ = read_prompt(model, request.prompt, self.params)
         self.prompt_tokens = len(self.ids)
-        self.budget = grant_budget(self.prompt_tokens, self.params.max_tokens, model.context_length,
-                                   chat=request.prompt.messages is not None)  # fmt: skip
+        self.budget = grant_budget(
+            self.prompt_tokens, self.params.max_tokens, model.context_length, chat=request.prompt.messages is not None
+        )
         require_guidance(model, self.params)  # a grammar that does not compile fails when the turn begins
         self.started = Started(self.prompt_tokens, self.budget, prompt_text)
         self.request: Any = None  # og.Request once started

@@ -5,10 +5,12 @@ The server never touches onnxruntime-genai or onnxruntime directly: it holds a
 talks to it in the types below. Implementations are named for their backend
 (`RunnerGenerator`, `OrtEmbedder`).
 """
+
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Literal, Protocol
+from typing import Literal, Protocol
 
 from ortserve.server.errors import APIError
 
@@ -104,7 +106,7 @@ class TokenLogprob:
     token: str  # its text; bytes that are not whole UTF-8 characters are written as \\xNN escapes
     bytes: bytes  # its exact bytes
     logprob: float | None  # None: nothing predicts it (a prompt's first token)
-    top: tuple["TokenLogprob", ...] = ()
+    top: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ at a time (a prefill chunk or one decode step) by `GeneratorScheduler`.
 
 Imported only by the runner process (it imports onnxruntime-genai).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -103,7 +104,7 @@ class GeneratorRequest:
             return [PromptLogprobs(tuple(reader.entries))]
         return []
 
-    def _decode(self) -> list[TextDelta | Finished]:
+    def _decode(self) -> list[PromptLogprobs | TextDelta | Finished]:
         g = self.generator
         processor = self._logits
         logprobs = None
@@ -122,7 +123,8 @@ class GeneratorRequest:
             events += self.events.finish("stop")
         return self._ended(events)
 
-    def _ended(self, events: list[TextDelta | Finished]) -> list[TextDelta | Finished]:
+    def _ended(self, events: list[TextDelta | Finished]) -> list[PromptLogprobs | TextDelta | Finished]:
         if self.events.finished:
             self.close()
-        return events
+        out: list[PromptLogprobs | TextDelta | Finished] = [*events]
+        return out

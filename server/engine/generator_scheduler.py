@@ -7,6 +7,7 @@ prefilling. Others wait in the runner's queue.
 
 Imported only by the runner process (it imports onnxruntime-genai).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -7,10 +7,12 @@ og.Generator, or a turn on the og.Engine): each passes its own `GenerateTokens`.
 
 Imported only by the runner process.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import takewhile
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 

@@ -8,6 +8,7 @@ then ``(EVENTS, [(rid, item), ...])`` once per scheduler tick, where an item is 
 Started / TextDelta / Finished event, a `Failure` (ends that request) or a stats dict.
 One pipe per direction keeps each end in a single thread on every platform.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,8 +29,14 @@ READY, FAILED, EVENTS = "ready", "failed", "events"
 # the errors a runner may raise for one request; anything else arrives as BackendError
 _ERRORS: dict[str, type[APIError]] = {
     cls.__name__: cls
-    for cls in (InvalidRequestError, ContextLengthError, NotSupportedError, BackendError, OverloadedError,
-                ShuttingDownError)
+    for cls in (
+        InvalidRequestError,
+        ContextLengthError,
+        NotSupportedError,
+        BackendError,
+        OverloadedError,
+        ShuttingDownError,
+    )
 }
 
 
@@ -61,7 +68,7 @@ class Failure:
     param: str | None = None
 
     @classmethod
-    def from_exception(cls, exc: BaseException) -> "Failure":
+    def from_exception(cls, exc: BaseException) -> Failure:
         if isinstance(exc, APIError) and type(exc).__name__ in _ERRORS:
             return cls(type(exc).__name__, exc.message, exc.param)
         return cls("BackendError", f"{type(exc).__name__}: {exc}")

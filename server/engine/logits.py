@@ -19,9 +19,11 @@ the top-k/top-p cut and the grammar's mask, which onnxruntime-genai applies insi
 
 Pure numpy: no onnxruntime-genai here.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -187,7 +189,7 @@ class PromptReader:
         if len(rows) != end - start:
             return False
         predicting = ([] if start == 0 else [self._last]) + list(rows[:-1])
-        for token, row in zip(self.ids[max(start, 1) : end], predicting):
+        for token, row in zip(self.ids[max(start, 1) : end], predicting, strict=True):
             self.entries.append(entry(log_softmax(row), int(token), self.k, self.spell))
         self._last = rows[-1].copy()
         return True

@@ -8,18 +8,18 @@ The execution providers come from the registry in `ortserve.server.engine.device
 provider, checked against `onnxruntime.get_available_providers()`), with the CPU behind each for what
 the accelerator cannot run. "auto" takes the best one available and falls back to the CPU.
 """
+
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ortserve.server.engine.batcher import MicroBatcher
-from ortserve.server.engine.embedder import EmbeddingInput, Embeddings
 from ortserve.core.encoder import (
     POOLING_MODES,
     BadTokenError,
@@ -28,6 +28,8 @@ from ortserve.core.encoder import (
     load_tokenizer,
     run_batch,
 )
+from ortserve.server.engine.batcher import MicroBatcher
+from ortserve.server.engine.embedder import EmbeddingInput, Embeddings
 from ortserve.server.errors import BackendError, ContextLengthError, InvalidRequestError, NotSupportedError
 
 if TYPE_CHECKING:
@@ -66,8 +68,10 @@ def check_session_device(session_providers: list[str], chosen: str, *, asked: st
 
     running = devices.device_of_providers(session_providers)
     if running != chosen:
-        message = (f"onnxruntime could not start {devices.PROVIDERS[chosen].ort_ep} (the session runs on "
-                   f"{', '.join(session_providers)}): check the GPU driver and the CUDA / DirectML libraries")
+        message = (
+            f"onnxruntime could not start {devices.PROVIDERS[chosen].ort_ep} (the session runs on "
+            f"{', '.join(session_providers)}): check the GPU driver and the CUDA / DirectML libraries"
+        )
         if asked != "auto":
             raise NotSupportedError(f"device '{asked}' is not available for embeddings: {message}")
         log.warning("device auto: embeddings on %s, not %s: %s", running, chosen, message)
@@ -92,9 +96,20 @@ def session_options(threads: int | None = None):
 class OrtEmbedder:
     """One loaded embedding model (implements `ortserve.server.engine.embedder.Embedder`)."""
 
-    def __init__(self, session, tokenizer: EncoderTokenizer, *, name: str, pooling: str, normalize: bool,
-                 dimensions: int, device: str = "cpu", max_batch: int = MAX_BATCH,
-                 max_batch_tokens: int = MAX_BATCH_TOKENS, window_s: float = WINDOW_S):  # fmt: skip
+    def __init__(
+        self,
+        session,
+        tokenizer: EncoderTokenizer,
+        *,
+        name: str,
+        pooling: str,
+        normalize: bool,
+        dimensions: int,
+        device: str = "cpu",
+        max_batch: int = MAX_BATCH,
+        max_batch_tokens: int = MAX_BATCH_TOKENS,
+        window_s: float = WINDOW_S,
+    ):
         if pooling not in POOLING_MODES:
             raise NotSupportedError(f"pooling '{pooling}' is not supported; supported: {', '.join(POOLING_MODES)}")
         self.session = session
@@ -105,17 +120,26 @@ class OrtEmbedder:
         self.dimensions = dimensions
         self.device = device
         self.input_names = [i.name for i in session.get_inputs()]
-        self.batcher = MicroBatcher(self._run, max_batch=max_batch, max_batch_tokens=max_batch_tokens,
-                                    window_s=window_s, name=name)  # fmt: skip
+        self.batcher = MicroBatcher(
+            self._run, max_batch=max_batch, max_batch_tokens=max_batch_tokens, window_s=window_s, name=name
+        )
 
     @property
     def max_input_tokens(self) -> int:
         return self.tokenizer.max_length
 
     @classmethod
-    def from_folder(cls, folder: Path, manifest: dict, *, name: str | None = None, device: str = "cpu",
-                    threads: int | None = None, max_input_tokens: int | None = None,
-                    **batching: Any) -> "OrtEmbedder":  # fmt: skip
+    def from_folder(
+        cls,
+        folder: Path,
+        manifest: dict,
+        *,
+        name: str | None = None,
+        device: str = "cpu",
+        threads: int | None = None,
+        max_input_tokens: int | None = None,
+        **batching: Any,
+    ) -> OrtEmbedder:
         """Load a converted folder (blocking: call it from a thread). `max_input_tokens` may only lower
         the model's max_seq_length."""
         import onnxruntime as ort
@@ -128,15 +152,24 @@ class OrtEmbedder:
             limit = min(limit, int(max_input_tokens))
         prompts = manifest.get("prompts") or {}
         tokenizer = EncoderTokenizer.create(
-            load_tokenizer(folder), max_length=limit, lowercase=bool(manifest.get("lowercase")),
+            load_tokenizer(folder),
+            max_length=limit,
+            lowercase=bool(manifest.get("lowercase")),
             prompt=prompts.get(manifest.get("default_prompt_name") or ""),
-        )  # fmt: skip
+        )
         chosen, providers = providers_for(device)
         session = ort.InferenceSession(str(folder / "model.onnx"), session_options(threads), providers=providers)
         running = check_session_device(session.get_providers(), chosen, asked=device)
-        embedder = cls(session, tokenizer, name=name or folder.name, pooling=manifest["pooling"],
-                       normalize=bool(manifest["normalize"]), dimensions=int(manifest["dimensions"]),
-                       device=running, **batching)  # fmt: skip
+        embedder = cls(
+            session,
+            tokenizer,
+            name=name or folder.name,
+            pooling=manifest["pooling"],
+            normalize=bool(manifest["normalize"]),
+            dimensions=int(manifest["dimensions"]),
+            device=running,
+            **batching,
+        )
         embedder._check()
         return embedder
 
@@ -172,7 +205,7 @@ class OrtEmbedder:
             which = "the input" if len(inputs) == 1 else f"input {e.index}"
             raise ContextLengthError(
                 f"This model's maximum input length is {e.limit} tokens, but {which} "
-                f"has {e.tokens} tokens (special tokens included). Please shorten it, or set \"truncate\": true "
+                f'has {e.tokens} tokens (special tokens included). Please shorten it, or set "truncate": true '
                 f"to cut inputs at {e.limit} tokens.",
                 param="input",
             ) from None
@@ -184,15 +217,21 @@ class OrtEmbedder:
             ) from None
 
     def _run(self, sequences: list[np.ndarray]) -> np.ndarray:
-        return run_batch(self.session, sequences, pooling=self.pooling, normalize=self.normalized,
-                         pad_id=self.tokenizer.pad_id, input_names=self.input_names)  # fmt: skip
+        return run_batch(
+            self.session,
+            sequences,
+            pooling=self.pooling,
+            normalize=self.normalized,
+            pad_id=self.tokenizer.pad_id,
+            input_names=self.input_names,
+        )
 
     async def close(self) -> None:
         await self.batcher.close()
 
 
 async def load_embedder(
-    entry: "ModelEntry", *, num_ctx: int | None = None, device: str = "cpu", threads: int | None = None
+    entry: ModelEntry, *, num_ctx: int | None = None, device: str = "cpu", threads: int | None = None
 ) -> OrtEmbedder:
     """Load `entry`'s converted folder without blocking the event loop.
 
@@ -201,6 +240,11 @@ async def load_embedder(
     cores).
     """
     return await asyncio.to_thread(
-        OrtEmbedder.from_folder, entry.folder, entry.manifest, name=entry.name, device=device, threads=threads,
+        OrtEmbedder.from_folder,
+        entry.folder,
+        entry.manifest,
+        name=entry.name,
+        device=device,
+        threads=threads,
         max_input_tokens=num_ctx,
-    )  # fmt: skip
+    )

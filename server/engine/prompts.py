@@ -3,6 +3,7 @@ with images through onnxruntime-genai's multimodal processor), and the completio
 
 Imported only by the runner process (it imports onnxruntime-genai).
 """
+
 from __future__ import annotations
 
 import io
@@ -61,7 +62,9 @@ def encode_prompt(model: RunnerModel, prompt: Prompt) -> tuple[np.ndarray, str]:
             text = tok.apply_chat_template(json.dumps(prompt.messages), add_generation_prompt=True, **kwargs)
         except (TypeError, ValueError, RuntimeError) as exc:
             reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-            raise InvalidRequestError(f"The chat template could not render the messages: {reason}", param="messages")
+            raise InvalidRequestError(
+                f"The chat template could not render the messages: {reason}", param="messages"
+            ) from None
         ids = np.asarray(tok.encode(text), dtype=np.int32)
     elif prompt.token_ids is not None:
         ids = _check_token_ids(prompt.token_ids, model.vocab_size)

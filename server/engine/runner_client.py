@@ -8,6 +8,7 @@ event to its request's asyncio queue with `call_soon_threadsafe`. When the runne
 dies (killed, out of memory, crashed inside onnxruntime), the reader sees EOF and
 every request in flight gets a BackendError; the next request starts a new runner.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,19 +19,21 @@ import multiprocessing
 import queue
 import threading
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from ortserve.server.engine import ipc, runner_main
-from ortserve.server.engine.memory_watchdog import MemoryWatchdog
 from ortserve.server.engine.generation import Finished, GenerationEvent, GenerationRequest
+from ortserve.server.engine.memory_watchdog import MemoryWatchdog
 from ortserve.server.errors import APIError, BackendError
 
 if TYPE_CHECKING:
     from ortserve.core.store import ModelEntry
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class _Waiter:
@@ -204,7 +207,7 @@ def _deliver(items: list[tuple[asyncio.Queue, Any]]) -> None:
 class RunnerGenerator:
     """A `TextGenerator` whose model runs in a runner process (restarted on demand if it dies)."""
 
-    def __init__(self, entry: "ModelEntry", options: ipc.RunnerOptions):
+    def __init__(self, entry: ModelEntry, options: ipc.RunnerOptions):
         self.name = entry.name
         self.folder = Path(entry.folder)
         self.device = options.device  # already resolved by load_generator: "cpu", "cuda", ...
@@ -298,4 +301,3 @@ class RunnerGenerator:
         if current.process.is_alive():
             current.process.kill()
             await asyncio.to_thread(current.process.join, 5)
-

@@ -5,6 +5,7 @@ scheduler admit and advance its requests, and sends that tick's events back in o
 schedulers (generator_scheduler.GeneratorScheduler, engine_scheduler.EngineScheduler) fill in
 `_new_request`, `_drop`, `_has_room`, `_start`, `_tick` and `stats`; the server side cannot tell which one it talks to.
 """
+
 from __future__ import annotations
 
 import os

@@ -8,6 +8,7 @@ scheduler over one og.Generator per request (generator_scheduler.py).
 The server process imports this module for `main`, so it imports nothing heavy at import time; the
 runner imports onnxruntime-genai (through the scheduler's module) in `main`.
 """
+
 from __future__ import annotations
 
 import signal

@@ -7,6 +7,7 @@ adds its og.Engine on top (engine_scheduler.EngineModel).
 
 Imported only by the runner process (it imports onnxruntime-genai when loading).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,11 @@ from ortserve.server.engine.detok import (
 FIM_CANDIDATES = (
     ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),  # Qwen2.5-Coder, Granite, ...
     ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),  # StarCoder, SantaCoder
-    ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),  # DeepSeek-Coder: begin = prefix, hole = suffix, end = middle
+    (
+        "<｜fim▁begin｜>",
+        "<｜fim▁hole｜>",
+        "<｜fim▁end｜>",
+    ),  # DeepSeek-Coder: begin = prefix, hole = suffix, end = middle
 )
 
 

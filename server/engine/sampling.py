@@ -1,5 +1,6 @@
 """How `SamplingParams` become onnxruntime-genai's settings, for each scheduler: the og.Generator's search
 options and the og.Engine's turn options (pure; no onnxruntime-genai here)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -39,8 +40,12 @@ def turn_settings(params: SamplingParams, budget: int) -> list[tuple[str, tuple]
     if params.temperature <= 0:
         calls.append(("set_do_sample", (False,)))
     else:
-        calls += [("set_do_sample", (True,)), ("set_temperature", (float(params.temperature),)),
-                  ("set_top_p", (float(params.top_p),)), ("set_top_k", (int(params.top_k),))]  # fmt: skip
+        calls += [
+            ("set_do_sample", (True,)),
+            ("set_temperature", (float(params.temperature),)),
+            ("set_top_p", (float(params.top_p),)),
+            ("set_top_k", (int(params.top_k),)),
+        ]
         if params.seed is not None:
             calls.append(("set_seed", (og_seed(params.seed),)))
     if params.repetition_penalty != 1.0:

@@ -4,9 +4,10 @@ A stop string can be split across tokens, so the matcher holds back the tail of
 the text that could still become the start of a stop string, and releases it
 once it cannot. Text is never retracted: whatever `feed` returned is final.
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class StopMatcher:

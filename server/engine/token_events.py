@@ -7,9 +7,10 @@ become a stop string is held back. `finish` flushes the detokenizer and the stop
 `GeneratorRequest` and the og.Engine path's `EngineTurn` both feed it; only the Generator path has
 logprobs (the Engine does not expose the logits).
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -69,7 +70,7 @@ class TokenEvents:
         self.generated += 1
         return self.finish("stop")
 
-    def finish(self, reason: str, text: str = "") -> list[TextDelta | Finished]:
+    def finish(self, reason: Literal["stop", "length"], text: str = "") -> list[TextDelta | Finished]:
         """The last events: what the detokenizer and the stop matcher still hold, then Finished."""
         tail = self._stream.flush()  # bytes that never completed a character
         trail = self._logprobs
@@ -84,7 +85,7 @@ class TokenEvents:
         if text or self._pending:  # every generated token but the end token travels in exactly one delta
             events.append(TextDelta(text, tuple(self._pending), logprobs))
         cumulative = None if trail is None else trail.cumulative
-        events.append(Finished(reason, self.prompt_tokens, self.generated, cumulative))  # type: ignore[arg-type]
+        events.append(Finished(reason, self.prompt_tokens, self.generated, cumulative))
         self._pending = []
         self.finished = True
         return events

@@ -5,12 +5,13 @@ server (`fetch.py`, behind the SSRF guard of `guard.py`). Every image, whatever 
 source, is decoded and re-encoded as PNG (`decode.py`). A request's images are loaded
 concurrently; the first failure cancels the others and is a 400 naming its part.
 """
+
 from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ortserve.server.errors import ImageError
 from ortserve.server.images.decode import inline_bytes, to_png, url_scheme

@@ -5,6 +5,7 @@ animated image gives its first frame, EXIF orientation is applied, transparency 
 flattened onto white. The pixel count is checked from the header, before anything is
 decoded, so a small file that claims a huge canvas (a decompression bomb) costs nothing.
 """
+
 from __future__ import annotations
 
 import base64
@@ -33,7 +34,7 @@ def url_scheme(url: str) -> str | None:
 def inline_bytes(url: str, max_bytes: int) -> bytes:
     """The bytes of a `data:` URL or of bare base64 (standard or URL-safe alphabet, padding optional)."""
     if url_scheme(url) == "data":
-        header, comma, data = url[len("data:"):].partition(",")
+        header, comma, data = url[len("data:") :].partition(",")
         if not comma:
             raise ImageError("the data: URL has no ',' before its data.")
         media_type, *options = [p.strip().lower() for p in header.split(";")]
@@ -87,11 +88,12 @@ def to_png(data: bytes, fit_pixels: int | None = None) -> bytes:
             if target is not None and image.format == "JPEG":
                 image.draft("RGB", target)  # decode at 1/2, 1/4 or 1/8 scale, never below the target
             image.load()  # the first frame of an animation
-            if target is not None and image.width * image.height > target[0] * target[1]:
-                image = image.resize(target, Image.Resampling.BICUBIC)  # releases the GIL while it works
-            ImageOps.exif_transpose(image, in_place=True)  # no copies: 50 MP are 150 MB each
+            picture: Image.Image = image
+            if target is not None and picture.width * picture.height > target[0] * target[1]:
+                picture = picture.resize(target, Image.Resampling.BICUBIC)  # releases the GIL while it works
+            ImageOps.exif_transpose(picture, in_place=True)  # no copies: 50 MP are 150 MB each
             out = io.BytesIO()
-            _flatten(image).save(out, format="PNG", compress_level=1)  # inside: closing frees the pixels
+            _flatten(picture).save(out, format="PNG", compress_level=1)  # inside: closing frees the pixels
     except ImageError:
         raise
     except _TooManyPixels as exc:

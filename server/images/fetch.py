@@ -5,6 +5,7 @@ before it is reached. A hop connects to the addresses the guard checked (the URL
 host is replaced by the address; `Host` and, for https, the TLS server name and
 certificate check keep the real host name), never to a second DNS answer.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,8 +35,14 @@ class FetchLimits:
 class ImageFetcher:
     """Fetches image URLs for one request; use as an async context manager (it owns one HTTP client)."""
 
-    def __init__(self, policy: AddressPolicy, limits: FetchLimits, *, resolver: Resolver | None = None,
-                 verify: ssl.SSLContext | bool = True):
+    def __init__(
+        self,
+        policy: AddressPolicy,
+        limits: FetchLimits,
+        *,
+        resolver: Resolver | None = None,
+        verify: ssl.SSLContext | bool = True,
+    ):
         self.policy = policy
         self.limits = limits
         self.resolver = resolver
@@ -43,7 +50,7 @@ class ImageFetcher:
         self._client: httpx.AsyncClient | None = None
         self._client_lock = asyncio.Lock()
 
-    async def __aenter__(self) -> "ImageFetcher":
+    async def __aenter__(self) -> ImageFetcher:
         return self
 
     async def __aexit__(self, *exc_info) -> None:

@@ -7,12 +7,13 @@ host, or a network holding every such address. The fetcher then connects to exac
 the addresses checked here: nothing is resolved again between the check and the
 connection, so DNS rebinding cannot slip a private address in.
 """
+
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import socket
-from typing import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from ortserve.server.errors import ImageError
 
@@ -20,19 +21,25 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]  # (host, port) -> addresses, best first
 
 # Named although the ranges above already hold them: they are the usual targets.
-METADATA = tuple(ipaddress.ip_network(n) for n in (
-    "169.254.169.254/32",  # AWS, GCP, Azure, OpenStack, DigitalOcean
-    "fd00:ec2::254/128",  # AWS over IPv6
-    "100.100.100.200/32",  # Alibaba Cloud
-    "192.0.0.192/32",  # Oracle Cloud
-))
-_NOT_PUBLIC = tuple(ipaddress.ip_network(n) for n in (
-    "0.0.0.0/8",  # "this network"
-    "100.64.0.0/10",  # CGNAT, shared address space
-    "192.0.0.0/24",  # IETF protocol assignments
-    "198.18.0.0/15",  # benchmarking
-    "64:ff9b:1::/48",  # local-use NAT64
-))
+METADATA = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "169.254.169.254/32",  # AWS, GCP, Azure, OpenStack, DigitalOcean
+        "fd00:ec2::254/128",  # AWS over IPv6
+        "100.100.100.200/32",  # Alibaba Cloud
+        "192.0.0.192/32",  # Oracle Cloud
+    )
+)
+_NOT_PUBLIC = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",  # "this network"
+        "100.64.0.0/10",  # CGNAT, shared address space
+        "192.0.0.0/24",  # IETF protocol assignments
+        "198.18.0.0/15",  # benchmarking
+        "64:ff9b:1::/48",  # local-use NAT64
+    )
+)
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known prefix: the last 32 bits are an IPv4 address
 
 
@@ -74,7 +81,7 @@ class AddressPolicy:
         for entry in allow:
             entry = entry.strip()
             try:
-                self.networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+                self.networks.append(ipaddress.ip_network(entry.strip("[]"), strict=True))
             except ValueError:
                 self.hosts.add(_host_key(entry))
 

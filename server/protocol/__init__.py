@@ -1,4 +1,5 @@
 """The OpenAI protocol as pure pydantic models (no Quart, no ONNX Runtime)."""
+
 from ortserve.server.protocol.chat import (
     ChatCompletionChoice,
     ChatCompletionChunk,

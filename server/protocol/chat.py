@@ -1,4 +1,5 @@
 """/v1/chat/completions: request, response and stream chunk models."""
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ Pure data: pydantic only, no Quart, no ONNX Runtime. A request that does not
 validate becomes an `InvalidRequestError` whose `param` is the field path
 ("messages.0.role", "temperature"), as OpenAI reports it.
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -47,8 +48,11 @@ def _check_duration(value: str | float | None) -> str | float | None:
 KeepAlive = Annotated[
     str | float | None,
     AfterValidator(_check_duration),
-    Field(None, description="extension (Ollama): how long the model stays loaded after this request: seconds "
-          "or a duration ('5m', '1h30m'); 0 = unload at once, negative = forever"),
+    Field(
+        None,
+        description="extension (Ollama): how long the model stays loaded after this request: seconds "
+        "or a duration ('5m', '1h30m'); 0 = unload at once, negative = forever",
+    ),
 ]
 LogitBias = Annotated[
     dict[str, float] | None, Field(None, description="token id (a string) -> -100..100, added to its logit")
@@ -196,7 +200,7 @@ class Usage(BaseModel):
     total_tokens: int
 
     @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int) -> "Usage":
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
         return cls(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,

@@ -1,4 +1,5 @@
 """/v1/completions (legacy text completions): request, response and stream chunk models."""
+
 from __future__ import annotations
 
 from typing import ClassVar, Literal

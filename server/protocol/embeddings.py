@@ -5,6 +5,7 @@ as in OpenAI's API. Token ids are the *served model's own* tokenizer ids (not ti
 special tokens: the server adds them as it does for text, so ids give the vector of the text they
 encode. Extension: `truncate: true` cuts over-long inputs at the model's limit instead of a 400.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal

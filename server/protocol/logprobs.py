@@ -1,9 +1,10 @@
 """Logprobs in OpenAI's two shapes: chat's `choices[].logprobs.content[]` and legacy completions'
 parallel lists (`tokens`, `token_logprobs`, `top_logprobs`, `text_offset`). Pure data."""
+
 from __future__ import annotations
 
 import codecs
-from typing import Iterable
+from collections.abc import Iterable
 
 from pydantic import BaseModel
 
@@ -24,7 +25,7 @@ class ChatCompletionTokenLogprob(BaseModel):
     top_logprobs: list[TopLogprob]
 
     @classmethod
-    def of(cls, item: TokenLogprob) -> "ChatCompletionTokenLogprob":
+    def of(cls, item: TokenLogprob) -> ChatCompletionTokenLogprob:
         return cls(
             token=item.token,
             logprob=item.logprob,
@@ -38,7 +39,7 @@ class ChoiceLogprobs(BaseModel):
     refusal: list[ChatCompletionTokenLogprob] | None = None
 
     @classmethod
-    def of(cls, items: Iterable[TokenLogprob]) -> "ChoiceLogprobs":
+    def of(cls, items: Iterable[TokenLogprob]) -> ChoiceLogprobs:
         return cls(content=[ChatCompletionTokenLogprob.of(item) for item in items])
 
 
@@ -50,7 +51,7 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int]
 
     @classmethod
-    def of(cls, items: Iterable[TokenLogprob], offsets: "TextOffsets") -> "CompletionLogprobs":
+    def of(cls, items: Iterable[TokenLogprob], offsets: TextOffsets) -> CompletionLogprobs:
         """`offsets` continues across calls (a stream's chunks). A token nothing predicts (a prompt's
         first) has null `token_logprobs` and `top_logprobs` entries."""
         out = cls(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
@@ -61,7 +62,7 @@ class CompletionLogprobs(BaseModel):
             out.text_offset.append(offsets.advance(item.bytes))
         return out
 
-    def extend(self, other: "CompletionLogprobs") -> "CompletionLogprobs":
+    def extend(self, other: CompletionLogprobs) -> CompletionLogprobs:
         self.tokens += other.tokens
         self.token_logprobs += other.token_logprobs
         self.top_logprobs += other.top_logprobs

@@ -1,4 +1,5 @@
 """/v1/models: model cards."""
+
 from __future__ import annotations
 
 from typing import Literal

@@ -1,5 +1,6 @@
 """GET /api/ps: the loaded models in Ollama's shape, plus ortserve's `names` (every name served by the one
 loaded model), `device`, `task`, `expires_in`, `context_length` and `requests` (in flight)."""
+
 from __future__ import annotations
 
 from pydantic import BaseModel

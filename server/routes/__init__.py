@@ -3,10 +3,11 @@
 What the routes share lives here: the per-app state (on `app.extensions`, never
 in a module global) and reading a JSON body.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from quart import current_app, request
 
@@ -34,4 +35,4 @@ def registry() -> Registry:
 
 async def request_body() -> bytes:
     """The raw body; too large a body raises 413 here (MAX_CONTENT_LENGTH)."""
-    return await request.get_data(cache=False, as_text=False)
+    return cast(bytes, await request.get_data(cache=False, as_text=False))  # as_text=False: always bytes

@@ -1,4 +1,5 @@
 """POST /v1/chat/completions"""
+
 from quart import Blueprint
 
 from ortserve.server.protocol import ChatCompletionRequest, parse_request

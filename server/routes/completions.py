@@ -1,4 +1,5 @@
 """POST /v1/completions"""
+
 from quart import Blueprint
 
 from ortserve.server.protocol import CompletionRequest, parse_request

@@ -1,4 +1,5 @@
 """POST /v1/embeddings"""
+
 from quart import Blueprint, make_response
 
 from ortserve.server.protocol import EmbeddingRequest, parse_request

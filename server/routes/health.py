@@ -3,6 +3,7 @@
 The body also names the loaded models and the device each one runs on (`devices`: name -> "cpu",
 "cuda", ...), which `ortserve info --url` reads; names that share one loaded model are each listed.
 """
+
 from quart import Blueprint
 
 from ortserve.server.routes import app_state

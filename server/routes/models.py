@@ -1,4 +1,5 @@
 """GET /v1/models and GET /v1/models/{model} (names may contain ':' and '/')."""
+
 from quart import Blueprint
 
 from ortserve.server.routes import registry

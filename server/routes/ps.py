@@ -5,6 +5,7 @@ forever), `context_length` and `requests` (in flight). Behind the same API key a
 One row per loaded model: names that share weights (`cp`, `create` FROM, aliases) share one loaded model,
 listed once under the name it was last used under, with all its names in `names`; a row per name would
 count the same memory several times."""
+
 from quart import Blueprint
 
 from ortserve.server.routes import registry

@@ -1,8 +1,10 @@
 """Chat completions: a ChatCompletionRequest in, engine calls (one per choice), OpenAI's response or chunks out."""
+
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from ortserve.server.engine.generation import Finished, GenerationRequest, TextDelta, TokenLogprob
 from ortserve.server.protocol.chat import (
@@ -16,18 +18,18 @@ from ortserve.server.protocol.chat import (
 from ortserve.server.protocol.common import Usage
 from ortserve.server.protocol.logprobs import ChoiceLogprobs
 from ortserve.server.registry import Registry
+from ortserve.server.serving.chat_plan import ChatPlan, deltas, finish_reason, plan_chat
 from ortserve.server.serving.common import (
     SYSTEM_FINGERPRINT,
-    chunk_body,
     Generation,
     choice_params,
+    chunk_body,
     gather_all,
     merge,
     new_id,
     now,
     start_all,
 )
-from ortserve.server.serving.chat_plan import ChatPlan, deltas, finish_reason, plan_chat
 
 
 async def create_chat_completion(

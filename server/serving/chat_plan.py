@@ -1,19 +1,28 @@
 """The chat planner: a chat request turned into a `ChatPlan`: the prompt as the model's template wants it
 (the name's SYSTEM, images), the sampling parameters (the name's defaults), the grammar that constrains the
 reply, and how tool calls are read back out of it. Completions use its guidance checks too."""
+
 from __future__ import annotations
 
 import asyncio
 import functools
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable
 
+from ortserve.core.store import ModelEntry
 from ortserve.server.chat.grammars import chat_guidance, response_format_guidance
 from ortserve.server.chat.templates import chat_profile
 from ortserve.server.chat.tool_parsers import ToolParser
-from ortserve.server.chat.tool_stream import ArgumentsDelta, CallStarted, Content, Event, ToolCallStream, parse_tool_calls
+from ortserve.server.chat.tool_stream import (
+    ArgumentsDelta,
+    CallStarted,
+    Content,
+    Event,
+    ToolCallStream,
+    parse_tool_calls,
+)
 from ortserve.server.engine.generation import Guidance, Prompt, SamplingParams, TextGenerator
 from ortserve.server.errors import InvalidRequestError, NotSupportedError
 from ortserve.server.images import ImageRef, load_images
@@ -29,7 +38,6 @@ from ortserve.server.protocol.chat import (
 from ortserve.server.protocol.common import ResponseFormat
 from ortserve.server.serving.common import fit_vocabulary
 from ortserve.server.settings import ServerSettings
-from ortserve.core.store import ModelEntry
 
 
 @dataclass(frozen=True)
@@ -68,9 +76,11 @@ def deltas(events: Iterable[Event]) -> list[DeltaMessage]:
             out.append(DeltaMessage(content=event.text))
         elif isinstance(event, CallStarted):
             function = ChoiceDeltaToolCallFunction(name=event.name, arguments="")
-            out.append(DeltaMessage(tool_calls=[
-                ChoiceDeltaToolCall(index=event.index, id=event.id, type="function", function=function)
-            ]))
+            out.append(
+                DeltaMessage(
+                    tool_calls=[ChoiceDeltaToolCall(index=event.index, id=event.id, type="function", function=function)]
+                )
+            )
         elif isinstance(event, ArgumentsDelta):
             function = ChoiceDeltaToolCallFunction(arguments=event.text)
             out.append(DeltaMessage(tool_calls=[ChoiceDeltaToolCall(index=event.index, function=function)]))

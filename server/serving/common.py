@@ -4,6 +4,7 @@ A `Generation` is started by awaiting the engine's first event (`Started`), so a
 rejected prompt (too long, bad tokens) raises before any response is sent and
 becomes a normal HTTP error, also for `stream: true`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -11,11 +12,13 @@ import functools
 import json
 import time
 import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Iterable, TypeVar
+from typing import Any, TypeVar
 
+from ortserve.core.store import ModelEntry
 from ortserve.server import __version__
 from ortserve.server.engine.generation import (
     Finished,
@@ -29,7 +32,6 @@ from ortserve.server.engine.generation import (
     TokenLogprob,
 )
 from ortserve.server.errors import BackendError
-from ortserve.core.store import ModelEntry
 
 SYSTEM_FINGERPRINT = f"fp_ortserve_{__version__}"
 
@@ -103,10 +105,10 @@ class Generation:
     started: Started
     events: AsyncIterator[GenerationEvent]
     prompt_logprobs: tuple[TokenLogprob, ...] | None = None  # once read (PromptLogprobs comes before any text)
-    _peeked: list[GenerationEvent] = field(default_factory=list)
+    _peeked: list[TextDelta | Finished] = field(default_factory=list)
 
     @classmethod
-    async def start(cls, generator: TextGenerator, request: GenerationRequest) -> "Generation":
+    async def start(cls, generator: TextGenerator, request: GenerationRequest) -> Generation:
         events = generator.generate(request)
         try:
             first = await anext(events)
@@ -125,17 +127,16 @@ class Generation:
                 raise BackendError("The model stopped without finishing the generation.")
             if isinstance(event, PromptLogprobs):
                 self.prompt_logprobs = event.entries
-            else:
+            elif isinstance(event, (TextDelta, Finished)):  # a second Started is never sent
                 self._peeked.append(event)
                 if isinstance(event, Finished):
                     raise BackendError("The model sent no logprobs for the prompt.")
         return self.prompt_logprobs
 
-    async def deltas(self) -> AsyncIterator[TextDelta | Finished]:
+    async def deltas(self) -> AsyncGenerator[TextDelta | Finished, None]:
         """The rest of the events; ends after Finished (an engine that stops without one is an error)."""
         while self._peeked:
-            event = self._peeked.pop(0)
-            yield event  # type: ignore[misc]  # only TextDelta is ever peeked
+            yield self._peeked.pop(0)
         async for event in self.events:
             if isinstance(event, PromptLogprobs):
                 self.prompt_logprobs = event.entries
@@ -196,7 +197,7 @@ async def start_all(generator: TextGenerator, requests: list[GenerationRequest])
         raise
 
 
-async def merge(generations: list[Generation]) -> AsyncIterator[tuple[int, TextDelta | Finished]]:
+async def merge(generations: list[Generation]) -> AsyncGenerator[tuple[int, TextDelta | Finished], None]:
     """The events of several generations as they come, tagged with their index."""
     if len(generations) == 1:
         try:

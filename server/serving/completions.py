@@ -2,23 +2,26 @@
 
 Choices are ordered by prompt, then by choice: prompt p's choice j has index p * n + j.
 """
+
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import replace
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from ortserve.server.engine.generation import Finished, GenerationRequest, SamplingParams, TextDelta, TokenLogprob
 from ortserve.server.protocol.common import Usage
 from ortserve.server.protocol.completions import CompletionChoice, CompletionRequest, CompletionResponse
 from ortserve.server.protocol.logprobs import CompletionLogprobs, TextOffsets
 from ortserve.server.registry import Registry
+from ortserve.server.serving.chat_plan import completion_guidance
 from ortserve.server.serving.common import (
     SYSTEM_FINGERPRINT,
-    chunk_body,
     Collected,
     Generation,
     choice_params,
+    chunk_body,
     fit_vocabulary,
     gather_all,
     merge,
@@ -26,7 +29,6 @@ from ortserve.server.serving.common import (
     now,
     start_all,
 )
-from ortserve.server.serving.chat_plan import completion_guidance
 
 
 def _candidate_params(request: CompletionRequest, params: SamplingParams, index: int) -> SamplingParams:

@@ -10,12 +10,14 @@ and sent in pieces of `ROWS_PER_PIECE` vectors, so other requests run between th
 are the same JSON. Responses are built as plain dicts in `EmbeddingResponse`'s shape (pydantic would
 copy every float once more).
 """
+
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
-from typing import Any, AsyncIterator, Literal
+from collections.abc import AsyncIterator
+from typing import Any, Literal
 
 import numpy as np
 
@@ -49,15 +51,21 @@ def _items(vectors: np.ndarray, encoding_format: Literal["float", "base64"], sta
     return [{"object": "embedding", "embedding": e, "index": start + i} for i, e in enumerate(encoded)]
 
 
-def response_body(vectors: np.ndarray, encoding_format: Literal["float", "base64"], model: str,
-                  prompt_tokens: int) -> dict[str, Any]:  # fmt: skip
+def response_body(
+    vectors: np.ndarray, encoding_format: Literal["float", "base64"], model: str, prompt_tokens: int
+) -> dict[str, Any]:
     """The whole response as one dict (the shape of `EmbeddingResponse`)."""
     usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
     return {"object": "list", "data": _items(vectors, encoding_format), "model": model, "usage": usage}
 
 
-async def response_pieces(vectors: np.ndarray, encoding_format: Literal["float", "base64"], model: str,
-                          prompt_tokens: int, rows: int = ROWS_PER_PIECE) -> AsyncIterator[bytes]:  # fmt: skip
+async def response_pieces(
+    vectors: np.ndarray,
+    encoding_format: Literal["float", "base64"],
+    model: str,
+    prompt_tokens: int,
+    rows: int = ROWS_PER_PIECE,
+) -> AsyncIterator[bytes]:
     """The same JSON as `response_body`, encoded `rows` vectors at a time."""
     usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
     yield b'{"object": "list", "data": ['

@@ -1,8 +1,9 @@
 """What exists and what is loaded: the registry's records as OpenAI's model cards (GET /v1/models) and
 Ollama's process list (GET /api/ps)."""
+
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from ortserve.server.protocol.models import ModelCard, ModelList
 from ortserve.server.protocol.ps import ModelDetails, ProcessList, RunningModel
@@ -27,7 +28,7 @@ def running_model(loaded: ResidentModel, now: datetime | None = None) -> Running
     expires_in, expires_at = loaded.expires_in, None
     if expires_in is not None:
         try:  # a keep_alive of many centuries is forever, as far as a date can say
-            expires_at = (now or datetime.now(timezone.utc)) + timedelta(seconds=expires_in)
+            expires_at = (now or datetime.now(UTC)) + timedelta(seconds=expires_in)
         except OverflowError:
             expires_in = None
     manifest = loaded.manifest
@@ -37,8 +38,9 @@ def running_model(loaded: ResidentModel, now: datetime | None = None) -> Running
         names=list(loaded.names),
         size=loaded.size,
         size_vram=0 if loaded.device == "cpu" else loaded.size,
-        details=ModelDetails(family=manifest.get("family") or manifest.get("model_type"),
-                             quantization_level=manifest.get("precision")),
+        details=ModelDetails(
+            family=manifest.get("family") or manifest.get("model_type"), quantization_level=manifest.get("precision")
+        ),
         expires_at=expires_at.isoformat(timespec="seconds") if expires_at else None,
         expires_in=None if expires_in is None else round(expires_in, 1),
         device=loaded.device,

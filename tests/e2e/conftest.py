@@ -4,6 +4,7 @@ The server serves a private copy of the session's chat fixture store (tests here
 may add names and settings to it), bound to 127.0.0.1 on a free port; it is ready
 when GET /health answers 200.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,8 +71,14 @@ def _prepare_home(source: Path, target: Path) -> Path:
     return target
 
 
-def start_server(home: Path, log: Path, *extra_args: str, env: dict[str, str] | None = None,
-                 bootstrap: bool = False, ready_timeout: float = 60) -> Server:
+def start_server(
+    home: Path,
+    log: Path,
+    *extra_args: str,
+    env: dict[str, str] | None = None,
+    bootstrap: bool = False,
+    ready_timeout: float = 60,
+) -> Server:
     """Start a server on a free port; again on another port if something took that one in the meantime."""
     for attempt in range(3):
         try:
@@ -86,8 +93,14 @@ class PortTaken(RuntimeError):
     pass
 
 
-def _start_server(home: Path, log: Path, extra_args: tuple[str, ...], env: dict[str, str] | None,
-                  bootstrap: bool, ready_timeout: float) -> Server:
+def _start_server(
+    home: Path,
+    log: Path,
+    extra_args: tuple[str, ...],
+    env: dict[str, str] | None,
+    bootstrap: bool,
+    ready_timeout: float,
+) -> Server:
     port = _free_port()  # free now; the server binds it a moment later
     environment = {k: v for k, v in os.environ.items() if not k.startswith("ORTSERVE_")}
     environment.update(
@@ -97,8 +110,18 @@ def _start_server(home: Path, log: Path, extra_args: tuple[str, ...], env: dict[
         PYTHONUNBUFFERED="1",
         **(env or {}),
     )
-    command = [sys.executable, "-m", "ortserve.server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-               *([] if bootstrap else ["--no-bootstrap"]), *extra_args]
+    command = [
+        sys.executable,
+        "-m",
+        "ortserve.server.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *([] if bootstrap else ["--no-bootstrap"]),
+        *extra_args,
+    ]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", home, log, process)
@@ -123,8 +146,14 @@ def run_ortserve(home: Path, *argv: str, timeout: float = 120) -> subprocess.Com
     """The real `ortserve` command in a subprocess, on the store at `home` (as a user runs it beside a server)."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("ORTSERVE_")}
     environment.update(ORTSERVE_HOME=str(home), PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "ortserve.server.cli", *argv], cwd=ROOT, env=environment,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ortserve.server.cli", *argv],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def stop_server(server: Server) -> None:

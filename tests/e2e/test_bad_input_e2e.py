@@ -4,6 +4,7 @@ on another site (or a DNS-rebinding one) is refused.
 
 The session server logs no traceback for any of this (checked when it stops).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,12 +45,19 @@ def test_top_k_past_the_vocabulary_is_no_cut(client, top_k):
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_near_zero_temperature_gives_greedy_logprobs_in_valid_json(http, stream):
     # logits / 1e-300 in float32 were inf: every logprob was NaN, written as a bare NaN
-    body = {"model": CHAT_MODEL, "messages": HI, "max_tokens": 3, "temperature": 1e-300, "logprobs": True,
-            "top_logprobs": 2, "stream": stream}
+    body = {
+        "model": CHAT_MODEL,
+        "messages": HI,
+        "max_tokens": 3,
+        "temperature": 1e-300,
+        "logprobs": True,
+        "top_logprobs": 2,
+        "stream": stream,
+    }
     response = http.post("/v1/chat/completions", json=body)
     assert response.status_code == 200
     if stream:
-        events = [e[len("data: "):] for e in response.text.split("\n\n") if e and e != "data: [DONE]"]
+        events = [e[len("data: ") :] for e in response.text.split("\n\n") if e and e != "data: [DONE]"]
         choices = [c for e in events for c in strict_json(e)["choices"] if c["logprobs"]]
         content = [t for c in choices for t in c["logprobs"]["content"] or ()]
     else:
@@ -61,10 +69,14 @@ def test_a_near_zero_temperature_gives_greedy_logprobs_in_valid_json(http, strea
 
 def test_a_browser_page_on_this_machine_passes_cors(http):
     origin = "http://localhost:5173"
-    preflight = http.options("/v1/chat/completions", headers={
-        "Origin": origin, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization,content-type,x-stainless-lang",
-    })
+    preflight = http.options(
+        "/v1/chat/completions",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type,x-stainless-lang",
+        },
+    )
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] == origin
     assert "POST" in preflight.headers["access-control-allow-methods"]
@@ -73,23 +85,31 @@ def test_a_browser_page_on_this_machine_passes_cors(http):
     with http.stream("POST", "/v1/chat/completions", json=body, headers={"Origin": origin}) as response:
         assert response.headers["access-control-allow-origin"] == origin
         assert response.read().decode().endswith("data: [DONE]\n\n")
-    elsewhere = http.options("/v1/chat/completions", headers={"Origin": "https://example.com",
-                                                              "Access-Control-Request-Method": "POST"})
+    elsewhere = http.options(
+        "/v1/chat/completions", headers={"Origin": "https://example.com", "Access-Control-Request-Method": "POST"}
+    )
     assert elsewhere.status_code == 403 and "access-control-allow-origin" not in elsewhere.headers
 
 
 def curl(server, *args: str) -> tuple[int, dict]:
     """curl as the issue ran it: (status, JSON body)."""
     assert shutil.which("curl"), "curl is needed for this test"
-    out = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", *args], capture_output=True, text=True, timeout=60,
-                         check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["curl", "-s", "-w", "\n%{http_code}", *args], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     body, _, status = out.rpartition("\n")
     return int(status), json.loads(body)
 
 
 # the commands of issue #13, item 2: what any web page (or a DNS-rebinding one) could send
-CROSS_SITE = ["-H", "Origin: https://evil.example", "-H", "Content-Type: text/plain", "-d",
-              json.dumps({"model": CHAT_MODEL, "messages": HI})]  # fmt: skip
+CROSS_SITE = [
+    "-H",
+    "Origin: https://evil.example",
+    "-H",
+    "Content-Type: text/plain",
+    "-d",
+    json.dumps({"model": CHAT_MODEL, "messages": HI}),
+]
 
 
 def test_a_cross_site_page_cannot_drive_the_models(server):
@@ -110,8 +130,10 @@ def test_a_stalled_body_gets_a_408_and_frees_the_connection(server):
     host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
     started = time.monotonic()
     with socket.create_connection((host, int(port)), timeout=30) as conn:
-        conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100\r\n\r\n{\"model\":")  # fmt: skip
+        conn.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"model":'
+        )
         answer = b""
         while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
             chunk = conn.recv(4096)

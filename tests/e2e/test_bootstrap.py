@@ -1,4 +1,5 @@
 """`ortserve serve` on an empty store sets up the embedded default models, then serves them."""
+
 from __future__ import annotations
 
 import sys
@@ -30,7 +31,8 @@ def test_empty_store_gets_the_default_models(fresh_server):
 
 def test_demo_chat_model_answers(fresh_server):
     reply = fresh_server.client().chat.completions.create(
-        model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=5, temperature=0)
+        model="demo", messages=[{"role": "user", "content": "hi"}], max_tokens=5, temperature=0
+    )
     assert reply.model == "demo" and reply.usage.completion_tokens >= 1
     assert reply.choices[0].finish_reason in ("stop", "length")
 

@@ -4,6 +4,7 @@ The tiny fixture models have random weights: their text is gibberish, so these
 tests compare the server with itself (greedy is deterministic, streaming equals
 non-streaming, an alias equals its name) rather than with expected words.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -97,8 +98,10 @@ def test_configured_system_prompt_is_used_when_none_is_sent(client):
     explicit = [{"role": "system", "content": SYSTEM_PROMPT}, *HELLO]
     assert greedy(client, messages=explicit, max_tokens=1).usage.prompt_tokens == terse
     other = [{"role": "system", "content": "Hi."}, *HELLO]  # a sent system message replaces the configured one
-    assert greedy(client, model=TERSE, messages=other, max_tokens=1).usage == greedy(
-        client, messages=other, max_tokens=1).usage
+    assert (
+        greedy(client, model=TERSE, messages=other, max_tokens=1).usage
+        == greedy(client, messages=other, max_tokens=1).usage
+    )
 
 
 def test_text_parts_equal_a_string(client):
@@ -109,22 +112,49 @@ def test_text_parts_equal_a_string(client):
 
 
 def test_tools_reach_the_template(client):
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     plain = greedy(client, max_tokens=1).usage.prompt_tokens
     assert greedy(client, max_tokens=1, tools=tools).usage.prompt_tokens > plain
     assert greedy(client, max_tokens=1, tools=tools, tool_choice="none").usage.prompt_tokens == plain
-    history = [*HELLO,
-               {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
-                "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
-               {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+    history = [
+        *HELLO,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
     assert greedy(client, messages=history, tools=tools, max_tokens=2).usage.prompt_tokens > plain
 
 
 def test_accepted_options(client):
-    response = greedy(client, max_tokens=2, response_format={"type": "text"}, n=1, user="e2e", top_p=0.9,
-                      presence_penalty=0.5, frequency_penalty=0.5, messages=[
-                          {"role": "developer", "content": "Be brief."}, *HELLO])
+    response = greedy(
+        client,
+        max_tokens=2,
+        response_format={"type": "text"},
+        n=1,
+        user="e2e",
+        top_p=0.9,
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        messages=[{"role": "developer", "content": "Be brief."}, *HELLO],
+    )
     assert response.choices[0].finish_reason in ("stop", "length")
 
 

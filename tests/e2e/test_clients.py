@@ -8,6 +8,7 @@ Node.js: `node` (18 or later) and `npm` must be on PATH (they are on our machine
 client (tests/e2e/clients/package.json) is installed from the npm registry once into pytest's cache
 folder (.pytest_cache), keyed by that file's hash, and reused by later runs.
 """
+
 from __future__ import annotations
 
 import base64
@@ -94,18 +95,19 @@ def test_python_chat(client):
     chat_completion = client.chat.completions.create(
         messages=[
             {
-                'role': 'user',
-                'content': 'Say this is a test',
+                "role": "user",
+                "content": "Say this is a test",
             }
         ],
-        model='llama3.2',
+        model="llama3.2",
     )
     check_chat(chat_completion.model_dump())
 
 
 def test_python_chat_stream(client):
-    request = dict(model=MODEL, messages=[{"role": "user", "content": "Say this is a test"}], temperature=0,
-                   max_tokens=12)
+    request = dict(
+        model=MODEL, messages=[{"role": "user", "content": "Say this is a test"}], temperature=0, max_tokens=12
+    )
     whole = client.chat.completions.create(**request)
     stream = client.chat.completions.create(**request, stream=True)
     text, finish = streamed_text([chunk.model_dump() for chunk in stream], "delta")
@@ -152,13 +154,21 @@ def image_url() -> str:
 
 
 def vision_messages(image_url: str) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "text", "text": "What's in this image?"},
-                                         {"type": "image_url", "image_url": image_url}]}]
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What's in this image?"},
+                {"type": "image_url", "image_url": image_url},
+            ],
+        }
+    ]
 
 
 def text_only_prompt_tokens(client) -> int:
-    reply = client.chat.completions.create(model=VISION, max_tokens=1,
-                                           messages=[{"role": "user", "content": "What's in this image?"}])
+    reply = client.chat.completions.create(
+        model=VISION, max_tokens=1, messages=[{"role": "user", "content": "What's in this image?"}]
+    )
     return reply.usage.prompt_tokens
 
 
@@ -199,8 +209,13 @@ def node_clients(request, tmp_path_factory):
     done = folder / ".installed"
     if not done.is_file():
         shutil.copy(CLIENTS / "package.json", folder / "package.json")
-        installed = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=folder,
-                                   capture_output=True, text=True, timeout=600)
+        installed = subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert installed.returncode == 0, f"npm install failed:\n{installed.stdout}\n{installed.stderr}"
         done.write_text(version, encoding="utf-8")
     for script in CLIENTS.glob("*.mjs"):
@@ -211,8 +226,13 @@ def node_clients(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def js_results(node_clients, seed_server, image_url) -> dict:
     node, folder = node_clients
-    ran = subprocess.run([node, "examples.mjs", f"{seed_server.base_url}/v1/", image_url], cwd=folder,
-                         capture_output=True, text=True, timeout=300)
+    ran = subprocess.run(
+        [node, "examples.mjs", f"{seed_server.base_url}/v1/", image_url],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ran.returncode == 0, ran.stderr
     return json.loads(ran.stdout)
 
@@ -234,8 +254,9 @@ def test_js_streams_with_for_await(js_results):
 
 def test_js_vision_matches_python(js_results, client, image_url):
     check_chat(js_results["vision"], VISION)
-    python = client.chat.completions.create(model=VISION, messages=vision_messages(image_url), temperature=0,
-                                            max_tokens=8)
+    python = client.chat.completions.create(
+        model=VISION, messages=vision_messages(image_url), temperature=0, max_tokens=8
+    )
     assert js_results["vision_greedy"]["choices"][0]["message"]["content"] == python.choices[0].message.content
 
 
@@ -249,47 +270,89 @@ def test_js_embeddings_match_python(js_results, client):
 # ---- curl ----------------------------------------------------------------------------------
 def curl(*args: str) -> str:
     assert shutil.which("curl"), "curl is needed for the curl examples"
-    ran = subprocess.run(["curl", "--silent", "--show-error", "--fail-with-body", *args], capture_output=True,
-                         text=True, timeout=120)
+    ran = subprocess.run(
+        ["curl", "--silent", "--show-error", "--fail-with-body", *args], capture_output=True, text=True, timeout=120
+    )
     assert ran.returncode == 0, ran.stderr + ran.stdout
     return ran.stdout
 
 
 def test_curl_examples(seed_server):
     url = seed_server.base_url
-    check_chat(json.loads(curl(
-        f"{url}/v1/chat/completions", "-H", "Content-Type: application/json", "-d",
-        '{"model": "llama3.2","messages": [{"role": "system","content": "You are a helpful assistant."},'
-        '{"role": "user","content": "Hello!"}]}',
-    )))
-    check_completion(json.loads(curl(
-        f"{url}/v1/completions", "-H", "Content-Type: application/json", "-d",
-        '{"model": "llama3.2","prompt": "Say this is a test"}',
-    )))
+    check_chat(
+        json.loads(
+            curl(
+                f"{url}/v1/chat/completions",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                '{"model": "llama3.2","messages": [{"role": "system","content": "You are a helpful assistant."},'
+                '{"role": "user","content": "Hello!"}]}',
+            )
+        )
+    )
+    check_completion(
+        json.loads(
+            curl(
+                f"{url}/v1/completions",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                '{"model": "llama3.2","prompt": "Say this is a test"}',
+            )
+        )
+    )
     assert MODEL in [m["id"] for m in json.loads(curl(f"{url}/v1/models"))["data"]]
     assert json.loads(curl(f"{url}/v1/models/llama3.2"))["id"] == MODEL
-    check_embeddings(json.loads(curl(
-        f"{url}/v1/embeddings", "-H", "Content-Type: application/json", "-d",
-        '{"model": "all-minilm","input": ["why is the sky blue?", "why is the grass green?"]}',
-    )))
+    check_embeddings(
+        json.loads(
+            curl(
+                f"{url}/v1/embeddings",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                '{"model": "all-minilm","input": ["why is the sky blue?", "why is the grass green?"]}',
+            )
+        )
+    )
 
 
 def test_curl_streams_sse(seed_server):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello!"}], "temperature": 0, "max_tokens": 12}
-    raw = curl("-N", f"{seed_server.base_url}/v1/chat/completions", "-H", "Content-Type: application/json",
-               "-d", json.dumps({**body, "stream": True}))
+    raw = curl(
+        "-N",
+        f"{seed_server.base_url}/v1/chat/completions",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        json.dumps({**body, "stream": True}),
+    )
     events = [line.removeprefix("data: ") for line in raw.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]" and len(events) > 2
     text, finish = streamed_text([json.loads(e) for e in events[:-1]], "delta")
-    whole = json.loads(curl(f"{seed_server.base_url}/v1/chat/completions", "-H", "Content-Type: application/json",
-                            "-d", json.dumps(body)))["choices"][0]
+    whole = json.loads(
+        curl(
+            f"{seed_server.base_url}/v1/chat/completions",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            json.dumps(body),
+        )
+    )["choices"][0]
     assert (text, finish) == (whole["message"]["content"], whole["finish_reason"])
 
 
 def test_curl_vision(seed_server, client, image_url):
     body = {"model": VISION, "messages": vision_messages(image_url), "temperature": 0, "max_tokens": 8}
-    reply = json.loads(curl(f"{seed_server.base_url}/v1/chat/completions", "-H",
-                            "Content-Type: application/json", "-d", json.dumps(body)))
+    reply = json.loads(
+        curl(
+            f"{seed_server.base_url}/v1/chat/completions",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            json.dumps(body),
+        )
+    )
     check_chat(reply, VISION)
     python = client.chat.completions.create(**body)
     assert reply["choices"][0]["message"]["content"] == python.choices[0].message.content

@@ -1,4 +1,5 @@
 """/v1/completions on a real server: prompt forms, echo, streaming, usage, suffix."""
+
 from __future__ import annotations
 
 import openai

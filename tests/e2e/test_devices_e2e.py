@@ -1,5 +1,6 @@
 """Devices through a real server: /health names each loaded model's device, `ortserve info --url` reads it,
 and a model configured for a device this machine lacks is an OpenAI-shaped 501 that says what is missing."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,9 @@ NO_CUDA = devices.unavailable("cuda", devices.detect(), "generation") is not Non
 
 @pytest.fixture(scope="module")
 def loaded(server):
-    server.client().chat.completions.create(model=CHAT_MODEL, messages=[{"role": "user", "content": "hi"}],
-                                            max_tokens=2)  # fmt: skip
+    server.client().chat.completions.create(
+        model=CHAT_MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
     return server
 
 

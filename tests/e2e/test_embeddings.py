@@ -1,6 +1,7 @@
 """/v1/embeddings on a real `ortserve serve`, driven by the official openai client (and httpx for raw
 bodies): the served all-MiniLM-L6-v2 against sentence-transformers' `encode`, base64 against float,
 `dimensions`, token arrays, usage, and every bad input as a 400 naming its param."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,8 +22,16 @@ LONG = " ".join(["Retrieval systems split documents into chunks before embedding
 
 # 52 texts: short, medium, long (up to the 256-token limit), code, numbers, and many scripts.
 SENTENCES = [
-    "ok", "Hi!", "why?", "3.14159", "New York", "I love it.", "See you soon.", "Where is the station?",
-    "The cat is sleeping on the sofa.", "Please close the door when you leave.",
+    "ok",
+    "Hi!",
+    "why?",
+    "3.14159",
+    "New York",
+    "I love it.",
+    "See you soon.",
+    "Where is the station?",
+    "The cat is sleeping on the sofa.",
+    "Please close the door when you leave.",
     "Our flight was delayed by two hours because of the storm.",
     "The committee will publish its final report early next year.",
     "Vaccines train the immune system to recognise a specific pathogen.",
@@ -32,7 +41,7 @@ SENTENCES = [
     "Sort the list, then remove the duplicates, then print the result.",
     "git rebase -i HEAD~3 lets you squash the last three commits.",
     "def mean(xs):\n    return sum(xs) / len(xs)",
-    "curl -X POST http://localhost:8000/v1/embeddings -d '{\"input\": \"hi\"}'",
+    'curl -X POST http://localhost:8000/v1/embeddings -d \'{"input": "hi"}\'',
     "Total: 1,234.56 EUR (VAT 20%) due on 2025-03-31.",
     "Le petit chat dort sur le canapé du salon.",
     "Wir treffen uns morgen um acht Uhr am Bahnhof.",
@@ -176,8 +185,10 @@ def test_a_large_response_arrives_whole(client, http):
     body = response.json()
     assert [d["index"] for d in body["data"]] == list(range(800))
     np.testing.assert_allclose(np.array([d["embedding"] for d in body["data"]]), np.tile(few, (100, 1)), atol=1e-5)
-    assert body["usage"]["prompt_tokens"] == 100 * client.embeddings.create(
-        model="all-minilm", input=SENTENCES[:8]).usage.prompt_tokens
+    assert (
+        body["usage"]["prompt_tokens"]
+        == 100 * client.embeddings.create(model="all-minilm", input=SENTENCES[:8]).usage.prompt_tokens
+    )
 
 
 async def test_concurrent_clients_get_their_own_vectors(embedding_server, reference):

@@ -1,4 +1,5 @@
 """Errors on a real server: OpenAI-shaped JSON with the right status, and the server keeps serving."""
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,10 @@ def test_model_of_another_task(client):
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"logit_bias": {"5": 101}}, "logit_bias"),
         ({"logit_bias": {"999999": 1}}, "logit_bias"),  # not in the model's vocabulary
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": IMAGE}}]}]},
-         "messages.0.content.0"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": IMAGE}}]}]},
+            "messages.0.content.0",
+        ),
     ],
 )
 def test_bad_requests_name_their_param(client, fields, param):
@@ -108,7 +111,7 @@ def test_raw_sse_wire_format(http):
     events = raw.split("\n\n")
     assert events[-1] == "" and events[-2] == "data: [DONE]"
     assert all(e.startswith("data: {") for e in events[:-2])
-    assert json.loads(events[0][len("data: "):])["choices"][0]["delta"]["role"] == "assistant"
+    assert json.loads(events[0][len("data: ") :])["choices"][0]["delta"]["role"] == "assistant"
 
 
 @pytest.fixture(scope="module")

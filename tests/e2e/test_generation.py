@@ -1,5 +1,6 @@
 """Generation through a real server: parity with transformers, isolation between
 models while a long prefill runs, and recovery when a model runner dies."""
+
 from __future__ import annotations
 
 import asyncio
@@ -26,11 +27,16 @@ def gen_server(tmp_path_factory, chat_store_home, checkpoints):
 
     home = tmp_path_factory.mktemp("gen-home")
     shutil.copytree(chat_store_home, home, dirs_exist_ok=True)
-    ckpt = build_tiny_chat_checkpoint(tmp_path_factory.mktemp("slow") / SLOW, "llama", hidden_size=512,
-                                      num_layers=8, context_length=8192, num_attention_heads=8,
-                                      num_key_value_heads=4)
-    assert run_cli(home, "convert", str(ckpt), "--name", SLOW, "--precision", "int4", "--quiet",
-                   "--no-validate") == 0
+    ckpt = build_tiny_chat_checkpoint(
+        tmp_path_factory.mktemp("slow") / SLOW,
+        "llama",
+        hidden_size=512,
+        num_layers=8,
+        context_length=8192,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+    )
+    assert run_cli(home, "convert", str(ckpt), "--name", SLOW, "--precision", "int4", "--quiet", "--no-validate") == 0
     server = start_server(home, home / "server.log")
     yield server
     stop_server(server)
@@ -43,14 +49,16 @@ def _hf_greedy_text(checkpoint: Path, messages: list[dict], max_new_tokens: int)
     tok = transformers.AutoTokenizer.from_pretrained(checkpoint)
     model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint)
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
-    out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False)[0, len(ids):]
+    out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False)[0, len(ids) :]
     return tok.decode(out, skip_special_tokens=True), len(ids)
 
 
 @pytest.mark.parametrize("name,arch", [("tiny-llama", "llama"), ("tiny-qwen", "qwen2")])
 def test_greedy_text_equals_transformers(gen_server, checkpoints, name, arch):
-    messages = [{"role": "system", "content": "You are helpful."},
-                {"role": "user", "content": "What is the weather in Paris today?"}]
+    messages = [
+        {"role": "system", "content": "You are helpful."},
+        {"role": "user", "content": "What is the weather in Paris today?"},
+    ]
     expected, prompt_tokens = _hf_greedy_text(checkpoints[arch], messages, 20)
     with gen_server.client(max_retries=0) as client:
         reply = client.chat.completions.create(model=name, messages=messages, temperature=0, max_tokens=20)
@@ -62,14 +70,17 @@ async def test_health_and_other_models_answer_during_a_long_prefill(gen_server):
     """While SLOW prefills a long prompt, /health and another model's request complete first."""
     events: list[str] = []
     client = gen_server.async_client(max_retries=0, timeout=300)
-    warm = [client.chat.completions.create(model=m, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
-            for m in (SLOW, "tiny-qwen")]
+    warm = [
+        client.chat.completions.create(model=m, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+        for m in (SLOW, "tiny-qwen")
+    ]
     await asyncio.gather(*warm)  # both runners are loaded before the race starts
     long_prompt = " ".join(["weather"] * LONG_PROMPT_WORDS)
 
     async def long_request():
         stream = await client.chat.completions.create(
-            model=SLOW, messages=[{"role": "user", "content": long_prompt}], max_tokens=4, temperature=0, stream=True)
+            model=SLOW, messages=[{"role": "user", "content": long_prompt}], max_tokens=4, temperature=0, stream=True
+        )
         async for chunk in stream:  # the role chunk comes at once; the rest only after the whole prefill
             if chunk.choices and chunk.choices[0].finish_reason is not None:
                 events.append("slow:finished")
@@ -81,7 +92,8 @@ async def test_health_and_other_models_answer_during_a_long_prefill(gen_server):
             assert (await http.get("/health")).status_code == 200
             events.append("health")
         reply = await client.chat.completions.create(
-            model="tiny-qwen", messages=[{"role": "user", "content": "hello"}], max_tokens=4, temperature=0)
+            model="tiny-qwen", messages=[{"role": "user", "content": "hello"}], max_tokens=4, temperature=0
+        )
         assert reply.usage.completion_tokens >= 1
         events.append("other-model")
 
@@ -113,8 +125,13 @@ def _kill_runner_mid_stream(gen_server, client):
     for model in (SLOW, "tiny-qwen"):  # both runners loaded, whichever tests ran before
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
     before = set(_runner_pids(gen_server.process.pid))
-    stream = client.chat.completions.create(model=SLOW, messages=[{"role": "user", "content": "go"}],
-                                            max_tokens=4000, extra_body={"min_tokens": 4000}, stream=True)
+    stream = client.chat.completions.create(
+        model=SLOW,
+        messages=[{"role": "user", "content": "go"}],
+        max_tokens=4000,
+        extra_body={"min_tokens": 4000},
+        stream=True,
+    )
     chunks = iter(stream)
     next(chunks)  # the role chunk: the generation runs now
     runners = set(_runner_pids(gen_server.process.pid))

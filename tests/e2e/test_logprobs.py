@@ -3,6 +3,7 @@
 The reference is independent: transformers' logits for the same checkpoint (fp32), its
 tokenizer, and GPT-2's byte alphabet from transformers to spell tokens as bytes.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,10 @@ import pytest
 
 from tests.e2e.conftest import CHAT_MODEL
 
-MESSAGES = [{"role": "system", "content": "You are helpful."},
-            {"role": "user", "content": "What is the weather in Paris today?"}]
+MESSAGES = [
+    {"role": "system", "content": "You are helpful."},
+    {"role": "user", "content": "What is the weather in Paris today?"},
+]
 TOL = 1e-3
 
 
@@ -112,9 +115,18 @@ def test_logprobs_are_of_the_distribution_sampled_from(client, ref):
     """After penalties, logit_bias, the repetition penalty and the temperature, in that order."""
     bias_id = ref.tok.encode(" weather", add_special_tokens=False)[0]
     temperature, presence, frequency, repetition = 0.7, 0.5, 0.3, 1.3
-    reply = chat(client, temperature=temperature, seed=3, max_tokens=10, logprobs=True, top_logprobs=2,
-                 presence_penalty=presence, frequency_penalty=frequency, logit_bias={str(bias_id): 5},
-                 extra_body={"repetition_penalty": repetition})
+    reply = chat(
+        client,
+        temperature=temperature,
+        seed=3,
+        max_tokens=10,
+        logprobs=True,
+        top_logprobs=2,
+        presence_penalty=presence,
+        frequency_penalty=frequency,
+        logit_bias={str(bias_id): 5},
+        extra_body={"repetition_penalty": repetition},
+    )
     content = reply.choices[0].logprobs.content
     prompt = ref.chat_ids()
     generated = [ref.id_of(e.bytes) for e in content]
@@ -190,8 +202,15 @@ def test_without_logprobs_there_are_none(client):
 def test_logprobs_and_bias_compose_with_a_grammar(client, ref):
     """The grammar is applied after logit_bias: a forced token the grammar forbids is not sampled."""
     (forced_id,) = ref.tok.encode(" weather", add_special_tokens=False)
-    reply = chat(client, temperature=0, max_tokens=30, logprobs=True, top_logprobs=2,
-                 response_format={"type": "json_object"}, logit_bias={str(forced_id): 100})
+    reply = chat(
+        client,
+        temperature=0,
+        max_tokens=30,
+        logprobs=True,
+        top_logprobs=2,
+        response_format={"type": "json_object"},
+        logit_bias={str(forced_id): 100},
+    )
     choice = reply.choices[0]
     assert not choice.message.content.startswith(" weather")
     if choice.finish_reason == "stop":
@@ -205,8 +224,9 @@ PROMPT = "The weather in Paris is"
 
 
 def test_echo_with_logprobs_scores_the_prompt_as_transformers(client, ref):
-    reply = client.completions.create(model=CHAT_MODEL, prompt=PROMPT, echo=True, logprobs=3, max_tokens=6,
-                                      temperature=0)
+    reply = client.completions.create(
+        model=CHAT_MODEL, prompt=PROMPT, echo=True, logprobs=3, max_tokens=6, temperature=0
+    )
     choice = reply.choices[0]
     assert choice.text.startswith(PROMPT)
     lp = choice.logprobs
@@ -224,8 +244,11 @@ def test_echo_with_logprobs_scores_the_prompt_as_transformers(client, ref):
         assert list(top.values()) == sorted(top.values(), reverse=True)
         assert list(top.values())[:3] == pytest.approx(np.sort(expected[i - 1])[::-1][:3], abs=TOL)
     assert lp.text_offset[0] == 0 and lp.text_offset[len(prompt_ids)] == len(PROMPT)
-    whole = [(at, t) for at, t, i in zip(lp.text_offset, lp.tokens, ids) if "\ufffd" not in ref.spelling[i].decode(
-        errors="replace")]
+    whole = [
+        (at, t)
+        for at, t, i in zip(lp.text_offset, lp.tokens, ids, strict=True)
+        if "\ufffd" not in ref.spelling[i].decode(errors="replace")
+    ]
     assert all(choice.text[at : at + len(t)] == t for at, t in whole)  # tokens of whole characters
 
 
@@ -236,23 +259,26 @@ def test_echo_alone_scores_a_prompt(client, ref):
     assert reply.usage.completion_tokens == 0
     ids = ref.tok.encode(PROMPT, add_special_tokens=False)
     expected = log_softmax(ref.logits(ids))
-    assert choice.logprobs.token_logprobs[1:] == pytest.approx([expected[i - 1][ids[i]] for i in range(1, len(ids))],
-                                                               abs=TOL)
+    assert choice.logprobs.token_logprobs[1:] == pytest.approx(
+        [expected[i - 1][ids[i]] for i in range(1, len(ids))], abs=TOL
+    )
     assert "".join(choice.logprobs.tokens) == PROMPT
 
 
 def test_completion_logprobs_of_token_prompts(client, ref):
     ids = ref.tok.encode(PROMPT, add_special_tokens=False)
-    reply = client.completions.create(model=CHAT_MODEL, prompt=[ids, ids[:3]], logprobs=1, max_tokens=5,
-                                      temperature=0, n=2)
+    reply = client.completions.create(
+        model=CHAT_MODEL, prompt=[ids, ids[:3]], logprobs=1, max_tokens=5, temperature=0, n=2
+    )
     assert [c.index for c in reply.choices] == [0, 1, 2, 3]  # by prompt, then by choice
     assert reply.choices[0].text == reply.choices[1].text  # greedy choices are equal
-    for choice, prompt in zip(reply.choices, [ids, ids, ids[:3], ids[:3]]):
+    for choice, prompt in zip(reply.choices, [ids, ids, ids[:3], ids[:3]], strict=True):
         generated = ref.greedy(prompt, 5)
         assert choice.logprobs.tokens == [ref.token(i) for i in generated]
         expected = log_softmax(ref.logits(prompt + generated))[len(prompt) - 1 :]
         assert choice.logprobs.token_logprobs == pytest.approx(
-            [expected[i][t] for i, t in enumerate(generated)], abs=TOL)
+            [expected[i][t] for i, t in enumerate(generated)], abs=TOL
+        )
         assert choice.logprobs.text_offset[0] == 0
     assert reply.usage.prompt_tokens == len(ids) + 3  # each prompt once, not once per choice
 
@@ -279,14 +305,14 @@ def test_best_of_returns_the_likeliest_candidates(client):
 
 
 def test_streamed_completion_logprobs_agree(client):
-    fields = dict(model=CHAT_MODEL, prompt=PROMPT, echo=True, logprobs=2, max_tokens=8, temperature=0.8, seed=5,
-                  n=2)
+    fields = dict(model=CHAT_MODEL, prompt=PROMPT, echo=True, logprobs=2, max_tokens=8, temperature=0.8, seed=5, n=2)
     whole = client.completions.create(**fields)
     got: dict[int, dict] = {}
     for chunk in client.completions.create(stream=True, **fields):
         for choice in chunk.choices:
-            acc = got.setdefault(choice.index, {"text": "", "tokens": [], "token_logprobs": [], "top_logprobs": [],
-                                                "text_offset": []})
+            acc = got.setdefault(
+                choice.index, {"text": "", "tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+            )
             acc["text"] += choice.text
             for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
                 acc[key] += getattr(choice.logprobs, key)
@@ -297,10 +323,19 @@ def test_streamed_completion_logprobs_agree(client):
 
 def test_tool_calls_carry_logprobs_in_both_modes(client):
     """Tool-call text held back by the parser: its tokens' logprobs ride on the choice's next chunk."""
-    city = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "required": ["city"],
-            "additionalProperties": False}
-    fields = dict(temperature=0, max_tokens=100, logprobs=True, tool_choice="required",
-                  tools=[{"type": "function", "function": {"name": "get_weather", "parameters": city}}])
+    city = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 12}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    fields = dict(
+        temperature=0,
+        max_tokens=100,
+        logprobs=True,
+        tool_choice="required",
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": city}}],
+    )
     whole = chat(client, **fields).choices[0]
     assert whole.message.tool_calls and whole.finish_reason == "tool_calls"
     streamed = streamed_chat(client, **fields)[0]

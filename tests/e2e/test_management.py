@@ -6,6 +6,7 @@ share weights (`cp`) share one runner process.
 The `ortserve` commands run as subprocesses beside the server, as a user runs them. Loading and unloading
 is observed through GET /api/ps, polled with deadlines (never a fixed sleep taken as a result).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,8 +48,7 @@ def _home(tmp_path_factory, source, name: str):
 def managed(tmp_path_factory, store_home):
     """A server with an API key and num_ctx 128 (the default limits: 3 models, keep_alive 5m)."""
     home = _home(tmp_path_factory, store_home, "e2e-managed")
-    server = start_server(home, home.parent / "server.log", "--api-key", KEY,
-                          env={"ORTSERVE_NUM_CTX": str(NUM_CTX)})
+    server = start_server(home, home.parent / "server.log", "--api-key", KEY, env={"ORTSERVE_NUM_CTX": str(NUM_CTX)})
     yield server
     stop_server_cleanly(server)
 
@@ -133,8 +133,11 @@ def test_a_bad_modelfile_creates_nothing(managed, client, tmp_path):
     bad = "FROM acc-model\nTEMPLATE {{ .Prompt }}\nPARAMETER mirostat 2\nPARAMETER temperature warm\n"
     done = create(managed, tmp_path, "bad-model", bad)
     assert done.returncode == 1
-    for line in ("line 2: TEMPLATE is not supported", "line 3: PARAMETER mirostat is not supported",
-                 "line 4: PARAMETER temperature: expected a number"):
+    for line in (
+        "line 2: TEMPLATE is not supported",
+        "line 3: PARAMETER mirostat is not supported",
+        "line 4: PARAMETER temperature: expected a number",
+    ):
         assert line in done.stderr
     done = create(managed, tmp_path, "bad-model", "# no such base\nFROM no-such-model\n")
     assert done.returncode == 1 and "line 2: FROM no-such-model: not a model in the store" in done.stderr
@@ -161,8 +164,10 @@ def test_create_from_a_folder_converts_it(managed, client, tmp_path, checkpoints
 
 
 def test_defaults_and_system_apply_when_the_request_leaves_them_out(managed, client, tmp_path):
-    modelfile = 'FROM acc-model\nPARAMETER temperature 0\nPARAMETER num_predict 3\nSYSTEM """\nYou are Mario.\n' \
-                'Answer as Mario.\n"""\n'
+    modelfile = (
+        'FROM acc-model\nPARAMETER temperature 0\nPARAMETER num_predict 3\nSYSTEM """\nYou are Mario.\n'
+        'Answer as Mario.\n"""\n'
+    )
     done = create(managed, tmp_path, "mario", modelfile)
     assert done.returncode == 0, done.stderr
     system = [{"role": "system", "content": "You are Mario.\nAnswer as Mario."}]
@@ -177,8 +182,10 @@ def test_defaults_and_system_apply_when_the_request_leaves_them_out(managed, cli
 
     # the request's own values win: its system message, its max_tokens
     own = [{"role": "system", "content": "Be brief."}, *USER]
-    assert chat(client, "mario", own, **three).usage.prompt_tokens == \
-        chat(client, BASE, own, max_tokens=1).usage.prompt_tokens
+    assert (
+        chat(client, "mario", own, **three).usage.prompt_tokens
+        == chat(client, BASE, own, max_tokens=1).usage.prompt_tokens
+    )
     assert chat(client, "mario", max_tokens=6, extra_body={"min_tokens": 6}).usage.completion_tokens == 6
 
     stream = chat(client, "mario", stream=True, stream_options={"include_usage": True}, **three)
@@ -188,8 +195,7 @@ def test_defaults_and_system_apply_when_the_request_leaves_them_out(managed, cli
 
     # completions: the model's num_predict wins over OpenAI's default of 16; no system prompt there
     completion = client.completions.create(model="mario", prompt="Once upon a time", **three)
-    reference = client.completions.create(model=BASE, prompt="Once upon a time", temperature=0, max_tokens=3,
-                                          **three)
+    reference = client.completions.create(model=BASE, prompt="Once upon a time", temperature=0, max_tokens=3, **three)
     assert completion.usage.completion_tokens == 3
     assert completion.usage.prompt_tokens == reference.usage.prompt_tokens
     assert completion.choices[0].text == reference.choices[0].text
@@ -263,7 +269,8 @@ def test_ps_and_info_find_the_server_their_settings_start(managed, tmp_path):
     port = managed.base_url.rsplit(":", 1)[1]
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "server.toml").write_text(
-        f'[server]\nhost = "0.0.0.0"\nport = {port}\napi_key = "{KEY}"\n', encoding="utf-8")
+        f'[server]\nhost = "0.0.0.0"\nport = {port}\napi_key = "{KEY}"\n', encoding="utf-8"
+    )
     chat(managed.client(api_key=KEY), BASE, max_tokens=1)
     shown = run_ortserve(tmp_path, "ps", "--json")  # an all-interfaces host is asked on 127.0.0.1
     assert shown.returncode == 0, shown.stderr
@@ -278,8 +285,9 @@ def test_ps_lists_what_loads_on_first_requests(managed):
 
     async def burst():
         async with managed.async_client(api_key=KEY, max_retries=0, timeout=120) as client:
-            return await asyncio.gather(*(client.chat.completions.create(
-                model="crowd", messages=USER, max_tokens=2) for _ in range(4)))
+            return await asyncio.gather(
+                *(client.chat.completions.create(model="crowd", messages=USER, max_tokens=2) for _ in range(4))
+            )
 
     responses = asyncio.run(burst())  # every request waits for the one load; none fails
     assert [r.model for r in responses] == ["crowd"] * 4
@@ -293,8 +301,15 @@ def test_rm_during_a_stream_lets_it_finish(managed, client):
     shutil.copytree(models / CHAT_MODEL, models / "doomed")  # a model with weights of its own
     managed.store.write_config("doomed", ModelConfig(num_ctx=2048))
     tokens, n = 1900, 8  # the runner decodes 4 at a time: seconds in flight, time for `rm` and `ps` on a busy machine
-    stream = chat(client, "doomed", max_tokens=tokens, n=n, stream=True, stream_options={"include_usage": True},
-                  extra_body={"min_tokens": tokens, "keep_alive": -1})
+    stream = chat(
+        client,
+        "doomed",
+        max_tokens=tokens,
+        n=n,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"min_tokens": tokens, "keep_alive": -1},
+    )
     chunks = iter(stream)
     first = next(chunks)
     removed = run_ortserve(managed.home, "rm", "doomed")
@@ -339,8 +354,10 @@ def test_copies_share_one_runner_and_keep_their_own_system(managed, client):
         assert len(rows) == 1 and {BASE, *copies} <= set(rows[0]["names"])  # one loaded model for the three
         assert rows[0]["name"] == copies[1]  # listed under the name last used
         # one runner process per row, not per name (polled: a runner unloaded by an earlier test may be exiting)
-        wait_until(lambda: len(runner_pids(managed)) == len([m for m in ps(managed).values() if m["task"] == "chat"]),
-                   "one runner per loaded chat model")
+        wait_until(
+            lambda: len(runner_pids(managed)) == len([m for m in ps(managed).values() if m["task"] == "chat"]),
+            "one runner per loaded chat model",
+        )
 
         # the copy's SYSTEM applies per request on the shared runner; the other names' requests have none
         plain, mario = replies[BASE], replies[copies[1]]

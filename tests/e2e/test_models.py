@@ -1,4 +1,5 @@
 """/v1/models on a real server: names, aliases, and store changes seen while it runs."""
+
 from __future__ import annotations
 
 import openai
@@ -37,7 +38,8 @@ def test_store_changes_are_seen_without_a_restart(client, server):
     try:
         assert "e2e-added" in [m.id for m in client.models.list().data]
         response = client.chat.completions.create(
-            model="e2e-added", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+            model="e2e-added", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
         assert response.model == "e2e-added"
     finally:
         store.remove("e2e-added")

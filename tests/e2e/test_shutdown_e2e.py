@@ -5,6 +5,7 @@ Short streams finish inside the grace period; long ones are ended when it runs o
 event (503 server_shutting_down) and `[DONE]`. Before, 12-15 of 16 streams ended as an incomplete chunked
 body and the server printed as many tracebacks.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -53,15 +54,20 @@ def describe(pid: int) -> str:
 
 async def stream(client: httpx.AsyncClient, max_tokens: int, started: list) -> tuple[list[str], float]:
     """The stream's data events and when it ended."""
-    body = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "Tell me a story."}], "stream": True,
-            "max_tokens": max_tokens, "min_tokens": max_tokens}  # fmt: skip
+    body = {
+        "model": CHAT_MODEL,
+        "messages": [{"role": "user", "content": "Tell me a story."}],
+        "stream": True,
+        "max_tokens": max_tokens,
+        "min_tokens": max_tokens,
+    }
     events: list[str] = []
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
         assert response.status_code == 200
         started.append(1)
         async for line in response.aiter_lines():
             if line.startswith("data: "):
-                events.append(line[len("data: "):])
+                events.append(line[len("data: ") :])
     return events, time.monotonic()
 
 
@@ -73,8 +79,10 @@ def test_sigterm_lets_streams_finish_or_end_them_with_an_error_event(server_home
     async def scenario() -> list[list[str]]:
         started: list = []
         async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
-            await client.post("/v1/chat/completions", json={"model": CHAT_MODEL, "max_tokens": 1,
-                                                            "messages": [{"role": "user", "content": "hi"}]})
+            await client.post(
+                "/v1/chat/completions",
+                json={"model": CHAT_MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]},
+            )
             # 8 short streams first (they run at once and finish), then 8 that outlive the grace
             tasks = [asyncio.ensure_future(stream(client, 4 if i < 8 else 1900, started)) for i in range(16)]
             while len(started) < 16:

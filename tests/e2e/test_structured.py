@@ -4,6 +4,7 @@ The tiny models have random weights: they follow no instruction, so JSON comes o
 only because the grammar allows nothing else. Each test also has its control (the
 same request without the grammar gives no JSON), so it can fail for a real reason.
 """
+
 from __future__ import annotations
 
 import json
@@ -101,8 +102,9 @@ class Report(BaseModel):
 
 def test_the_clients_parse_helper_gets_its_pydantic_model(client):
     for seed in (1, 2):
-        response = client.chat.completions.parse(model=CHAT_MODEL, messages=ASK, response_format=Report, seed=seed,
-                                                 max_tokens=300)
+        response = client.chat.completions.parse(
+            model=CHAT_MODEL, messages=ASK, response_format=Report, seed=seed, max_tokens=300
+        )
         message = response.choices[0].message
         assert isinstance(message.parsed, Report), message.content
         assert message.parsed == Report.model_validate_json(message.content)
@@ -110,8 +112,13 @@ def test_the_clients_parse_helper_gets_its_pydantic_model(client):
 
 def test_completions_json_mode(client):
     for seed in (1, 2, 3):
-        response = client.completions.create(model=CHAT_MODEL, prompt="The weather:", max_tokens=300, seed=seed,
-                                             extra_body={"response_format": WEATHER_FORMAT})
+        response = client.completions.create(
+            model=CHAT_MODEL,
+            prompt="The weather:",
+            max_tokens=300,
+            seed=seed,
+            extra_body={"response_format": WEATHER_FORMAT},
+        )
         assert response.choices[0].finish_reason == "stop"
         jsonschema.validate(json.loads(response.choices[0].text), WEATHER)
 
@@ -119,8 +126,12 @@ def test_completions_json_mode(client):
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize(
     ("schema", "words"),
-    [({"type": "array", "uniqueItems": True}, "uniqueItems"), ({"not": {"type": "string"}}, "not"),
-     ({"type": "objekt"}, "objekt"), ({"type": "string", "pattern": "(?=a)a"}, "look-around")],
+    [
+        ({"type": "array", "uniqueItems": True}, "uniqueItems"),
+        ({"not": {"type": "string"}}, "not"),
+        ({"type": "objekt"}, "objekt"),
+        ({"type": "string", "pattern": "(?=a)a"}, "look-around"),
+    ],
 )
 def test_a_schema_llguidance_cannot_enforce_is_a_400_naming_it(client, stream, schema, words):
     bad = {"type": "json_schema", "json_schema": {"name": "bad", "schema": schema}}
@@ -133,11 +144,15 @@ def test_a_schema_llguidance_cannot_enforce_is_a_400_naming_it(client, stream, s
 
 @pytest.mark.parametrize(
     ("fields", "param"),
-    [({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
-     ({"response_format": {"type": "json_schema", "json_schema": {"name": "has space", "schema": {}}}},
-      "response_format.json_schema.name"),
-     ({"response_format": {"type": "yaml"}}, "response_format.type"),
-     ({"response_format": {"type": "json_object"}, "min_tokens": 3}, "min_tokens")],
+    [
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "has space", "schema": {}}}},
+            "response_format.json_schema.name",
+        ),
+        ({"response_format": {"type": "yaml"}}, "response_format.type"),
+        ({"response_format": {"type": "json_object"}, "min_tokens": 3}, "min_tokens"),
+    ],
 )
 def test_malformed_response_formats_name_their_param(client, fields, param):
     extra = {"min_tokens": fields.pop("min_tokens")} if "min_tokens" in fields else {}

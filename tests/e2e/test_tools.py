@@ -4,6 +4,7 @@ deltas the client rebuilds, a full round trip, and bad tool definitions.
 Random weights follow no instruction: with tool_choice "required" or a named function
 the calls are valid only because the grammar allows nothing else.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,23 +25,30 @@ WEATHER = {
 }
 ADD = {
     "type": "object",
-    "properties": {"a": {"type": "integer", "minimum": -1000, "maximum": 1000},
-                   "b": {"type": "integer", "minimum": -1000, "maximum": 1000}},
+    "properties": {
+        "a": {"type": "integer", "minimum": -1000, "maximum": 1000},
+        "b": {"type": "integer", "minimum": -1000, "maximum": 1000},
+    },
     "required": ["a", "b"],
     "additionalProperties": False,
 }
 TOOLS = [
-    {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": WEATHER,
-                                      "strict": True}},
-    {"type": "function", "function": {"name": "add", "description": "Add two integers", "parameters": ADD,
-                                      "strict": True}},
+    {
+        "type": "function",
+        "function": {"name": "get_weather", "description": "Weather in a city", "parameters": WEATHER, "strict": True},
+    },
+    {
+        "type": "function",
+        "function": {"name": "add", "description": "Add two integers", "parameters": ADD, "strict": True},
+    },
 ]
 SCHEMAS = {"get_weather": WEATHER, "add": ADD}
 
 
 def create(client, **fields):
-    return client.chat.completions.create(**{"model": CHAT_MODEL, "messages": ASK, "tools": TOOLS, "max_tokens": 300,
-                                             **fields})
+    return client.chat.completions.create(
+        **{"model": CHAT_MODEL, "messages": ASK, "tools": TOOLS, "max_tokens": 300, **fields}
+    )
 
 
 def assert_valid_calls(message, names=SCHEMAS) -> None:
@@ -141,16 +149,43 @@ def test_a_full_round_trip(client):
     ("fields", "param"),
     [
         ({"tools": [{"type": "function", "function": {"name": "get weather"}}]}, "tools.0.function.name"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]},
-         "tools.0.function.parameters"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]},
+            "tools.0.function.parameters",
+        ),
         ({"tools": [{"type": "web_search", "function": {"name": "f"}}]}, "tools.0.type"),
         ({"tools": [TOOLS[0], TOOLS[0]]}, "tools"),
-        ({"tools": [*TOOLS, {"type": "function", "function": {"name": "f", "parameters": {
-            "type": "object", "properties": {"x": {"not": {"type": "string"}}}}}}], "tool_choice": "required"},
-         "tools.2.function.parameters"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
-            "type": "object", "properties": {"x": {"$ref": "#/$defs/missing"}}}}}], "tool_choice": "required"},
-         "tools.0.function.parameters"),
+        (
+            {
+                "tools": [
+                    *TOOLS,
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "f",
+                            "parameters": {"type": "object", "properties": {"x": {"not": {"type": "string"}}}},
+                        },
+                    },
+                ],
+                "tool_choice": "required",
+            },
+            "tools.2.function.parameters",
+        ),
+        (
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "f",
+                            "parameters": {"type": "object", "properties": {"x": {"$ref": "#/$defs/missing"}}},
+                        },
+                    }
+                ],
+                "tool_choice": "required",
+            },
+            "tools.0.function.parameters",
+        ),
         ({"tool_choice": {"type": "function", "function": {"name": "unknown"}}}, "tool_choice"),
         ({"tools": None, "tool_choice": "required"}, "tool_choice"),
         ({"messages": [*ASK, {"role": "tool", "content": "42"}]}, "messages.1.tool_call_id"),
@@ -167,8 +202,12 @@ def test_bad_tool_definitions_are_a_400_naming_the_param(client, fields, param, 
 
 
 def test_auto_with_a_json_schema_gives_calls_or_that_json(client):
-    answer = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
-              "additionalProperties": False}
+    answer = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
     fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": answer}}
     kinds = set()
     for seed in range(1, 7):

@@ -9,6 +9,7 @@ Image URLs are served by a small HTTP server on 127.0.0.1 in this process. Three
 - `vision_server`, the tiny vision model (`vision_store_home`, `tiny-vlm`), for images that
   reach a model.
 """
+
 from __future__ import annotations
 
 import base64
@@ -123,9 +124,15 @@ def sighted_home(server_home, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def open_server(sighted_home, tmp_path_factory):
     log = tmp_path_factory.mktemp("vision-logs") / "open.log"
-    server = start_server(sighted_home, log, env={"ORTSERVE_IMAGE_FETCH_ALLOW": "127.0.0.1",
-                                                  "ORTSERVE_IMAGE_FETCH_TIMEOUT": "3",
-                                                  "ORTSERVE_IMAGE_MAX_BYTES": str(MAX_IMAGE_BYTES)})
+    server = start_server(
+        sighted_home,
+        log,
+        env={
+            "ORTSERVE_IMAGE_FETCH_ALLOW": "127.0.0.1",
+            "ORTSERVE_IMAGE_FETCH_TIMEOUT": "3",
+            "ORTSERVE_IMAGE_MAX_BYTES": str(MAX_IMAGE_BYTES),
+        },
+    )
     yield server
     stop_server_cleanly(server)
 
@@ -249,8 +256,15 @@ def test_base64_and_url_images_give_the_same_reply(vision_client, site):
     assert by_url
     assert reply(vision_client, asking(data_url(CHECKERS, "image/jpeg"))) == by_url
     assert reply(vision_client, asking(base64.b64encode(CHECKERS).decode())) == by_url
-    short_form = [{"role": "user", "content": [{"type": "text", "text": "What is in the picture?"},
-                                               {"type": "image_url", "image_url": url(site, "/checkers.jpg")}]}]
+    short_form = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in the picture?"},
+                {"type": "image_url", "image_url": url(site, "/checkers.jpg")},
+            ],
+        }
+    ]
     assert reply(vision_client, short_form) == by_url
 
 
@@ -258,7 +272,7 @@ def test_base64_and_url_images_give_the_same_reply(vision_client, site):
 def test_fp32_replies_equal_transformers_greedy(vision_client, site, vlm_reference, images):
     """The served reply (fp32 tiny-vlm, temperature 0) is PyTorch's greedy `generate` on the same pictures."""
     pictures = {"url": (url(site, "/checkers.jpg"), CHECKERS), "base64": (data_url(RED), RED)}
-    urls, raw = zip(*(pictures[kind] for kind in images))
+    urls, raw = zip(*(pictures[kind] for kind in images), strict=True)
     served = vision_client.chat.completions.create(model=VLM, messages=asking(*urls), temperature=0, max_tokens=12)
     parts = [{"type": "text", "text": "What is in the picture?"}] + [{"type": "image"}] * len(raw)
     tokens, prompt_tokens = hf_greedy(vlm_reference, [{"role": "user", "content": parts}], list(raw), 12)
@@ -275,8 +289,9 @@ def test_different_images_give_different_replies(vision_client):
 def test_several_images_and_streaming(vision_client, site):
     messages = asking(data_url(RED), url(site, "/checkers.jpg"), text="Compare them.")
     whole = reply(vision_client, messages)
-    stream = vision_client.chat.completions.create(model=VLM, messages=messages, temperature=0, max_tokens=24,
-                                                   stream=True)
+    stream = vision_client.chat.completions.create(
+        model=VLM, messages=messages, temperature=0, max_tokens=24, stream=True
+    )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == whole
     # every image counts, in its place
     assert reply(vision_client, asking(data_url(RED), data_url(RED), text="Compare them.")) != whole
@@ -289,8 +304,9 @@ def test_a_photo_larger_than_the_model_keeps_is_served_at_the_models_size(vision
     photo.save(out, format="JPEG", quality=30)  # flat: ~20 KB, inside the test server's 64 KiB body limit
     messages = asking(data_url(out.getvalue(), "image/jpeg"))
     big = vision_client.chat.completions.create(model=VLM, messages=messages, temperature=0, max_tokens=4)
-    largest = vision_client.chat.completions.create(model=VLM, messages=asking(data_url(png(size=(112, 112)))),
-                                                    temperature=0, max_tokens=4)
+    largest = vision_client.chat.completions.create(
+        model=VLM, messages=asking(data_url(png(size=(112, 112)))), temperature=0, max_tokens=4
+    )
     # 112 x 112 is the processor's largest grid (16 image tokens): the photo gets at most as many
     assert big.choices[0].finish_reason in ("stop", "length")
     assert 0 < big.usage.prompt_tokens <= largest.usage.prompt_tokens

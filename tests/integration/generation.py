@@ -1,4 +1,5 @@
 """Running one generation to its end, for the integration tests of the runner (text and images)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +11,7 @@ HANG = 60  # seconds: only to turn a hang into a failure
 
 async def run(gen, request) -> tuple[Started, list[TextDelta], Finished]:
     """Started, the TextDeltas and Finished of one request (the stream must have exactly that shape)."""
+
     async def go():
         events = [event async for event in gen.generate(request)]
         assert isinstance(events[0], Started) and isinstance(events[-1], Finished)

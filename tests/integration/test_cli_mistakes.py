@@ -1,6 +1,7 @@
 """Typical mistakes at the command line: each is a one-line `error: ...` (or argparse's usage error) with a
 non-zero exit, never a traceback and never a silent wrong result. No conversion runs here: the stores are
 hand-made manifests, the "hub" is a closed port on 127.0.0.1, and the "other server" a stdlib one."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from ortserve.core.model_config import ModelConfig
-from ortserve.server.settings import ServerSettings
 from ortserve.core.store import MANIFEST, ModelStore
+from ortserve.server.settings import ServerSettings
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,21 +41,40 @@ def _store(home: Path) -> ModelStore:
 
 def _ortserve(home: Path, *argv: str, **env: str) -> subprocess.CompletedProcess:
     """`ortserve` in a subprocess (for what an in-process run cannot set: the console, huggingface_hub's env)."""
-    environment = {k: v for k, v in os.environ.items()
-                   if not k.startswith(("ORTSERVE_", "HF_")) and not k.lower().endswith("_proxy")}
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ORTSERVE_", "HF_")) and not k.lower().endswith("_proxy")
+    }
     environment.update(ORTSERVE_HOME=str(home), HF_HOME=str(home / "hf"), **env)
-    return subprocess.run([sys.executable, "-m", "ortserve.server.cli", *argv], cwd=ROOT, env=environment,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "ortserve.server.cli", *argv],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 # ---- convert -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("offline, says", [("0", "the Hugging Face hub could not be reached"),
-                                           ("1", "not in the Hugging Face cache while HF_HUB_OFFLINE is set")])
+@pytest.mark.parametrize(
+    "offline, says",
+    [
+        ("0", "the Hugging Face hub could not be reached"),
+        ("1", "not in the Hugging Face cache while HF_HUB_OFFLINE is set"),
+    ],
+)
 def test_convert_from_a_hub_that_cannot_be_reached_says_so(tmp_path, offline, says):
     with socket.socket() as closed:  # bound, never listening: a connection is refused at once
         closed.bind(("127.0.0.1", 0))
-        done = _ortserve(tmp_path, "convert", "someone/some-model", HF_HUB_OFFLINE=offline,
-                         HF_ENDPOINT=f"http://127.0.0.1:{closed.getsockname()[1]}")
+        done = _ortserve(
+            tmp_path,
+            "convert",
+            "someone/some-model",
+            HF_HUB_OFFLINE=offline,
+            HF_ENDPOINT=f"http://127.0.0.1:{closed.getsockname()[1]}",
+        )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"error: someone/some-model: no such local folder, and {says}" in done.stderr.splitlines()[-1]
 
@@ -72,15 +92,24 @@ def test_convert_dot_is_named_after_the_folder(tmp_path, monkeypatch):
 
     (tmp_path / "My-Model").mkdir()
     monkeypatch.chdir(tmp_path / "My-Model")
-    assert [default_name(s) for s in (".", "./", "..", "owner/Name")] == ["my-model", "my-model",
-                                                                          tmp_path.name.lower(), "name"]
+    assert [default_name(s) for s in (".", "./", "..", "owner/Name")] == [
+        "my-model",
+        "my-model",
+        tmp_path.name.lower(),
+        "name",
+    ]
 
 
-@pytest.mark.parametrize("name, says", [
-    ("org/model", "'/' is for hub ids and aliases"),  # created, then neither `show` nor `get` could find it
-    ("con", "Windows cannot use it"), ("NUL.v2", "Windows cannot use it"), ("v1.", "Windows cannot use it"),
-    ("é" * 100, "too long as a file name"),  # 1,200 characters once quoted: a traceback from the file system
-])
+@pytest.mark.parametrize(
+    "name, says",
+    [
+        ("org/model", "'/' is for hub ids and aliases"),  # created, then neither `show` nor `get` could find it
+        ("con", "Windows cannot use it"),
+        ("NUL.v2", "Windows cannot use it"),
+        ("v1.", "Windows cannot use it"),
+        ("é" * 100, "too long as a file name"),  # 1,200 characters once quoted: a traceback from the file system
+    ],
+)
 def test_names_the_store_cannot_hold_are_refused(home, capsys, name, says):
     assert run_cli(home, "convert", str(home), "--name", name) == 1  # refused before the source is read
     assert f"invalid model name {name!r}: {says}" in capsys.readouterr().err
@@ -108,8 +137,10 @@ def test_convert_force_names_the_copies_that_now_serve_the_new_weights(home, tmp
     for copy in ("x", "y"):
         _store(home).copy("base", copy)
     (tmp_path / "source").mkdir()
-    assert run_cli(home, "convert", str(tmp_path / "source"), "--name", "base", "--task", "embedding", "--force",
-                   *quiet) == 0
+    assert (
+        run_cli(home, "convert", str(tmp_path / "source"), "--name", "base", "--task", "embedding", "--force", *quiet)
+        == 0
+    )
     assert "note: x, y share these weights and now serve the new ones" in capsys.readouterr().err
     assert _store(home).get("y").task == "embedding"  # the behaviour stays: they serve the new weights
     assert run_cli(home, "convert", str(tmp_path / "source"), "--name", "x", "--task", "embedding", "--force") == 0
@@ -125,7 +156,8 @@ def test_a_name_too_long_for_a_file_is_simply_not_there(home, capsys):
 def test_aliases_are_never_shadowed_and_rm_of_one_says_whose_it_is(home, capsys, tmp_path):
     assert run_cli(home, "rm", "gpt-4o-mini") == 1
     assert "'gpt-4o-mini' is an alias of model 'base', not a model; remove it from the aliases in" in (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )
     assert run_cli(home, "cp", "base", "gpt-4o-mini") == 1  # would silently take the alias's requests
     assert "'gpt-4o-mini' is an alias of model 'base'" in capsys.readouterr().err
     modelfile = tmp_path / "Modelfile"
@@ -170,14 +202,17 @@ def test_broken_settings_are_named_in_plain_words(home, capsys):
     assert "base.toml: num_ctx: Input should be a valid integer" in err and "errors.pydantic.dev" not in err
 
 
-@pytest.mark.parametrize("content, says", [
-    (None, "no such file (name the Modelfile with -f FILE)"),
-    ("folder", "is a folder; name the Modelfile itself with -f FILE"),  # Windows says only "Permission denied"
-    ("\ufeffFROM base\n".encode("utf-16"), "not UTF-8 text (save it as UTF-8)"),  # Notepad's "Unicode"
-    (b"\x7fELF\x02\x01\x01\x00\xff\xfe", "not UTF-8 text"),
-    (b"", "the Modelfile has no FROM line"),
-    (b"FROM nothere\n", "FROM nothere: not a model in the store, a local folder or a hub id"),
-])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (None, "no such file (name the Modelfile with -f FILE)"),
+        ("folder", "is a folder; name the Modelfile itself with -f FILE"),  # Windows says only "Permission denied"
+        ("\ufeffFROM base\n".encode("utf-16"), "not UTF-8 text (save it as UTF-8)"),  # Notepad's "Unicode"
+        (b"\x7fELF\x02\x01\x01\x00\xff\xfe", "not UTF-8 text"),
+        (b"", "the Modelfile has no FROM line"),
+        (b"FROM nothere\n", "FROM nothere: not a model in the store, a local folder or a hub id"),
+    ],
+)
 def test_create_with_a_modelfile_that_cannot_be_used(home, tmp_path, monkeypatch, capsys, content, says):
     monkeypatch.chdir(tmp_path)  # `create` reads ./Modelfile by default
     if content == "folder":
@@ -214,13 +249,16 @@ def test_a_console_that_cannot_show_a_character_gets_an_escape(home):
 
 
 # ---- serve and its settings ---------------------------------------------------------------------------
-@pytest.mark.parametrize("content, says", [
-    (b"[server\n", "server.toml is not valid TOML: Expected ']'"),
-    (b"port = 9000\n[server]\n", "server.toml: port: settings go under the [server] line"),  # else ignored
-    (b"server = 3\n", "'server' must be the [server] table"),
-    (b"\xff\xfe[\x00s\x00", "server.toml is not UTF-8 text; save it as UTF-8"),
-    (b'[server]\nport = "abc"\n', "invalid settings: port: Input should be a valid integer"),
-])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"[server\n", "server.toml is not valid TOML: Expected ']'"),
+        (b"port = 9000\n[server]\n", "server.toml: port: settings go under the [server] line"),  # else ignored
+        (b"server = 3\n", "'server' must be the [server] table"),
+        (b"\xff\xfe[\x00s\x00", "server.toml is not UTF-8 text; save it as UTF-8"),
+        (b'[server]\nport = "abc"\n', "invalid settings: port: Input should be a valid integer"),
+    ],
+)
 def test_serve_with_a_broken_server_toml(tmp_path, capsys, content, says):
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "server.toml").write_bytes(content)
@@ -230,21 +268,38 @@ def test_serve_with_a_broken_server_toml(tmp_path, capsys, content, says):
     assert not (tmp_path / "models").exists()
 
 
-@pytest.mark.parametrize("env, argv, says", [
-    ({"ORTSERVE_PORT": "abc"}, (), "port: Input should be a valid integer, unable to parse string as an integer "
-                                   "(ORTSERVE_PORT='abc')"),
-    ({"ORTSERVE_KEEP_ALIVE": "forever"}, (), "keep_alive: Value error, invalid duration 'forever': use seconds or "
-                                             "units such as '5m', '1h30m', '10s' (ORTSERVE_KEEP_ALIVE='forever')"),
-    ({}, ("--port", "-1"), "port: Input should be greater than or equal to 0 (--port)"),
-    ({}, ("--host", ""), "host: String should have at least 1 character (--host)"),  # else: every interface
-    ({}, ("--api-key", ""), "api_key: String should have at least 1 character (--api-key)"),  # else: no key
-    ({"ORTSERVE_LOG_LEVEL": "verbose"}, (), "log_level: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR' "
-                                            "(ORTSERVE_LOG_LEVEL='verbose')"),  # once a warning, then INFO
-    ({"ORTSERVE_THREADS": "0"}, (), "threads: Input should be greater than or equal to 1 (ORTSERVE_THREADS='0')"),
-    ({"ORTSERVE_NUM_PARALLEL": "4x"}, (), "num_parallel: Input should be a valid integer, unable to parse string as "
-                                          "an integer (ORTSERVE_NUM_PARALLEL='4x')"),  # once silently 4
-    ({}, ("--prefill-chunk", "0"), "prefill_chunk: Input should be greater than or equal to 1 (--prefill-chunk)"),
-])
+@pytest.mark.parametrize(
+    "env, argv, says",
+    [
+        (
+            {"ORTSERVE_PORT": "abc"},
+            (),
+            "port: Input should be a valid integer, unable to parse string as an integer (ORTSERVE_PORT='abc')",
+        ),
+        (
+            {"ORTSERVE_KEEP_ALIVE": "forever"},
+            (),
+            "keep_alive: Value error, invalid duration 'forever': use seconds or "
+            "units such as '5m', '1h30m', '10s' (ORTSERVE_KEEP_ALIVE='forever')",
+        ),
+        ({}, ("--port", "-1"), "port: Input should be greater than or equal to 0 (--port)"),
+        ({}, ("--host", ""), "host: String should have at least 1 character (--host)"),  # else: every interface
+        ({}, ("--api-key", ""), "api_key: String should have at least 1 character (--api-key)"),  # else: no key
+        (
+            {"ORTSERVE_LOG_LEVEL": "verbose"},
+            (),
+            "log_level: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR' (ORTSERVE_LOG_LEVEL='verbose')",
+        ),  # once a warning, then INFO
+        ({"ORTSERVE_THREADS": "0"}, (), "threads: Input should be greater than or equal to 1 (ORTSERVE_THREADS='0')"),
+        (
+            {"ORTSERVE_NUM_PARALLEL": "4x"},
+            (),
+            "num_parallel: Input should be a valid integer, unable to parse string as "
+            "an integer (ORTSERVE_NUM_PARALLEL='4x')",
+        ),  # once silently 4
+        ({}, ("--prefill-chunk", "0"), "prefill_chunk: Input should be greater than or equal to 1 (--prefill-chunk)"),
+    ],
+)
 def test_serve_names_where_a_bad_setting_came_from(tmp_path, monkeypatch, capsys, env, argv, says):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -257,8 +312,9 @@ def test_serve_takes_a_log_level_in_any_case_and_empty_as_unset(tmp_path, level)
     with socket.socket() as taken:  # serve stops there, after configuring its logging
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        done = _ortserve(tmp_path, "serve", "--no-bootstrap", "--port", str(taken.getsockname()[1]),
-                         ORTSERVE_LOG_LEVEL=level)
+        done = _ortserve(
+            tmp_path, "serve", "--no-bootstrap", "--port", str(taken.getsockname()[1]), ORTSERVE_LOG_LEVEL=level
+        )
     assert done.returncode == 2 and "error: cannot listen on" in done.stderr
     assert len(done.stderr.splitlines()) == 1
 
@@ -298,14 +354,24 @@ def other_server():
     thread.join(timeout=5)
 
 
-@pytest.mark.parametrize("body", [b'{"models": 3}', b'{"models": [{"x": 1}]}', b'{"models": ["a"]}',
-                                  b'{"models": [{"name": "a", "expires_in": "soon"}]}', b"<html>"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"models": 3}',
+        b'{"models": [{"x": 1}]}',
+        b'{"models": ["a"]}',
+        b'{"models": [{"name": "a", "expires_in": "soon"}]}',
+        b"<html>",
+    ],
+)
 def test_ps_against_a_server_that_is_not_ortserve(home, other_server, capsys, body):
     url, answers = other_server
     answers["/api/ps"] = (200, body)
     assert run_cli(home, "ps", "--url", url) == 1
-    assert capsys.readouterr().err == f"error: {url}/api/ps did not answer as ortserve does (a JSON object with " \
-                                      "'models')\n"
+    assert (
+        capsys.readouterr().err == f"error: {url}/api/ps did not answer as ortserve does (a JSON object with "
+        "'models')\n"
+    )
 
 
 def test_ps_against_a_server_without_api_ps(home, other_server, capsys):

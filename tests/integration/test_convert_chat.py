@@ -1,4 +1,5 @@
 """`ortserve convert` on the tiny chat fixtures: validation figures, parity, failures."""
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,7 @@ def test_fp32_greedy_matches_transformers(chat_store, checkpoints, name, arch):
     ref = transformers.AutoModelForCausalLM.from_pretrained(src)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about Paris 🙂"}]
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-    expected = ref.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[0, len(ids):].tolist()
+    expected = ref.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[0, len(ids) :].tolist()
 
     model = og.Model(str(chat_store.get(name).folder))
     params = og.GeneratorParams(model)
@@ -70,11 +71,17 @@ def test_missing_source_is_one_line_error(tmp_path, capsys):
     assert _store_is_empty(tmp_path)
 
 
-@pytest.mark.parametrize("config,expected", [
-    ("{not json", "not valid JSON"),
-    ('{"hello": 1}', "has no model_type"),
-    ('{"model_type": "mamba", "architectures": ["MambaForCausalLM"]}', "unsupported chat architecture 'MambaForCausalLM'"),
-])
+@pytest.mark.parametrize(
+    "config,expected",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"hello": 1}', "has no model_type"),
+        (
+            '{"model_type": "mamba", "architectures": ["MambaForCausalLM"]}',
+            "unsupported chat architecture 'MambaForCausalLM'",
+        ),
+    ],
+)
 def test_corrupt_or_unsupported_source(tmp_path, capsys, config, expected):
     src = tmp_path / "src"
     src.mkdir()
@@ -101,7 +108,10 @@ def test_corrupt_weights_fail_in_builder_and_leave_nothing(tmp_path, checkpoints
 
 def test_precision_device_pairs_checked_up_front(tmp_path, checkpoints, capsys):
     home = tmp_path / "home"
-    assert run_cli(home, "convert", str(checkpoints["llama"]), "--task", "chat", "--device", "cuda", "--precision", "fp32") == 1
+    assert (
+        run_cli(home, "convert", str(checkpoints["llama"]), "--task", "chat", "--device", "cuda", "--precision", "fp32")
+        == 1
+    )
     assert "fp16 or int4" in capsys.readouterr().err
     assert run_cli(home, "convert", str(checkpoints["llama"]), "--task", "chat", "--device", "coreml") == 1
     assert "CoreML" in capsys.readouterr().err

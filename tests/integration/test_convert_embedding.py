@@ -1,5 +1,6 @@
 """Embedding conversion: all-MiniLM-L6-v2 (fp32, int8, fp16) and tiny random encoders, checked
 numerically against sentence-transformers / PyTorch."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 # 50 texts unlike the validator's own: short, long (past the 256-token limit), code, many scripts.
 SENTENCES = [
-    "hi", "OK", "Yes.", "No way!", "Thanks a lot", "42", "C'est la vie.", "Good morning, everyone.",
-    "How do I reset my password?", "The meeting moved to Thursday at 3pm.",
+    "hi",
+    "OK",
+    "Yes.",
+    "No way!",
+    "Thanks a lot",
+    "42",
+    "C'est la vie.",
+    "Good morning, everyone.",
+    "How do I reset my password?",
+    "The meeting moved to Thursday at 3pm.",
     "A cat sat on the warm windowsill and watched the birds.",
     "Quantum computers use qubits, which can be in superpositions of states.",
     "The recipe calls for two cups of flour, one egg and a pinch of salt.",
@@ -325,9 +334,11 @@ def test_unknown_precision_and_unsupported_modules(minilm, tmp_path):
         convert_embedding(minilm, tmp_path, precision="int4", device="cpu", progress=Progress(quiet=True))
     src = tmp_path / "dense"
     src.mkdir()
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-               {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]  # fmt: skip
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+    ]
     (src / "modules.json").write_text(json.dumps(modules))
     with pytest.raises(ConversionError, match=r"unsupported sentence-transformers modules .*Dense"):
         read_source(src)

@@ -1,5 +1,6 @@
 """`ortserve convert` on a tiny random Qwen2.5-VL: the ONNX parts and genai_config sections
 onnxruntime-genai reads, the figures checked against PyTorch, and ready genai folders."""
+
 from __future__ import annotations
 
 import json
@@ -148,17 +149,22 @@ def test_a_broken_genai_folder_is_refused_and_nothing_is_left(tmp_path, tiny_vlm
     assert not (home / "models" / "broken").exists()
 
 
-@pytest.mark.parametrize("preprocessor", [
-    {"min_pixels": 3136, "max_pixels": 12845056},  # Qwen2.5-VL's own: 65,536 patches an image
-    {"size": {"shortest_edge": 3136, "longest_edge": 12845056}},  # the same, as transformers 5 writes it
-])
+@pytest.mark.parametrize(
+    "preprocessor",
+    [
+        {"min_pixels": 3136, "max_pixels": 12845056},  # Qwen2.5-VL's own: 65,536 patches an image
+        {"size": {"shortest_edge": 3136, "longest_edge": 12845056}},  # the same, as transformers 5 writes it
+    ],
+)
 def test_images_are_sized_so_the_encoders_square_masks_fit_in_memory(preprocessor):
     from ortserve.conversion.vision import MAX_IMAGE_TOKENS, processor_config
 
     config = processor_config(preprocessor, {"patch_size": 14, "spatial_merge_size": 2})
-    (resize,) = [t["operation"]["attrs"] for t in config["processor"]["transforms"]
-                 if t["operation"]["name"] == "resize"]
+    (resize,) = [
+        t["operation"]["attrs"] for t in config["processor"]["transforms"] if t["operation"]["name"] == "resize"
+    ]
     assert resize["max_pixels"] == 28 * 28 * MAX_IMAGE_TOKENS == 1_003_520 and resize["min_pixels"] == 3136
     small = processor_config({"min_pixels": 3136, "max_pixels": 12544}, {})  # a smaller limit is kept
-    assert [t for t in small["processor"]["transforms"] if t["operation"]["name"] == "resize"][0][
-        "operation"]["attrs"]["max_pixels"] == 12544
+    assert [t for t in small["processor"]["transforms"] if t["operation"]["name"] == "resize"][0]["operation"]["attrs"][
+        "max_pixels"
+    ] == 12544

@@ -1,6 +1,7 @@
 """`OrtEmbedder` with real onnxruntime sessions on the converted all-MiniLM-L6-v2 (fp32 and int8):
 vectors against sentence-transformers, tokens against the converted tokenizer, the micro-batcher
 with the real session, the event loop kept free, and serving without torch."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,8 +21,14 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 TEXTS = [
-    "hello world", "Is this the real life?", "Der Zug nach Berlin fährt um 9 Uhr ab.", "北京是中国的首都。",
-    "Ceci n'est pas une pipe.", "SELECT * FROM users;", "🙂 emoji and words", "Москва — столица России.",
+    "hello world",
+    "Is this the real life?",
+    "Der Zug nach Berlin fährt um 9 Uhr ab.",
+    "北京是中国的首都。",
+    "Ceci n'est pas une pipe.",
+    "SELECT * FROM users;",
+    "🙂 emoji and words",
+    "Москва — столица России.",
     " ".join(["A long paragraph about model serving, batching and padding."] * 18),  # 236 tokens
     "x",
 ]
@@ -71,7 +78,7 @@ async def test_token_counts_are_the_converted_tokenizers(store, fp32):
     tokenizer = Tokenizer.from_file(str(store.get("all-minilm").folder / "tokenizer.json"))
     result = await fp32.embed(TEXTS)
     assert list(result.token_counts) == [len(tokenizer.encode(t).ids) for t in TEXTS]
-    for text, sequence in zip(TEXTS, fp32.encode(TEXTS)):
+    for text, sequence in zip(TEXTS, fp32.encode(TEXTS), strict=True):
         assert sequence.tolist() == tokenizer.encode(text).ids  # [CLS] ... [SEP], as the tokenizer adds them
 
 
@@ -143,7 +150,10 @@ async def test_concurrent_requests_share_one_session_run(fp32):
         await embedder.close()
     alone_length = len(fp32.encode(["the first request runs alone"])[0])
     longest = max(len(s) for s in fp32.encode(TEXTS[:6]))
-    assert session.batches == [(1, alone_length), (6, longest)]  # the six queued requests: one run, padded to the longest
+    assert session.batches == [
+        (1, alone_length),
+        (6, longest),
+    ]  # the six queued requests: one run, padded to the longest
     alone = await fp32.embed(TEXTS[:6])
     np.testing.assert_allclose(np.concatenate([r.vectors for r in results[1:]]), alone.vectors, atol=1e-5)
 

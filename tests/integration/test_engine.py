@@ -4,6 +4,7 @@ References are independent: transformers' greedy `generate` (with an OpenAI-pena
 logits processor where penalties apply). Concurrency is checked by event order,
 never by wall-clock limits; timeouts only turn a hang into a failure.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from ortserve.server.engine import load_generator
 from ortserve.core.devices import count_cores
+from ortserve.core.model_config import ModelConfig
+from ortserve.core.store import ModelEntry
+from ortserve.server.engine import load_generator
 from ortserve.server.engine.devices import resolve_device
 from ortserve.server.engine.generation import Finished, GenerationRequest, Prompt, SamplingParams, Started, TextDelta
 from ortserve.server.engine.runner_loop import merge_deltas
 from ortserve.server.engine.runner_model import find_fim_tokens
 from ortserve.server.errors import BackendError, ContextLengthError, InvalidRequestError, NotSupportedError
-from ortserve.core.model_config import ModelConfig
-from ortserve.core.store import ModelEntry
 from tests.integration.generation import HANG, ids_of, run
 
 pytestmark = pytest.mark.slow
@@ -158,9 +159,12 @@ async def test_seed_makes_sampling_reproducible_even_interleaved(generator):
         return chat(max_tokens=24, temperature=1.0, top_p=0.95, seed=seed)
 
     a, b, c, d, e = await asyncio.gather(
-        run(generator, sampled(7)), run(generator, sampled(7)), run(generator, sampled(8)),
-        run(generator, sampled(None)), run(generator, sampled(None)),
-    )  # fmt: skip
+        run(generator, sampled(7)),
+        run(generator, sampled(7)),
+        run(generator, sampled(8)),
+        run(generator, sampled(None)),
+        run(generator, sampled(None)),
+    )
     assert ids_of(a[1]) == ids_of(b[1])
     assert ids_of(a[1]) != ids_of(c[1])
     assert ids_of(d[1]) != ids_of(e[1])
@@ -366,9 +370,14 @@ def test_fim_tokens(generator):
 
 def test_deltas_sent_together_are_merged_per_request():
     batch = [
-        (1, TextDelta("a", (1,))), (2, TextDelta("x", (9,))), (1, TextDelta("b", (2,))),
-        (1, Finished("stop", 3, 3)), (2, TextDelta("y", (8,))),
-    ]  # fmt: skip
+        (1, TextDelta("a", (1,))),
+        (2, TextDelta("x", (9,))),
+        (1, TextDelta("b", (2,))),
+        (1, Finished("stop", 3, 3)),
+        (2, TextDelta("y", (8,))),
+    ]
     assert merge_deltas(batch) == [
-        (1, TextDelta("ab", (1, 2))), (2, TextDelta("xy", (9, 8))), (1, Finished("stop", 3, 3)),
-    ]  # fmt: skip
+        (1, TextDelta("ab", (1, 2))),
+        (2, TextDelta("xy", (9, 8))),
+        (1, Finished("stop", 3, 3)),
+    ]

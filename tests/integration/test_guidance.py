@@ -3,6 +3,7 @@ grammar errors named by request field, and every tool-call format's grammar read
 
 Random weights follow no instruction, so whatever structure the output has comes from the grammar.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,8 @@ from ortserve.server.chat.grammars import chat_guidance, response_format_guidanc
 from ortserve.server.chat.tool_parsers import TOOL_PARSERS
 from ortserve.server.chat.tool_stream import parse_tool_calls
 from ortserve.server.engine import generator_scheduler, load_generator
-from ortserve.server.engine.generation import GenerationRequest, Guidance, Prompt, SamplingParams, TextDelta
 from ortserve.server.engine.detok import load_hf_tokenizer
+from ortserve.server.engine.generation import GenerationRequest, Guidance, Prompt, SamplingParams, TextDelta
 from ortserve.server.engine.guidance import probe_guidance
 from ortserve.server.engine.runner_model import RunnerModel
 from ortserve.server.errors import InvalidRequestError
@@ -123,8 +124,12 @@ async def test_without_a_grammar_the_model_writes_no_call(generator):
 
 @pytest.mark.parametrize(
     ("schema", "message"),
-    [({"type": "objekt"}, "objekt"), ({"type": "array", "uniqueItems": True}, "uniqueItems"),
-     ({"if": {"type": "string"}, "then": {"minLength": 1}}, "if"), ({"$ref": "#/$defs/missing"}, "missing")],
+    [
+        ({"type": "objekt"}, "objekt"),
+        ({"type": "array", "uniqueItems": True}, "uniqueItems"),
+        ({"if": {"type": "string"}, "then": {"minLength": 1}}, "if"),
+        ({"$ref": "#/$defs/missing"}, "missing"),
+    ],
 )
 async def test_an_unsupported_schema_is_a_400_naming_the_schema(generator, schema, message):
     guidance = response_format_guidance({"type": "json_schema", "json_schema": {"name": "s", "schema": schema}})
@@ -135,8 +140,16 @@ async def test_an_unsupported_schema_is_a_400_naming_the_schema(generator, schem
 
 
 async def test_the_tool_at_fault_is_named(generator):
-    tools = [*TOOLS, {"type": "function", "function": {"name": "bad", "parameters": {"type": "object", "properties": {
-        "x": {"not": {"type": "string"}}}}}}]
+    tools = [
+        *TOOLS,
+        {
+            "type": "function",
+            "function": {
+                "name": "bad",
+                "parameters": {"type": "object", "properties": {"x": {"not": {"type": "string"}}}},
+            },
+        },
+    ]
     guidance = chat_guidance(TOOL_PARSERS["hermes"], tools=tools, tool_choice="required")
     with pytest.raises(InvalidRequestError) as info:
         await generate(generator, guidance, seed=1)
@@ -165,7 +178,12 @@ def _loaded(chat_store) -> RunnerModel:
     raw.update_options(skip_special_tokens=False)
     genai = json.loads((folder / "genai_config.json").read_text())["model"]
     return RunnerModel(
-        og_model=model, tokenizer=tokenizer, raw_tokenizer=raw, context_length=2048, vocab_size=genai["vocab_size"],
-        eos_ids=frozenset([genai["eos_token_id"]]), bos_id=None, hf_tokenizer=load_hf_tokenizer(folder),
+        og_model=model,
+        tokenizer=tokenizer,
+        raw_tokenizer=raw,
+        context_length=2048,
+        vocab_size=genai["vocab_size"],
+        eos_ids=frozenset([genai["eos_token_id"]]),
+        bos_id=None,
+        hf_tokenizer=load_hf_tokenizer(folder),
     )
-

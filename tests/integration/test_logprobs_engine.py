@@ -4,6 +4,7 @@ and the fast path left to onnxruntime-genai. References are transformers' logits
 
 GeneratorRequests are driven in this process (as the runner's scheduler drives them); `generator` goes through a runner.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,14 @@ import numpy as np
 import pytest
 
 from ortserve.server.engine import ipc, load_generator
-from ortserve.server.engine.generation import Finished, GenerationRequest, Prompt, PromptLogprobs, SamplingParams, TextDelta
+from ortserve.server.engine.generation import (
+    Finished,
+    GenerationRequest,
+    Prompt,
+    PromptLogprobs,
+    SamplingParams,
+    TextDelta,
+)
 from ortserve.server.engine.generator_request import GeneratorRequest
 from ortserve.server.engine.generator_scheduler import load
 from ortserve.server.engine.sampling import search_options
@@ -82,8 +90,9 @@ def test_prompt_logprobs_across_prefill_chunks(model, reference, chunk):
     expected = reference(ids)
     entries = events[0].entries
     assert [e.token_id for e in entries] == ids and entries[0].logprob is None and entries[0].top == ()
-    assert [e.logprob for e in entries[1:]] == pytest.approx([expected[i - 1, t] for i, t in enumerate(ids) if i],
-                                                             abs=TOL)
+    assert [e.logprob for e in entries[1:]] == pytest.approx(
+        [expected[i - 1, t] for i, t in enumerate(ids) if i], abs=TOL
+    )
     for i, e in enumerate(entries[1:], start=1):
         assert [t.logprob for t in e.top] == pytest.approx(np.sort(expected[i - 1])[::-1][:3], abs=TOL)
 
@@ -95,8 +104,9 @@ def test_prompt_logprobs_when_the_model_gives_only_the_last_position(model, refe
         wrapped.append(LastRowOnly(g))
         return wrapped[0]
 
-    accepted, events = run(model, Prompt(text=TEXT), 8, wrap=wrap, max_tokens=4, temperature=0, prompt_logprobs=0,
-                       logprobs=0)
+    accepted, events = run(
+        model, Prompt(text=TEXT), 8, wrap=wrap, max_tokens=4, temperature=0, prompt_logprobs=0, logprobs=0
+    )
     assert wrapped[0].rewinds == 1 and accepted.prefill_chunk == 1  # the first chunk is read again, token by token
     ids = [int(t) for t in accepted.ids]
     generated = [t for e in events if isinstance(e, TextDelta) for t in e.token_ids]
@@ -120,8 +130,9 @@ def test_stop_string_tokens_are_not_reported_and_the_sum_counts_every_token(mode
     assert "".join(ev.text for ev in events if isinstance(ev, TextDelta)) == head
     generated = [t for ev in events if isinstance(ev, TextDelta) for t in ev.token_ids]
     expected = reference([int(t) for t in accepted.ids] + generated)[len(accepted.ids) - 1 :]
-    assert events[-1].cumulative_logprob == pytest.approx(sum(expected[i, t] for i, t in enumerate(generated)),
-                                                          abs=1e-3)
+    assert events[-1].cumulative_logprob == pytest.approx(
+        sum(expected[i, t] for i, t in enumerate(generated)), abs=1e-3
+    )
 
 
 def test_unknown_logit_bias_ids_name_the_param(model):
@@ -142,12 +153,16 @@ async def test_min_tokens_with_logprobs_still_holds_the_end_back(chat_store):
     gen = await load_generator(chat_store.get("tiny-llama"))
     eos = 2
     try:
-        request = GenerationRequest("r", Prompt(text="hi"), SamplingParams(
-            max_tokens=6, min_tokens=6, temperature=0, logit_bias=((eos, 100.0),), logprobs=0))
+        request = GenerationRequest(
+            "r",
+            Prompt(text="hi"),
+            SamplingParams(max_tokens=6, min_tokens=6, temperature=0, logit_bias=((eos, 100.0),), logprobs=0),
+        )
         events = await asyncio.wait_for(_collect(gen, request), 60)
         assert events[-1].completion_tokens == 6 and events[-1].finish_reason == "length"
-        free = GenerationRequest("r", Prompt(text="hi"), SamplingParams(
-            max_tokens=6, temperature=0, logit_bias=((eos, 100.0),), logprobs=0))
+        free = GenerationRequest(
+            "r", Prompt(text="hi"), SamplingParams(max_tokens=6, temperature=0, logit_bias=((eos, 100.0),), logprobs=0)
+        )
         events = await asyncio.wait_for(_collect(gen, free), 60)
         assert events[-1].completion_tokens == 1 and events[-1].finish_reason == "stop"  # the bias does force it
         assert events[-1].cumulative_logprob == pytest.approx(0, abs=1e-3)

@@ -1,5 +1,6 @@
 """The runner memory ceiling (issue #13, item 1): a process past its limit is reported, and a server whose
 runner goes over it answers with an error that says so and keeps serving."""
+
 from __future__ import annotations
 
 import shutil

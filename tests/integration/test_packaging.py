@@ -1,4 +1,5 @@
 """The wheel installs ortserve under its own import name, with every module and data file of the checkout."""
+
 from __future__ import annotations
 
 import shutil

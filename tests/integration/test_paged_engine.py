@@ -5,6 +5,7 @@ A paged-attention model only loads on CUDA, so here the Engine serves the tiny n
 `EngineScheduler` runs in a thread and is driven through real pipes with the runner's protocol.
 References are independent: onnxruntime-genai's `og.Generator` greedy tokens for the same prompt.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,11 +16,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ortserve.server.engine import engine_scheduler, ipc
-from ortserve.server.engine.generation import Finished, GenerationRequest, Guidance, Prompt, SamplingParams, Started, TextDelta
-from ortserve.server.errors import BackendError, NotSupportedError
-from ortserve.core.model_config import ModelConfig
 from ortserve.core.store import ModelEntry
+from ortserve.server.engine import engine_scheduler, ipc
+from ortserve.server.engine.generation import (
+    Finished,
+    GenerationRequest,
+    Guidance,
+    Prompt,
+    SamplingParams,
+    Started,
+    TextDelta,
+)
+from ortserve.server.errors import BackendError, NotSupportedError
 
 pytestmark = pytest.mark.slow
 
@@ -141,9 +149,11 @@ def test_greedy_tokens_match_the_generator(client, reference):
 
 def test_more_requests_than_a_static_batch_all_finish_with_their_own_tokens(client, reference):
     prompts = [f"prompt number {i} says" for i in range(7)]  # > 4, the CPU Engine's batch
-    rids = [client.submit(GenerationRequest(f"r{i}", Prompt(text=p), SamplingParams(max_tokens=6 + i, temperature=0)))
-            for i, p in enumerate(prompts)]  # fmt: skip
-    for i, (rid, prompt) in enumerate(zip(rids, prompts)):
+    rids = [
+        client.submit(GenerationRequest(f"r{i}", Prompt(text=p), SamplingParams(max_tokens=6 + i, temperature=0)))
+        for i, p in enumerate(prompts)
+    ]
+    for i, (rid, prompt) in enumerate(zip(rids, prompts, strict=True)):
         items = client.wait(rid)
         tokens = [t for item in items if isinstance(item, TextDelta) for t in item.token_ids]
         expected = [t for t in generator_greedy(reference, prompt, 6 + i) if t not in client.em.model.eos_ids]
@@ -153,8 +163,11 @@ def test_more_requests_than_a_static_batch_all_finish_with_their_own_tokens(clie
 def test_on_the_cpu_a_request_waits_for_the_running_static_batch(client):
     """Why the CPU keeps the Generator path: without paged attention the Engine batches statically, so a short
     request sent while a long one runs starts only when that batch is done (event order, no timing)."""
-    long = client.submit(GenerationRequest("long", Prompt(text="tell a long story"),
-                                           SamplingParams(max_tokens=300, min_tokens=300, temperature=0)))
+    long = client.submit(
+        GenerationRequest(
+            "long", Prompt(text="tell a long story"), SamplingParams(max_tokens=300, min_tokens=300, temperature=0)
+        )
+    )
     client.wait(long, until=lambda item: isinstance(item, TextDelta))
     short = client.submit(GenerationRequest("short", Prompt(text="hi"), SamplingParams(max_tokens=3, temperature=0)))
     client.wait(short)
@@ -164,8 +177,9 @@ def test_on_the_cpu_a_request_waits_for_the_running_static_batch(client):
 
 def test_chat_messages_use_the_chat_template(client):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
-    items = client.wait(client.submit(GenerationRequest("c", Prompt(messages=messages),
-                                                        SamplingParams(max_tokens=4, temperature=0))))
+    items = client.wait(
+        client.submit(GenerationRequest("c", Prompt(messages=messages), SamplingParams(max_tokens=4, temperature=0)))
+    )
     started, finished = items[0], items[-1]
     assert started.prompt_text.startswith("<|im_start|>system\nBe brief.<|im_end|>")
     assert started.prompt_text.endswith("<|im_start|>assistant\n")
@@ -174,7 +188,7 @@ def test_chat_messages_use_the_chat_template(client):
 
 def test_stop_string_cuts_the_text(client):
     _, full, _, _ = generate(client, "a b c d e f", max_tokens=24, temperature=0)
-    stop = full[len(full) // 2: len(full) // 2 + 2]
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
     assert stop.strip(), f"no usable stop string in {full!r}"
     _, text, _, finished = generate(client, "a b c d e f", max_tokens=24, temperature=0, stop=(stop,))
     assert text == full[: full.index(stop)]
@@ -197,12 +211,15 @@ def test_a_bad_grammar_is_a_400_naming_its_field(client):
     assert info.value.param == "response_format.json_schema"
 
 
-@pytest.mark.parametrize(("params", "param"), [
-    ({"logprobs": 2}, "logprobs"),
-    ({"logit_bias": ((5, 10.0),)}, "logit_bias"),
-    ({"presence_penalty": 0.5}, "presence_penalty"),
-    ({"seed": 7, "temperature": 0.8}, "seed"),  # a static-batch Engine takes no per-request seed
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"logprobs": 2}, "logprobs"),
+        ({"logit_bias": ((5, 10.0),)}, "logit_bias"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"seed": 7, "temperature": 0.8}, "seed"),  # a static-batch Engine takes no per-request seed
+    ],
+)
 def test_what_the_engine_cannot_do_is_a_501_naming_the_field(client, params, param):
     with pytest.raises(NotSupportedError) as info:
         generate(client, "hello", max_tokens=3, **params)
@@ -242,8 +259,9 @@ def paged_entry(checkpoints, tmp_path_factory) -> ModelEntry:
     from tests.conftest import run_cli
 
     home = tmp_path_factory.mktemp("paged-home")
-    code = run_cli(home, "convert", str(checkpoints["qwen2"]), "--name", "tiny-qwen-cuda", "--device", "cuda",
-                   "--quiet")  # fmt: skip
+    code = run_cli(
+        home, "convert", str(checkpoints["qwen2"]), "--name", "tiny-qwen-cuda", "--device", "cuda", "--quiet"
+    )
     assert code == 0
     return ModelStore(home / "models").get("tiny-qwen-cuda")
 

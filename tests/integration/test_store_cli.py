@@ -1,4 +1,5 @@
 """`ortserve list/show/cp/rm` on a copy of the converted fixture store."""
+
 from __future__ import annotations
 
 import json

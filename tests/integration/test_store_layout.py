@@ -1,6 +1,7 @@
 """A store is one folder (`<models>/NAME/` + `<models>/NAME.toml`), through the real CLI: settings beside the
 weights, the old `configs/models/` moved in once, a store named by --models-dir never reading another's
 settings, and names that would point outside the store refused by every command, with decoys around it."""
+
 from __future__ import annotations
 
 import json
@@ -89,8 +90,10 @@ def test_a_store_named_elsewhere_never_reads_another_stores_settings(tmp_path, c
     capsys.readouterr()
     assert (other / "y.toml").is_file() and not (home / "models" / "y.toml").exists()
     with _taken_port() as taken:
-        assert run_cli(home, "serve", "--no-bootstrap", "--models-dir", str(other), "--port",
-                       str(taken.getsockname()[1])) == 2
+        assert (
+            run_cli(home, "serve", "--no-bootstrap", "--models-dir", str(other), "--port", str(taken.getsockname()[1]))
+            == 2
+        )
     assert (home / "configs" / "models" / "x.toml").is_file() and not (other / "x.toml").exists()
     assert _listed(home, capsys) == {"x": ["home-alias"]}  # its own store: moved in now
 
@@ -113,12 +116,27 @@ def _intact(home: Path) -> None:
     assert (home / "models" / "base" / MANIFEST).is_file()
 
 
-@pytest.mark.parametrize("argv", [
-    ("rm", "."), ("rm", ".."), ("rm", "..\\escaped"), ("rm", "C:"), ("rm", "\\\\server\\share"),
-    ("show", "."), ("show", ".."), ("cp", "..", "escaped"), ("cp", ".", "copy"), ("cp", "base", ".."),
-    ("cp", "base", "../escaped"), ("cp", "base", "..\\escaped"), ("cp", "base", "C:"), ("create", ".."),
-    ("convert", "nowhere", "--name", ".."), ("convert", "nowhere", "--name", "..\\escaped"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("rm", "."),
+        ("rm", ".."),
+        ("rm", "..\\escaped"),
+        ("rm", "C:"),
+        ("rm", "\\\\server\\share"),
+        ("show", "."),
+        ("show", ".."),
+        ("cp", "..", "escaped"),
+        ("cp", ".", "copy"),
+        ("cp", "base", ".."),
+        ("cp", "base", "../escaped"),
+        ("cp", "base", "..\\escaped"),
+        ("cp", "base", "C:"),
+        ("create", ".."),
+        ("convert", "nowhere", "--name", ".."),
+        ("convert", "nowhere", "--name", "..\\escaped"),
+    ],
+)
 def test_a_name_outside_the_store_is_refused_by_every_command(decoys, capsys, argv):
     assert run_cli(decoys, *argv) == 1
     err = capsys.readouterr().err

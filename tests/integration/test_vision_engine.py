@@ -3,6 +3,7 @@
 The reference is independent of onnxruntime-genai: transformers' Qwen2.5-VL model
 with transformers' own image processor and tokenizer, greedy `generate`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -93,8 +94,9 @@ async def test_text_only_chat_on_the_vision_model_takes_the_text_path(vision_gen
 
 
 async def test_image_and_text_requests_progress_together(vision_generator):
-    solo_image = ids_of((await run(vision_generator, request(image_chat(), [png("gradient")], max_tokens=10,
-                                                              temperature=0)))[1])
+    solo_image = ids_of(
+        (await run(vision_generator, request(image_chat(), [png("gradient")], max_tokens=10, temperature=0)))[1]
+    )
     text_messages = [{"role": "user", "content": "Tell me about the sea."}]
     solo_text = ids_of((await run(vision_generator, request(text_messages, max_tokens=10, temperature=0)))[1])
     together = await asyncio.gather(
@@ -134,9 +136,18 @@ async def test_prompt_logprobs_with_images_is_not_supported(vision_generator):
 def test_image_parts_become_markers_when_a_template_cannot_render_them():
     from ortserve.server.engine.prompts import IMAGE_MARKERS, _inline_images
 
-    messages = [{"role": "system", "content": "Be brief."},
-                {"role": "user", "content": [{"type": "text", "text": "A: "}, {"type": "image"},
-                                             {"type": "text", "text": "B: "}, {"type": "image"}]}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "A: "},
+                {"type": "image"},
+                {"type": "text", "text": "B: "},
+                {"type": "image"},
+            ],
+        },
+    ]
     _, marker = IMAGE_MARKERS["phi3v"]
     assert _inline_images(messages, marker) == [
         {"role": "system", "content": "Be brief."},

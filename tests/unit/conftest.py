@@ -1,5 +1,6 @@
 """Fixtures of the unit tests: the image server of tests/unit/image_site.py, the real app over the fake
 engine of tests/unit/fake_app.py (each test module gives its own `store`), and a settable clock."""
+
 from __future__ import annotations
 
 import time

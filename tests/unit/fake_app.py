@@ -1,14 +1,15 @@
 """A fake engine behind the real Quart app, for the unit tests of the HTTP layer (test_app_errors,
 test_bad_input, test_embedding_logic): what the server does around generation, not generation itself."""
+
 from __future__ import annotations
 
 import asyncio
 import json
 
-from ortserve.server.engine.generation import Finished, GenerationRequest, Started, TextDelta
-from ortserve.server.errors import ContextLengthError
 from ortserve.core.model_config import ModelConfig
 from ortserve.core.store import MANIFEST, ModelStore
+from ortserve.server.engine.generation import Finished, GenerationRequest, Started, TextDelta
+from ortserve.server.errors import ContextLengthError
 
 CHAT = "/v1/chat/completions"
 USER = [{"role": "user", "content": "hello there"}]
@@ -93,7 +94,7 @@ def chat_body(**fields) -> dict:
 def sse_data(raw: str) -> list[str]:
     events = [e for e in raw.split("\n\n") if e]
     assert all(e.startswith("data: ") for e in events), events
-    return [e[len("data: "):] for e in events]
+    return [e[len("data: ") :] for e in events]
 
 
 def assert_error(body: dict, *, type: str, param=None, code=None) -> None:

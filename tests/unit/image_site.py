@@ -1,5 +1,6 @@
 """Shared by the image tests: image bytes, settings, assertions on refusals, an injected resolver,
 and a real HTTP image server on 127.0.0.1 (a thread of the test process)."""
+
 from __future__ import annotations
 
 import base64
@@ -17,7 +18,6 @@ from PIL import Image
 from ortserve.server.errors import ImageError
 from ortserve.server.images import ImageRef, load_images
 from ortserve.server.settings import ServerSettings
-
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PART = "messages.0.content.1.image_url"

@@ -4,6 +4,7 @@ only record being loaded and closed, a loader that counts loads, a settable cloc
 The engines are fakes (loading real models is tests/e2e's work); the store, the registry and the residency
 policy under test are real.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -74,8 +75,11 @@ class Clock:
 
 
 def make(store, loads, **settings) -> Registry:
-    return Registry(ServerSettings(models_dir=store.models_dir, configs_dir=store.models_dir.parent / "configs", **settings),
-                    store, loaders={"chat": loads})
+    return Registry(
+        ServerSettings(models_dir=store.models_dir, configs_dir=store.models_dir.parent / "configs", **settings),
+        store,
+        loaders={"chat": loads},
+    )
 
 
 async def settle() -> None:

@@ -3,6 +3,7 @@
 The engine is the fake `TextGenerator` of tests/unit/fake_app.py (whitespace "tokens", a canned reply): these
 tests check what the server does around it, not generation itself (tests/e2e).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -10,17 +11,23 @@ import json
 
 import pytest
 
-from ortserve.server.app import create_app
 from ortserve.core.model_config import ModelConfig, SamplingDefaults
 from ortserve.core.store import ModelStore
+from ortserve.server.app import create_app
 from tests.unit.fake_app import CHAT, USER, add_model, assert_error, chat_body, sse_data
 
 
 @pytest.fixture
 def store(settings) -> ModelStore:
     store = ModelStore(settings.models_dir)
-    add_model(store, "tiny", aliases=["tiny:latest", "org/tiny"], owned_by="me", system="Be terse.",
-              defaults=SamplingDefaults(temperature=0.3, max_tokens=50))
+    add_model(
+        store,
+        "tiny",
+        aliases=["tiny:latest", "org/tiny"],
+        owned_by="me",
+        system="Be terse.",
+        defaults=SamplingDefaults(temperature=0.3, max_tokens=50),
+    )
     add_model(store, "embedder", task="embedding")
     return store
 
@@ -69,12 +76,17 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "ob
     [
         (CHAT, {"response_format": {"type": "json_object"}}, "response_format"),
         (CHAT, {"tools": [TOOL], "tool_choice": "required"}, "tool_choice"),
-        (CHAT, {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "f"}}, "stream": True},
-         "tool_choice"),
+        (
+            CHAT,
+            {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "f"}}, "stream": True},
+            "tool_choice",
+        ),
         ("/v1/completions", {"prompt": "hi", "response_format": {"type": "json_object"}}, "response_format"),
     ],
 )
-async def test_output_that_needs_a_grammar_is_501_when_the_engine_cannot_enforce_one(client, backend, path, fields, param):
+async def test_output_that_needs_a_grammar_is_501_when_the_engine_cannot_enforce_one(
+    client, backend, path, fields, param
+):
     backend.options["context_length"] = 500  # room for the tool descriptions
     body = {"model": "tiny", **({"messages": USER} if path == CHAT else {}), **fields}
     response = await client.post(path, json=body)
@@ -91,7 +103,9 @@ async def test_output_that_needs_a_grammar_is_501_when_the_engine_cannot_enforce
 async def test_context_length_is_a_400_even_when_streaming(client, stream):
     response = await client.post(CHAT, json=chat_body(messages=[{"role": "user", "content": "w " * 40}], stream=stream))
     assert response.status_code == 400
-    assert_error(await response.get_json(), type="invalid_request_error", param="messages", code="context_length_exceeded")
+    assert_error(
+        await response.get_json(), type="invalid_request_error", param="messages", code="context_length_exceeded"
+    )
 
 
 async def test_engine_crash_is_a_500_and_inside_a_stream_an_error_event(client, backend):
@@ -209,8 +223,14 @@ async def test_chat_completion_shape_and_engine_request(client, backend):
     body = await (await client.post(CHAT, json=chat_body(model="tiny:latest", max_tokens=2, seed=3))).get_json()
     assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion"
     assert body["model"] == "tiny:latest" and body["system_fingerprint"].startswith("fp_ortserve_")
-    assert body["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "Hello", "refusal": None},
-                                "logprobs": None, "finish_reason": "length"}]
+    assert body["choices"] == [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello", "refusal": None},
+            "logprobs": None,
+            "finish_reason": "length",
+        }
+    ]
     assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
     request = backend.generators[0].requests[0]
     assert request.prompt.messages == [{"role": "system", "content": "Be terse."}, *USER]
@@ -225,7 +245,12 @@ async def test_chat_stream_chunks_with_usage(client):
     chunks = [json.loads(e) for e in events[:-1]]
     assert len({c["id"] for c in chunks}) == 1 and all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert [c["choices"][0]["delta"] for c in chunks[:-1]] == [
-        {"role": "assistant", "content": ""}, {"content": "Hel"}, {"content": "lo"}, {"content": "!"}, {}]
+        {"role": "assistant", "content": ""},
+        {"content": "Hel"},
+        {"content": "lo"},
+        {"content": "!"},
+        {},
+    ]
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] == 7  # "Be terse. hello there" + 3
     assert all(c["usage"] is None for c in chunks[:-1])
@@ -241,8 +266,10 @@ async def test_completions_many_prompts_echo_and_summed_usage(client, backend):
 
 
 async def test_completions_stream_many_prompts(client):
-    response = await client.post("/v1/completions", json={
-        "model": "tiny", "prompt": [[1, 2], [3]], "stream": True, "stream_options": {"include_usage": True}})
+    response = await client.post(
+        "/v1/completions",
+        json={"model": "tiny", "prompt": [[1, 2], [3]], "stream": True, "stream_options": {"include_usage": True}},
+    )
     events = sse_data(await response.get_data(as_text=True))
     chunks = [json.loads(e) for e in events[:-1]]
     assert events[-1] == "[DONE]" and chunks[-1]["usage"]["prompt_tokens"] == 3

@@ -1,5 +1,6 @@
 """A flood is refused at once, not queued for minutes (issue #13, item 5): past `num_parallel + max_queue`
 requests in flight on a chat model, a 503 server_busy with Retry-After; the server answers on meanwhile."""
+
 from __future__ import annotations
 
 import asyncio

@@ -4,6 +4,7 @@ serving, and values at the edge of the valid ranges reach the engine as somethin
 The engine is the fake of tests/unit/fake_app.py (it records each request's parameters); what a real model does
 with the same requests is in tests/e2e/test_bad_input_e2e.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,13 +13,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from ortserve.core.model_config import SamplingDefaults
+from ortserve.core.store import ModelStore
 from ortserve.server.app import create_app
 from ortserve.server.engine.logits import FLOOR, entry
 from ortserve.server.errors import InvalidRequestError
 from ortserve.server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, parse_request
 from ortserve.server.protocol.completions import MAX_GENERATIONS
-from ortserve.core.model_config import SamplingDefaults
-from ortserve.core.store import ModelStore
 from tests.unit.fake_app import CHAT, FakeBackend, add_model, assert_error, chat_body
 
 COMPLETIONS = "/v1/completions"
@@ -75,8 +76,11 @@ async def test_bodies_that_are_not_a_request_are_400_and_the_server_keeps_servin
         (CHAT, {"messages": "hi"}, "messages"),
         (CHAT, {"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
         (CHAT, {"messages": [{"role": "tool", "content": "42"}]}, "messages.0.tool_call_id"),
-        (CHAT, {"tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]},
-         "tools.0.function.parameters"),
+        (
+            CHAT,
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]},
+            "tools.0.function.parameters",
+        ),
         (CHAT, {"stop": [str(i) for i in range(10)]}, "stop"),
         (COMPLETIONS, {"best_of": 2**70}, "best_of"),
         (COMPLETIONS, {"logprobs": 2**70}, "logprobs"),

@@ -1,4 +1,5 @@
 """The incremental detokenizer joins to exactly what `decode(all ids)` gives."""
+
 from __future__ import annotations
 
 import random
@@ -20,7 +21,9 @@ def stream(tokenizer, ids):
     return pieces, decoder.flush()
 
 
-@pytest.mark.parametrize("text", ["Hello world", "Grüße aus München 🙂 こんにちは世界", "a\n\n  b", "<tool_call>{}</tool_call>"])
+@pytest.mark.parametrize(
+    "text", ["Hello world", "Grüße aus München 🙂 こんにちは世界", "a\n\n  b", "<tool_call>{}</tool_call>"]
+)
 def test_text_round_trips_piece_by_piece(tokenizer, text):
     ids = tokenizer.encode(text).ids
     pieces, tail = stream(tokenizer, ids)

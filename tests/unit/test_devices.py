@@ -3,6 +3,7 @@
 `ortserve.core.devices` decides from an `Environment` (platform, packages, a visible GPU, what the
 runtimes report); these tests hand it the environments of machines this one is not.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,21 +28,27 @@ def env(platform="linux", machine="x86_64", packages=CPU_ONLY, gpu=False, ort=No
 
 
 # ---- auto ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("machine", "runtime", "expected"), [
-    (env(packages=CUDA, gpu=True), "generation", "cuda"),
-    (env(packages=CUDA, gpu=True), "embeddings", "cuda"),
-    (env(platform="win32", packages=CUDA, gpu=True), "generation", "cuda"),  # CUDA before DirectML
-    (env(packages=CUDA, gpu=False), "generation", "cpu"),  # the packages, but no GPU
-    (env(packages=CPU_ONLY, gpu=True), "generation", "cpu"),  # a GPU, but the CPU builds
-    (env(platform="win32", packages={**CPU_ONLY, "onnxruntime-directml": "1.24.4"}), "embeddings", "dml"),
-    (env(platform="win32", packages={**CPU_ONLY, "onnxruntime-genai-winml": "0.18.0"}), "generation", "dml"),
-    (env(platform="win32", packages={"onnxruntime-genai-winml": "0.18.0", "onnxruntime-windowsml": "1.30.0"}),
-     "embeddings", "dml"),  # the Windows ML route: both runtimes with DirectML
-    (env(platform="win32"), "generation", "cpu"),  # the stock Windows wheels have no DirectML
-    (env(platform="darwin", machine="arm64"), "embeddings", "coreml"),  # the stock macOS onnxruntime has it
-    (env(platform="darwin", machine="arm64"), "generation", "cpu"),  # genai models do not run on CoreML
-    (env(platform="darwin", machine="x86_64"), "embeddings", "cpu"),  # CoreML only on Apple silicon
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("machine", "runtime", "expected"),
+    [
+        (env(packages=CUDA, gpu=True), "generation", "cuda"),
+        (env(packages=CUDA, gpu=True), "embeddings", "cuda"),
+        (env(platform="win32", packages=CUDA, gpu=True), "generation", "cuda"),  # CUDA before DirectML
+        (env(packages=CUDA, gpu=False), "generation", "cpu"),  # the packages, but no GPU
+        (env(packages=CPU_ONLY, gpu=True), "generation", "cpu"),  # a GPU, but the CPU builds
+        (env(platform="win32", packages={**CPU_ONLY, "onnxruntime-directml": "1.24.4"}), "embeddings", "dml"),
+        (env(platform="win32", packages={**CPU_ONLY, "onnxruntime-genai-winml": "0.18.0"}), "generation", "dml"),
+        (
+            env(platform="win32", packages={"onnxruntime-genai-winml": "0.18.0", "onnxruntime-windowsml": "1.30.0"}),
+            "embeddings",
+            "dml",
+        ),  # the Windows ML route: both runtimes with DirectML
+        (env(platform="win32"), "generation", "cpu"),  # the stock Windows wheels have no DirectML
+        (env(platform="darwin", machine="arm64"), "embeddings", "coreml"),  # the stock macOS onnxruntime has it
+        (env(platform="darwin", machine="arm64"), "generation", "cpu"),  # genai models do not run on CoreML
+        (env(platform="darwin", machine="x86_64"), "embeddings", "cpu"),  # CoreML only on Apple silicon
+    ],
+)
 def test_auto_picks_the_first_provider_that_can_run(machine, runtime, expected):
     assert devices.choose("auto", machine, runtime).device == expected
 
@@ -67,18 +74,21 @@ def test_auto_on_the_cpu_warns_only_when_an_accelerator_was_half_there(caplog):
 
 
 # ---- a device asked by name ------------------------------------------------------------------------
-@pytest.mark.parametrize(("device", "machine", "runtime", "words"), [
-    ("cuda", env(), "generation", ["onnxruntime-genai-cuda", "ortserve[cuda]"]),
-    ("cuda", env(), "embeddings", ["onnxruntime-gpu"]),
-    ("cuda", env(packages=CUDA), "generation", ["no NVIDIA GPU is visible"]),
-    ("cuda", env(platform="darwin", machine="arm64", packages=CUDA), "generation", ["Linux or Windows", "macOS"]),
-    ("dml", env(), "generation", ["Windows only", "Linux"]),
-    ("dml", env(platform="win32"), "generation", ["DirectML", "onnxruntime-genai-winml", "untested"]),
-    ("dml", env(platform="win32"), "embeddings", ["onnxruntime-directml"]),
-    ("coreml", env(platform="darwin", machine="arm64"), "generation", ["do not run on CoreML", "--device cpu"]),
-    ("coreml", env(platform="darwin", machine="x86_64"), "embeddings", ["arm64"]),
-    ("tpu", env(), "generation", ["unknown device 'tpu'", "cpu"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("device", "machine", "runtime", "words"),
+    [
+        ("cuda", env(), "generation", ["onnxruntime-genai-cuda", "ortserve[cuda]"]),
+        ("cuda", env(), "embeddings", ["onnxruntime-gpu"]),
+        ("cuda", env(packages=CUDA), "generation", ["no NVIDIA GPU is visible"]),
+        ("cuda", env(platform="darwin", machine="arm64", packages=CUDA), "generation", ["Linux or Windows", "macOS"]),
+        ("dml", env(), "generation", ["Windows only", "Linux"]),
+        ("dml", env(platform="win32"), "generation", ["DirectML", "onnxruntime-genai-winml", "untested"]),
+        ("dml", env(platform="win32"), "embeddings", ["onnxruntime-directml"]),
+        ("coreml", env(platform="darwin", machine="arm64"), "generation", ["do not run on CoreML", "--device cpu"]),
+        ("coreml", env(platform="darwin", machine="x86_64"), "embeddings", ["arm64"]),
+        ("tpu", env(), "generation", ["unknown device 'tpu'", "cpu"]),
+    ],
+)
 def test_an_unavailable_device_is_a_501_that_says_what_is_missing(device, machine, runtime, words):
     with pytest.raises(DeviceUnavailableError) as info:
         devices.choose(device, machine, runtime)
@@ -118,7 +128,11 @@ def test_one_list_of_devices_for_every_setting_and_flag():
     assert parser.parse_args(["create", "x", "--device", "coreml"]).device == "coreml"
     convert = argparse.ArgumentParser()
     add_arguments(convert)
-    for argv in (["serve", "--device", "tpu"], ["create", "x", "--device", "auto"], ["convert", "s", "--device", "auto"]):
+    for argv in (
+        ["serve", "--device", "tpu"],
+        ["create", "x", "--device", "auto"],
+        ["convert", "s", "--device", "auto"],
+    ):
         with pytest.raises(SystemExit):
             parser.parse_args(argv)
 
@@ -141,8 +155,11 @@ class FakeOg:
 def test_configure_appends_the_provider_through_og_config():
     config = FakeConfig()
     devices.configure(config, "cuda", 8, FakeOg(cuda=True))
-    assert config.calls[:3] == [("clear_providers",), ("append_provider", "cuda"),
-                                ("set_provider_option", "cuda", "enable_cuda_graph", "0")]  # fmt: skip
+    assert config.calls[:3] == [
+        ("clear_providers",),
+        ("append_provider", "cuda"),
+        ("set_provider_option", "cuda", "enable_cuda_graph", "0"),
+    ]
     assert config.calls[3][0] == "overlay" and '"intra_op_num_threads": 8' in config.calls[3][1]
 
 
@@ -169,7 +186,9 @@ def test_onnxruntime_providers_keep_the_cpu_behind_the_accelerator():
 def test_embedding_providers_follow_what_onnxruntime_offers(monkeypatch):
     monkeypatch.setattr(engine_devices, "detect", lambda **_: env(packages=CUDA, gpu=True))
     assert ort_embedder.providers_for("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == (
-        "cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+        "cuda",
+        ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
     assert ort_embedder.providers_for("auto", ["CPUExecutionProvider"]) == ("cpu", ["CPUExecutionProvider"])
     with pytest.raises(NotSupportedError, match="CUDAExecutionProvider"):
         ort_embedder.providers_for("cuda", ["CPUExecutionProvider"])
@@ -182,8 +201,10 @@ def test_a_session_that_fell_back_to_the_cpu(caplog):
     with caplog.at_level(logging.WARNING):
         assert ort_embedder.check_session_device(session, "cuda", asked="auto") == "cpu"
     assert "could not start" in caplog.text
-    assert ort_embedder.check_session_device(["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda",
-                                           asked="cuda") == "cuda"  # fmt: skip
+    assert (
+        ort_embedder.check_session_device(["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda", asked="cuda")
+        == "cuda"
+    )
 
 
 # ---- ortserve info ---------------------------------------------------------------------------------
@@ -204,10 +225,18 @@ def test_info_report_on_this_machine_renders():
     assert "--device auto" in text and "onnxruntime-genai (generation)" in text
 
 
-# ---- the Engine path's request mapping (server/engine/sampling.py, engine_turn.py) ------------------------------------
+# ---- the Engine path's request mapping (server/engine/sampling.py, engine_turn.py) ----------------------------
 def test_turn_settings_map_sampling_to_og_turn_options():
-    params = SamplingParams(max_tokens=9, temperature=0.7, top_p=0.9, top_k=40, seed=2**40 + 5,
-                            repetition_penalty=1.1, min_tokens=20, guidance=Guidance("regex", "a+", param="p"))
+    params = SamplingParams(
+        max_tokens=9,
+        temperature=0.7,
+        top_p=0.9,
+        top_k=40,
+        seed=2**40 + 5,
+        repetition_penalty=1.1,
+        min_tokens=20,
+        guidance=Guidance("regex", "a+", param="p"),
+    )
     calls = dict(sampling.turn_settings(params, budget=9))
     assert calls["set_max_generated_tokens"] == (9,) and calls["set_do_sample"] == (True,)
     assert calls["set_temperature"] == (0.7,) and calls["set_top_p"] == (0.9,) and calls["set_top_k"] == (40,)
@@ -224,7 +253,9 @@ def test_engine_refuses_what_it_cannot_do_naming_the_field():
     assert engine_turn.unsupported(SamplingParams(logprobs=0), plain, dynamic=True)[0] == "logprobs"
     assert engine_turn.unsupported(SamplingParams(prompt_logprobs=1), plain, dynamic=True)[0] == "logprobs"
     assert engine_turn.unsupported(SamplingParams(frequency_penalty=1.0), plain, dynamic=True)[0] == "frequency_penalty"
-    assert engine_turn.unsupported(SamplingParams(), Prompt(messages=[], images=(b"png",)), dynamic=True)[0] == "messages"
+    assert (
+        engine_turn.unsupported(SamplingParams(), Prompt(messages=[], images=(b"png",)), dynamic=True)[0] == "messages"
+    )
     seeded = SamplingParams(seed=1, temperature=0.8)
     assert engine_turn.unsupported(seeded, plain, dynamic=False)[0] == "seed"
     assert engine_turn.unsupported(seeded, plain, dynamic=True) is None
@@ -245,6 +276,7 @@ def test_auto_runs_a_chat_model_where_it_was_built_for():
 def test_a_model_that_runs_on_the_cpu_is_resolved_without_probing_the_machine(monkeypatch):
     """resolve_device runs on the event loop when a chat model loads; detect() may start nvidia-smi (Windows, WSL).
     A CPU build under auto, or --device cpu, runs on the CPU whatever the machine: nothing to probe, as before."""
+
     def probe(**_):
         raise AssertionError("detect() ran")
 
@@ -266,8 +298,13 @@ def test_nvidia_smi_off_the_path_is_found(monkeypatch):
     monkeypatch.setattr(devices.shutil, "which", lambda name: None)
     monkeypatch.setattr(devices.Path, "is_dir", lambda self: False)  # no /proc/driver/nvidia/gpus
     monkeypatch.setattr(devices.os.path, "isfile", lambda path: path == "/usr/lib/wsl/lib/nvidia-smi")
-    monkeypatch.setattr(devices.subprocess, "run", lambda cmd, **_: ran.append(cmd) or subprocess.CompletedProcess(
-        cmd, 0, "GPU 0: NVIDIA GeForce RTX 4090 (UUID: GPU-1)\n", ""))
+    monkeypatch.setattr(
+        devices.subprocess,
+        "run",
+        lambda cmd, **_: (
+            ran.append(cmd) or subprocess.CompletedProcess(cmd, 0, "GPU 0: NVIDIA GeForce RTX 4090 (UUID: GPU-1)\n", "")
+        ),
+    )
     assert devices.nvidia_gpu_visible.__wrapped__() is True
     assert ran == [["/usr/lib/wsl/lib/nvidia-smi", "-L"]]
 
@@ -289,10 +326,13 @@ def test_auto_warns_when_a_model_cannot_run_where_it_was_built_for(caplog):
 
 
 # ---- serve --device ---------------------------------------------------------------------------------
-@pytest.mark.parametrize(("machine", "device", "code", "words"), [
-    (env(), "cuda", 2, "install onnxruntime-genai-cuda"),  # runs nothing here: refused before serving
-    (env(), "coreml", 2, "macOS only"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("machine", "device", "code", "words"),
+    [
+        (env(), "cuda", 2, "install onnxruntime-genai-cuda"),  # runs nothing here: refused before serving
+        (env(), "coreml", 2, "macOS only"),
+    ],
+)
 def test_serve_refuses_a_device_that_runs_nothing_here(monkeypatch, tmp_path, capsys, machine, device, code, words):
     from tests.conftest import run_cli
 
@@ -332,10 +372,17 @@ def test_a_paged_build_is_not_validated_without_a_gpu_even_with_the_cuda_wheel(m
 
 
 # ---- the Engine's error codes ------------------------------------------------------------------------
-@pytest.mark.parametrize(("code", "status"), [
-    ("CAPACITY_DEFERRED", 503), ("EXECUTION_CAPACITY_EXCEEDED", 503), ("RETRYABLE_EXECUTION", 503),
-    ("REQUEST_UNSERVICEABLE", 400), ("ENGINE_EXECUTION_FAILURE", 500), ("ENGINE_CONTRACT_FAILURE", 500),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("CAPACITY_DEFERRED", 503),
+        ("EXECUTION_CAPACITY_EXCEEDED", 503),
+        ("RETRYABLE_EXECUTION", 503),
+        ("REQUEST_UNSERVICEABLE", 400),
+        ("ENGINE_EXECUTION_FAILURE", 500),
+        ("ENGINE_CONTRACT_FAILURE", 500),
+    ],
+)
 def test_engine_failures_map_to_what_the_client_can_do(code, status):
     error = engine_turn.engine_failure(code).to_exception()
     assert error.status == status and code in error.message

@@ -1,5 +1,6 @@
 """Embeddings without a model: pooling, `dimensions`, base64, the request model, tokenizing rules,
 the micro-batcher's scheduling, and the route through `app.test_app()` with a fake embedder."""
+
 from __future__ import annotations
 
 import asyncio
@@ -11,16 +12,16 @@ import threading
 import numpy as np
 import pytest
 
+from ortserve.core.encoder import BadTokenError, EncoderTokenizer, TooLongError, length_batches, make_feeds, pool
+from ortserve.core.store import ModelStore
 from ortserve.server.app import create_app
 from ortserve.server.engine.batcher import MicroBatcher
 from ortserve.server.engine.embedder import Embeddings
-from ortserve.core.encoder import BadTokenError, EncoderTokenizer, TooLongError, length_batches, make_feeds, pool
 from ortserve.server.errors import BackendError, ContextLengthError, InvalidRequestError
 from ortserve.server.protocol import EmbeddingRequest, parse_request
 from ortserve.server.protocol.embeddings import EmbeddingResponse
 from ortserve.server.serving.embeddings import encode_vectors, response_body, response_pieces, shorten
 from ortserve.server.settings import ServerSettings
-from ortserve.core.store import ModelStore
 from tests.unit.fake_app import add_model, assert_error
 
 
@@ -71,7 +72,7 @@ def test_base64_is_little_endian_float32_and_float_is_exact():
     vectors = np.array([[0.5, -1.25, 3.0e-8], [1 / 3, 2.0, -0.0]], dtype=np.float32)
     encoded = encode_vectors(vectors, "base64")
     assert all(isinstance(e, str) for e in encoded)
-    for row, text in zip(vectors, encoded):
+    for row, text in zip(vectors, encoded, strict=True):
         raw = base64.b64decode(text)
         assert list(struct.unpack("<3f", raw)) == row.tolist()
         np.testing.assert_array_equal(np.frombuffer(raw, dtype="<f4"), row)  # how the openai client decodes
@@ -270,8 +271,7 @@ async def test_a_failed_batch_fails_only_its_requests():
     run.fail_on = 2
     run.gate.set()
     batcher = MicroBatcher(run, max_batch=1, window_s=0)
-    bad, good = await asyncio.gather(batcher.submit(seqs((2, 1))), batcher.submit(seqs((3, 1))),
-                                     return_exceptions=True)  # fmt: skip
+    bad, good = await asyncio.gather(batcher.submit(seqs((2, 1))), batcher.submit(seqs((3, 1))), return_exceptions=True)
     assert isinstance(bad, BackendError) and "onnxruntime fell over" in bad.message
     assert good.tolist() == [[3, 1]]
     assert (await batcher.submit(seqs((4, 1)))).tolist() == [[4, 1]]  # the worker lives on
@@ -343,8 +343,10 @@ async def test_embedding_response_shape(app_client):
     response = await client.post("/v1/embeddings", json={"model": "text-embedding-3-small", "input": ["a b", "c"]})
     body = await response.get_json()
     assert response.status_code == 200 and body["object"] == "list" and body["model"] == "text-embedding-3-small"
-    assert [(d["object"], d["index"], len(d["embedding"])) for d in body["data"]] == [("embedding", 0, 8),
-                                                                                     ("embedding", 1, 8)]
+    assert [(d["object"], d["index"], len(d["embedding"])) for d in body["data"]] == [
+        ("embedding", 0, 8),
+        ("embedding", 1, 8),
+    ]
     assert body["data"][0]["embedding"][0] == pytest.approx(2 / np.sqrt(11))
     assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
     assert embedders[0].calls == [(["a b", "c"], False)]
@@ -352,8 +354,13 @@ async def test_embedding_response_shape(app_client):
 
 async def test_dimensions_base64_and_truncate(app_client):
     client, embedders = app_client
-    request = {"model": "embedder", "input": [[1, 2, 3, 4, 5]], "dimensions": 2, "encoding_format": "base64",
-               "truncate": True}
+    request = {
+        "model": "embedder",
+        "input": [[1, 2, 3, 4, 5]],
+        "dimensions": 2,
+        "encoding_format": "base64",
+        "truncate": True,
+    }
     body = await (await client.post("/v1/embeddings", json=request)).get_json()
     vector = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
     np.testing.assert_allclose(vector, np.array([4, 1]) / np.sqrt(17), rtol=1e-6)

@@ -5,6 +5,7 @@ Bodies are drawn around the real fields (right names with values of any JSON typ
 so most reach deep validation rather than failing on the first key. The engine is the fake of
 tests/unit/fake_app.py; a bounded number of examples keeps this well under a minute.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,23 +20,59 @@ from ortserve.server.app import create_app
 from ortserve.server.settings import ServerSettings
 from tests.unit.fake_app import CHAT, FakeBackend, add_model, chat_body
 
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False),
-                    st.text(max_size=20))  # fmt: skip
-JSON = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                       st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                    max_leaves=12)  # fmt: skip
-MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "tool", "x"]),
-                                 "content": st.one_of(st.text(max_size=30), JSON)})  # fmt: skip
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+)
+JSON = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
+MESSAGE = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["user", "system", "assistant", "tool", "x"]),
+        "content": st.one_of(st.text(max_size=30), JSON),
+    }
+)
 FIELDS = {
-    "/v1/chat/completions": {"model": st.sampled_from(["tiny", "nope", ""]), "messages": st.lists(MESSAGE, max_size=3),
-                             "max_tokens": JSON, "temperature": JSON, "top_p": JSON, "n": JSON, "stop": JSON,
-                             "stream": st.booleans(), "tools": JSON, "tool_choice": JSON, "response_format": JSON,
-                             "logprobs": JSON, "top_logprobs": JSON, "seed": JSON, "logit_bias": JSON},
-    "/v1/completions": {"model": st.sampled_from(["tiny", "nope"]), "prompt": JSON, "max_tokens": JSON,
-                        "echo": JSON, "suffix": JSON, "best_of": JSON, "n": JSON, "logprobs": JSON},
-    "/v1/embeddings": {"model": st.sampled_from(["tiny", "nope"]), "input": JSON, "encoding_format": JSON,
-                       "dimensions": JSON},
-}  # fmt: skip
+    "/v1/chat/completions": {
+        "model": st.sampled_from(["tiny", "nope", ""]),
+        "messages": st.lists(MESSAGE, max_size=3),
+        "max_tokens": JSON,
+        "temperature": JSON,
+        "top_p": JSON,
+        "n": JSON,
+        "stop": JSON,
+        "stream": st.booleans(),
+        "tools": JSON,
+        "tool_choice": JSON,
+        "response_format": JSON,
+        "logprobs": JSON,
+        "top_logprobs": JSON,
+        "seed": JSON,
+        "logit_bias": JSON,
+    },
+    "/v1/completions": {
+        "model": st.sampled_from(["tiny", "nope"]),
+        "prompt": JSON,
+        "max_tokens": JSON,
+        "echo": JSON,
+        "suffix": JSON,
+        "best_of": JSON,
+        "n": JSON,
+        "logprobs": JSON,
+    },
+    "/v1/embeddings": {
+        "model": st.sampled_from(["tiny", "nope"]),
+        "input": JSON,
+        "encoding_format": JSON,
+        "dimensions": JSON,
+    },
+}
 
 
 def bodies(path: str):
@@ -64,8 +101,9 @@ def check(app_client, path: str, body: dict) -> None:
     loop, client = app_client
 
     async def run():
-        response = await client.post(path, data=json.dumps(body, allow_nan=False), headers={"Content-Type":
-                                                                                            "application/json"})
+        response = await client.post(
+            path, data=json.dumps(body, allow_nan=False), headers={"Content-Type": "application/json"}
+        )
         status = response.status_code
         text = await response.get_data(as_text=True)
         assert status < 500, (status, text)

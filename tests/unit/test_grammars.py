@@ -3,6 +3,7 @@
 That llguidance compiles them and that the tiny models follow them is checked in
 tests/integration/test_guidance.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,11 @@ def test_required_forces_calls_in_the_models_own_format():
     assert "call (separator call)*" in grammar and "call: call_0 | call_1" in grammar
     head = '"{\\"name\\": \\"get_weather\\", \\"arguments\\": "'
     assert f'call_0: "<tool_call>" "\\n" {head} args_0 "}}" "\\n" "</tool_call>"' in grammar
-    args = {line.split(": %json ")[0]: json.loads(line.split(": %json ")[1]) for line in grammar.splitlines()
-            if "%json" in line}
+    args = {
+        line.split(": %json ")[0]: json.loads(line.split(": %json ")[1])
+        for line in grammar.splitlines()
+        if "%json" in line
+    }
     assert args["args_0"]["properties"] == WEATHER["properties"] and args["args_0"]["x-guidance"] == JSON_STYLE
     assert args["args_1"]["additionalProperties"] is False  # omitted parameters: no arguments at all
     assert [p.param for p in guidance.parts] == ["tools.0.function.parameters", "tools.1.function.parameters"]

@@ -3,12 +3,13 @@
 Through the app with `app.test_app()`; the same requests against a real server with curl are in
 tests/e2e/test_bad_input_e2e.py.
 """
+
 from __future__ import annotations
 
 import pytest
 
-from ortserve.server.host_rules import host_allowed, machine_names, origin_allowed, split_host
 from ortserve.core.store import ModelStore
+from ortserve.server.host_rules import host_allowed, machine_names, origin_allowed, split_host
 from tests.unit.fake_app import CHAT, add_model, assert_error
 
 BODY = b'{"model":"tiny-demo","messages":[{"role":"user","content":"hi"}]}'
@@ -41,8 +42,10 @@ async def test_a_rebinding_host_is_refused(client, backend):
     assert backend.loads == []
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost:8000", "[::1]:8000", "192.168.1.20:8000",
-                                  "app.localhost", "LOCALHOST.", "127.0.0.1"])  # fmt: skip
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1:8000", "localhost:8000", "[::1]:8000", "192.168.1.20:8000", "app.localhost", "LOCALHOST.", "127.0.0.1"],
+)
 async def test_this_machines_names_and_addresses_are_served(client, host):
     assert (await client.post(CHAT, data=BODY, headers={"Host": host})).status_code == 200
 
@@ -71,8 +74,16 @@ def test_host_rules():
 
 def test_origin_rules():
     assert origin_allowed(None, [])  # curl and the SDKs send none
-    for local in ("http://localhost:3000", "http://127.0.0.1", "https://[::1]:8443", "http://127.0.0.2:5173",
-                  "http://ui.localhost", "app://obsidian.md", "file://", "vscode-webview://x"):  # fmt: skip
+    for local in (
+        "http://localhost:3000",
+        "http://127.0.0.1",
+        "https://[::1]:8443",
+        "http://127.0.0.2:5173",
+        "http://ui.localhost",
+        "app://obsidian.md",
+        "file://",
+        "vscode-webview://x",
+    ):
         assert origin_allowed(local, []), local
     for foreign in ("https://evil.example", "null", "http://localhost.evil.example", "http://[::1", "http://10.0.0.5"):
         assert not origin_allowed(foreign, []), foreign

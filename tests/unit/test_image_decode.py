@@ -1,5 +1,6 @@
 """Images in chat, decoding: every accepted format to RGB PNG, the inline forms, limits; and the SSRF
 address guard (which addresses are public, the allow-list, resolved names)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,14 @@ from PIL import Image
 from ortserve.server.errors import ImageError
 from ortserve.server.images import AddressPolicy, ImageRef, is_public, load_images, to_png
 from tests.unit.image_site import (
-    PNG_SIGNATURE, b64, image_bytes, load_one, opened, refused, resolver_for, settings_for,
+    PNG_SIGNATURE,
+    b64,
+    image_bytes,
+    load_one,
+    opened,
+    refused,
+    resolver_for,
+    settings_for,
 )
 
 
@@ -28,7 +36,7 @@ from tests.unit.image_site import (
 async def test_every_accepted_format_becomes_an_rgb_png(tmp_path, fmt):
     image = await load_one(b64(image_bytes((200, 30, 40), fmt)), settings_for(tmp_path))
     assert image.size == (8, 6)
-    assert all(abs(a - b) <= 12 for a, b in zip(image.getpixel((3, 3)), (200, 30, 40)))
+    assert all(abs(a - b) <= 12 for a, b in zip(image.getpixel((3, 3)), (200, 30, 40), strict=True))
 
 
 async def test_an_animated_gif_gives_its_first_frame(tmp_path):
@@ -82,8 +90,13 @@ def test_a_large_image_is_decoded_without_copies_of_its_pixels(tmp_path):
     path = tmp_path / "big.jpg"
     Image.new("RGB", (6000, 4000), (10, 20, 30)).save(path, format="JPEG")
     pixels = 6000 * 4000 * 3
-    run = subprocess.run([sys.executable, "-c", PEAK_MEMORY, str(path)], capture_output=True, text=True,
-                         cwd=Path(__file__).parents[2], timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", PEAK_MEMORY, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert int(run.stdout) < 1.6 * pixels, f"peak grew {int(run.stdout):,} bytes for {pixels:,} bytes of pixels"
 
@@ -133,7 +146,7 @@ async def test_the_inline_forms_give_the_same_image(tmp_path):
         f"data:;base64,{text}",
         text,
         base64.urlsafe_b64encode(data).decode().rstrip("="),
-        "\n".join(text[i:i + 60] for i in range(0, len(text), 60)),  # MIME-style line breaks
+        "\n".join(text[i : i + 60] for i in range(0, len(text), 60)),  # MIME-style line breaks
         "data:image/png," + "".join(f"%{b:02X}" for b in data),  # percent-encoded, not base64
     ]
     pngs = await load_images([ImageRef(form, f"p{i}") for i, form in enumerate(forms)], settings_for(tmp_path))
@@ -143,6 +156,7 @@ async def test_the_inline_forms_give_the_same_image(tmp_path):
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims width x height pixels but holds one row of data (a decompression bomb's header)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -177,12 +191,41 @@ async def test_bad_inline_images_are_400s_naming_the_part(tmp_path, url, code, w
 @pytest.mark.parametrize(
     "address",
     [
-        "127.0.0.1", "127.8.9.10", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "169.254.1.1",
-        "100.64.0.1", "100.100.100.200", "192.0.0.192", "224.0.0.1", "239.255.255.250", "0.0.0.0", "0.1.2.3",
-        "255.255.255.255", "240.0.0.1", "192.0.2.1", "198.18.0.1",
-        "::1", "::", "fe80::1", "fe80::1%2", "fc00::1", "fd12:3456::1", "fd00:ec2::254", "ff02::1", "fec0::1",
-        "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.0.0.1", "::127.0.0.1", "64:ff9b::a00:1",
-        "2002:7f00:1::1", "2002:a9fe:a9fe::1", "2001:db8::1",
+        "127.0.0.1",
+        "127.8.9.10",
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "169.254.1.1",
+        "100.64.0.1",
+        "100.100.100.200",
+        "192.0.0.192",
+        "224.0.0.1",
+        "239.255.255.250",
+        "0.0.0.0",
+        "0.1.2.3",
+        "255.255.255.255",
+        "240.0.0.1",
+        "192.0.2.1",
+        "198.18.0.1",
+        "::1",
+        "::",
+        "fe80::1",
+        "fe80::1%2",
+        "fc00::1",
+        "fd12:3456::1",
+        "fd00:ec2::254",
+        "ff02::1",
+        "fec0::1",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        "::ffff:10.0.0.1",
+        "::127.0.0.1",
+        "64:ff9b::a00:1",
+        "2002:7f00:1::1",
+        "2002:a9fe:a9fe::1",
+        "2001:db8::1",
     ],
 )
 def test_private_and_special_addresses_are_not_public(address):
@@ -190,8 +233,16 @@ def test_private_and_special_addresses_are_not_public(address):
 
 
 @pytest.mark.parametrize(
-    "address", ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "2001:4860:4860::8888",
-                "::ffff:8.8.8.8", "2002:808:808::1"]
+    "address",
+    [
+        "8.8.8.8",
+        "1.1.1.1",
+        "93.184.216.34",
+        "2606:4700:4700::1111",
+        "2001:4860:4860::8888",
+        "::ffff:8.8.8.8",
+        "2002:808:808::1",
+    ],
 )
 def test_internet_addresses_are_public(address):
     assert is_public(ipaddress.ip_address(address))
@@ -207,8 +258,13 @@ def test_the_allow_list_names_hosts_addresses_and_networks():
 
 
 async def test_a_public_name_resolving_to_a_private_address_is_refused():
-    resolve = resolver_for({"sneaky.example": ["10.0.0.5"], "mixed.example": ["93.184.216.34", "127.0.0.1"],
-                            "fine.example": ["93.184.216.34"]})
+    resolve = resolver_for(
+        {
+            "sneaky.example": ["10.0.0.5"],
+            "mixed.example": ["93.184.216.34", "127.0.0.1"],
+            "fine.example": ["93.184.216.34"],
+        }
+    )
     policy = AddressPolicy()
     for host in ("sneaky.example", "mixed.example"):
         with pytest.raises(ImageError) as info:

@@ -1,6 +1,7 @@
 """Images in chat, fetching URLs from a real HTTP server on 127.0.0.1 behind the SSRF guard: pinned addresses,
 redirects, caps, timeouts, encodings, cancellation, IPv6 and https (SNI and certificates on the host name).
 Host names that would need DNS go through an injected resolver, so nothing leaves the machine."""
+
 from __future__ import annotations
 
 import asyncio
@@ -93,17 +94,29 @@ async def test_every_redirect_hop_is_checked_again(tmp_path, site):
     for target in (f"{base}/red.png", f"http://localhost:{port}/red.png", "http://169.254.169.254/latest/meta-data/"):
         seen.clear()
         url = f"http://public.example:{port}/to?url={target}"
-        await refused(url, settings, "image_url_refused", resolver=resolver_for({"public.example": ["127.0.0.1"],
-                                                                                "localhost": ["127.0.0.1"]}))
+        await refused(
+            url,
+            settings,
+            "image_url_refused",
+            resolver=resolver_for({"public.example": ["127.0.0.1"], "localhost": ["127.0.0.1"]}),
+        )
         assert [path for path, _ in seen] == ["/to"]  # the redirect's target was never reached
-    error = await refused(f"http://public.example:{port}/to?url=file:///etc/passwd", settings, "image_url_refused",
-                          resolver=resolve)
+    error = await refused(
+        f"http://public.example:{port}/to?url=file:///etc/passwd", settings, "image_url_refused", resolver=resolve
+    )
     assert "'file'" in error.message
 
 
 @pytest.mark.parametrize(
-    "url", ["file:///etc/passwd", "ftp://example.com/a.png", "gopher://example.com/", "javascript:alert(1)",
-            "C:\\images\\a.png", "http:///nohost.png"]
+    "url",
+    [
+        "file:///etc/passwd",
+        "ftp://example.com/a.png",
+        "gopher://example.com/",
+        "javascript:alert(1)",
+        "C:\\images\\a.png",
+        "http:///nohost.png",
+    ],
 )
 async def test_other_schemes_are_refused(tmp_path, url):
     await refused(url, settings_for(tmp_path), "image_url_refused")
@@ -217,8 +230,11 @@ async def test_an_ipv6_address_is_pinned_in_brackets(tmp_path):
         resolve = resolver_for({"v6.example": ["::1"]})
         await refused(f"http://[::1]:{port}/red.png", settings_for(tmp_path), "image_url_refused")
         assert (await load_one(f"http://[::1]:{port}/red.png", settings)).getpixel((0, 0)) == (255, 0, 0)
-        assert (await load_one(f"http://v6.example:{port}/blue.png", settings, resolver=resolve)).getpixel(
-            (0, 0)) == (0, 0, 255)
+        assert (await load_one(f"http://v6.example:{port}/blue.png", settings, resolver=resolve)).getpixel((0, 0)) == (
+            0,
+            0,
+            255,
+        )
         assert server.seen == [("/red.png", f"[::1]:{port}"), ("/blue.png", f"v6.example:{port}")]
     finally:
         server.shutdown()
@@ -229,16 +245,46 @@ async def test_an_ipv6_address_is_pinned_in_brackets(tmp_path):
 # ---- https: the pinned address, with SNI and the certificate checked on the host name ------
 def make_certificates(folder: Path, name: str) -> tuple[Path, Path, Path]:
     """A test CA and a server certificate for `name` it signs, with the openssl command."""
+
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
 
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=ortserve test CA")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-            "-subj", f"/CN={name}")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ortserve test CA",
+    )
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", f"/CN={name}"
+    )
     (folder / "ext.cnf").write_text(f"subjectAltName=DNS:{name}\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    )
     return folder / "ca.pem", folder / "server.pem", folder / "server.key"
 
 
@@ -259,9 +305,11 @@ async def test_https_keeps_sni_and_the_certificate_check_on_the_host_name(tmp_pa
         assert image.getpixel((0, 0)) == (255, 0, 0)
         assert names == ["images.example"] and server.seen == [("/red.png", f"images.example:{port}")]
         # the same address under a name the certificate does not hold: the check is on the name
-        error = await refused(f"https://other.example:{port}/red.png", settings, "image_fetch_failed",
-                              resolver=resolve, verify=trust)
+        error = await refused(
+            f"https://other.example:{port}/red.png", settings, "image_fetch_failed", resolver=resolve, verify=trust
+        )
         assert "certificate" in error.message.lower()
+
         # nor when it comes after the first name in one request: no reuse of the connection made for that name
         async def later(host: str, port: int) -> list[str]:
             await asyncio.sleep(0.3 if host == "other.example" else 0)  # the first image is in by then

@@ -1,5 +1,6 @@
 """Images in chat, the request side: content parts, prompts, models that take no images, and the app's
 request path handing PNGs to the engine in order."""
+
 from __future__ import annotations
 
 import json
@@ -7,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from ortserve.core.model_config import ModelConfig
+from ortserve.core.store import MANIFEST, ModelEntry, ModelStore
 from ortserve.server.app import create_app
 from ortserve.server.engine.generation import Finished, GenerationRequest, Started, TextDelta
 from ortserve.server.errors import InvalidRequestError
 from ortserve.server.protocol import ChatCompletionRequest, parse_request
-from ortserve.core.model_config import ModelConfig
-from ortserve.core.store import MANIFEST, ModelEntry, ModelStore
 from ortserve.server.serving.chat_plan import check_images_accepted
 from tests.unit.image_site import b64, image_bytes, opened, settings_for
 
@@ -22,16 +23,21 @@ def chat(messages) -> ChatCompletionRequest:
 
 
 def test_image_parts_in_both_shapes_become_template_parts():
-    request = chat([
-        {"role": "system", "content": "be brief"},
-        {"role": "user", "content": [
-            {"type": "text", "text": "compare"},
-            {"type": "image_url", "image_url": {"url": "https://a.example/1.png", "detail": "low"}},
-            {"type": "image_url", "image_url": "data:image/png;base64,AAAA"},
-        ]},
-        {"role": "assistant", "content": "ok"},
-        {"role": "user", "content": [{"type": "text", "text": "and"}, {"type": "text", "text": "this"}]},
-    ])
+    request = chat(
+        [
+            {"role": "system", "content": "be brief"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "compare"},
+                    {"type": "image_url", "image_url": {"url": "https://a.example/1.png", "detail": "low"}},
+                    {"type": "image_url", "image_url": "data:image/png;base64,AAAA"},
+                ],
+            },
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": [{"type": "text", "text": "and"}, {"type": "text", "text": "this"}]},
+        ]
+    )
     assert request.image_parts() == [
         ("messages.1.content.1.image_url", "https://a.example/1.png"),
         ("messages.1.content.2.image_url", "data:image/png;base64,AAAA"),
@@ -50,13 +56,22 @@ def test_image_parts_in_both_shapes_become_template_parts():
     ("messages", "param"),
     [
         ([{"role": "system", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages.0.content.0"),
-        ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": [
-            {"type": "image_url", "image_url": {"url": "x"}}]}], "messages.1.content.0"),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+            ],
+            "messages.1.content.0",
+        ),
         ([{"role": "user", "content": [{"type": "image_url"}]}], "messages.0.content.0.image_url"),
-        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": ""}}]}],
-         "messages.0.content.0.image_url"),
-        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x", "detail": "max"}}]}],
-         "messages.0.content.0.image_url.detail"),
+        (
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": ""}}]}],
+            "messages.0.content.0.image_url",
+        ),
+        (
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x", "detail": "max"}}]}],
+            "messages.0.content.0.image_url.detail",
+        ),
         ([{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}], "messages.0.content.0"),
     ],
 )
@@ -120,10 +135,14 @@ async def vision_app(tmp_path, images_server):
 
 async def test_the_request_path_hands_png_images_to_the_engine_in_order(vision_app):
     client, generator, base = vision_app
-    content = [{"type": "text", "text": "which?"}, {"type": "image_url", "image_url": {"url": f"{base}/blue.png"}},
-               {"type": "image_url", "image_url": f"data:image/jpeg;base64,{b64(image_bytes(fmt='JPEG'))}"}]
-    response = await client.post("/v1/chat/completions",
-                                 json={"model": "vlm", "messages": [{"role": "user", "content": content}]})
+    content = [
+        {"type": "text", "text": "which?"},
+        {"type": "image_url", "image_url": {"url": f"{base}/blue.png"}},
+        {"type": "image_url", "image_url": f"data:image/jpeg;base64,{b64(image_bytes(fmt='JPEG'))}"},
+    ]
+    response = await client.post(
+        "/v1/chat/completions", json={"model": "vlm", "messages": [{"role": "user", "content": content}]}
+    )
     assert response.status_code == 200, await response.get_json()
     (prompt,) = generator.prompts
     assert prompt.messages[-1]["content"] == [{"type": "text", "text": "which?"}, {"type": "image"}, {"type": "image"}]
@@ -138,8 +157,9 @@ async def test_images_are_fitted_to_what_the_models_processor_keeps(vision_app, 
     (settings.models_dir / "vlm" / "processor_config.json").write_text(json.dumps(processor))
     big = b64(image_bytes(fmt="JPEG", size=(1000, 500)))
     content = [{"type": "text", "text": "which?"}, {"type": "image_url", "image_url": f"data:image/jpeg;base64,{big}"}]
-    response = await client.post("/v1/chat/completions",
-                                 json={"model": "vlm", "messages": [{"role": "user", "content": content}]})
+    response = await client.post(
+        "/v1/chat/completions", json={"model": "vlm", "messages": [{"role": "user", "content": content}]}
+    )
     assert response.status_code == 200, await response.get_json()
     image = opened(generator.prompts[-1].images[0])
     assert image.width * image.height <= 2 * 12_544 + 200 and image.width == 2 * image.height
@@ -158,8 +178,10 @@ async def test_image_errors_are_openai_400s_and_the_app_keeps_serving(vision_app
 
     async def post(model: str, url: str, stream: bool = False):
         content = [{"type": "text", "text": "see"}, {"type": "image_url", "image_url": {"url": url}}]
-        response = await client.post("/v1/chat/completions", json={
-            "model": model, "stream": stream, "messages": [{"role": "user", "content": content}]})
+        response = await client.post(
+            "/v1/chat/completions",
+            json={"model": model, "stream": stream, "messages": [{"role": "user", "content": content}]},
+        )
         return response.status_code, await response.get_json()
 
     for model, url, code in [

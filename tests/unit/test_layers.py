@@ -4,6 +4,7 @@ Read from the source with `ast` (every import counts, also those inside function
 TYPE_CHECKING: a lazy import is still a dependency). The folders map to their installed names:
 server/ -> ortserve.server, conversion/ -> ortserve.conversion, core/ -> ortserve.core.
 """
+
 from __future__ import annotations
 
 import ast
@@ -102,8 +103,7 @@ def test_the_graph_is_read(graph):
 
 
 def importers(graph: dict[str, set[str]], prefix: str, banned: tuple[str, ...]) -> list[str]:
-    return sorted(f"{m} -> {t}" for m, ts in graph.items() if m.startswith(prefix)
-                  for t in ts if t.startswith(banned))  # fmt: skip
+    return sorted(f"{m} -> {t}" for m, ts in graph.items() if m.startswith(prefix) for t in ts if t.startswith(banned))
 
 
 def test_core_is_below_both_halves(graph):
@@ -115,8 +115,14 @@ def test_conversion_does_not_import_the_server(graph):
 
 
 def test_the_protocol_layer_is_pure_data(graph):
-    banned = ("ortserve.server.settings", "ortserve.server.modelfile", "ortserve.server.registry",
-              "ortserve.server.serving", "ortserve.server.routes", "ortserve.server.app")  # fmt: skip
+    banned = (
+        "ortserve.server.settings",
+        "ortserve.server.modelfile",
+        "ortserve.server.registry",
+        "ortserve.server.serving",
+        "ortserve.server.routes",
+        "ortserve.server.app",
+    )
     assert importers(graph, "ortserve.server.protocol", banned) == []
 
 

@@ -1,4 +1,5 @@
 """Logits processing, token spelling and the logprobs response shapes, without a model."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from ortserve.server.engine.generation import SamplingParams, TokenLogprob
 from ortserve.server.engine.detok import TokenSpeller
+from ortserve.server.engine.generation import SamplingParams, TokenLogprob
 from ortserve.server.engine.logits import BANNED, FLOOR, LogitsProcessor, LogprobsTrail, entry, log_softmax, top_ids
 from ortserve.server.protocol.logprobs import ChoiceLogprobs, CompletionLogprobs, TextOffsets
 
@@ -20,8 +21,14 @@ def processor(prompt=(1, 2), budget=10, **params) -> LogitsProcessor:
 
 def test_processing_follows_openai_then_genai_order():
     """presence/frequency, then logit_bias, then the min_tokens ban, then the repetition penalty."""
-    p = processor(presence_penalty=0.5, frequency_penalty=0.25, logit_bias=((3, -2.0), (4, 1.5)),
-                  repetition_penalty=2.0, min_tokens=2, temperature=0.5)
+    p = processor(
+        presence_penalty=0.5,
+        frequency_penalty=0.25,
+        logit_bias=((3, -2.0), (4, 1.5)),
+        repetition_penalty=2.0,
+        min_tokens=2,
+        temperature=0.5,
+    )
     for token in (3, 3, 5):
         p.observe(token)
     logits = np.asarray([[[1.0, -1.0, 2.0, 0.5, 0.0, 1.0, 3.0, 4.0]]], dtype=np.float32)
@@ -122,8 +129,11 @@ def test_completion_shape_text_offsets_and_top_dicts():
     def item(token, raw, logprob, top=()):
         return TokenLogprob(0, token, raw, logprob, top)
 
-    prompt = [item("A", b"A", None), item("\\xc3", b"\xc3", -1.0, (item("x", b"x", -0.5),)),
-              item("\\xa9", b"\xa9", -2.0)]
+    prompt = [
+        item("A", b"A", None),
+        item("\\xc3", b"\xc3", -1.0, (item("x", b"x", -0.5),)),
+        item("\\xa9", b"\xa9", -2.0),
+    ]
     offsets = TextOffsets()
     out = CompletionLogprobs.of(prompt, offsets)
     assert out.tokens == ["A", "\\xc3", "\\xa9"] and out.token_logprobs == [None, -1.0, -2.0]
@@ -137,8 +147,16 @@ def test_completion_shape_text_offsets_and_top_dicts():
 def test_chat_shape():
     item = TokenLogprob(5, "hi", b"hi", -0.25, (TokenLogprob(5, "hi", b"hi", -0.25), TokenLogprob(6, "yo", b"yo", -2)))
     assert ChoiceLogprobs.of([item]).model_dump() == {
-        "content": [{"token": "hi", "logprob": -0.25, "bytes": [104, 105], "top_logprobs": [
-            {"token": "hi", "logprob": -0.25, "bytes": [104, 105]},
-            {"token": "yo", "logprob": -2, "bytes": [121, 111]}]}],
+        "content": [
+            {
+                "token": "hi",
+                "logprob": -0.25,
+                "bytes": [104, 105],
+                "top_logprobs": [
+                    {"token": "hi", "logprob": -0.25, "bytes": [104, 105]},
+                    {"token": "yo", "logprob": -2, "bytes": [121, 111]},
+                ],
+            }
+        ],
         "refusal": None,
     }

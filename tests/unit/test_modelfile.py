@@ -1,5 +1,6 @@
-"""The Modelfile parser (server/modelfile.py) and Ollama's durations (core/durations.py): pure functions; and `ortserve create`
-FROM a stored model, on a store of manifests only (nothing here loads a model)."""
+"""The Modelfile parser (server/modelfile.py) and Ollama's durations (core/durations.py): pure functions; and
+`ortserve create` FROM a stored model, on a store of manifests only (nothing here loads a model)."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,9 @@ import math
 import pytest
 
 from ortserve.core.durations import format_duration, parse_duration
-from ortserve.server.modelfile import ModelfileError, parse_modelfile
 from ortserve.core.model_config import ModelConfig, SamplingDefaults
 from ortserve.core.store import MANIFEST, ModelStore
+from ortserve.server.modelfile import ModelfileError, parse_modelfile
 from tests.conftest import run_cli
 
 
@@ -31,8 +32,15 @@ SYSTEM You are Mario from Super Mario Bros.
     m = parse_modelfile(text)
     assert (m.source, m.source_line, m.num_ctx) == ("acc-model", 2, 8192)
     assert m.system == "You are Mario from Super Mario Bros."
-    assert m.defaults == {"temperature": 0.3, "top_p": 0.8, "top_k": 20, "seed": 42, "max_tokens": 64,
-                          "repetition_penalty": 1.1, "stop": ["<|im_end|>", "User:"]}
+    assert m.defaults == {
+        "temperature": 0.3,
+        "top_p": 0.8,
+        "top_k": 20,
+        "seed": 42,
+        "max_tokens": 64,
+        "repetition_penalty": 1.1,
+        "stop": ["<|im_end|>", "User:"],
+    }
     assert m.warnings == []
 
 
@@ -47,7 +55,7 @@ def test_triple_quoted_system_spans_lines():
     assert m.system == 'You are terse.\n  Keep "quotes" and # hashes.'
     assert m.defaults == {"seed": 1}
     assert parse_modelfile('FROM b\nSYSTEM """one line"""').system == "one line"
-    assert parse_modelfile("FROM b\r\nSYSTEM \"\"\"a\r\nb\"\"\"\r\n").system == "a\nb"
+    assert parse_modelfile('FROM b\r\nSYSTEM """a\r\nb"""\r\n').system == "a\nb"
 
 
 def test_quotes_as_ollama_reads_them():
@@ -109,14 +117,22 @@ def test_from_is_required_once():
 
 def test_metadata_and_hardware_tuning_are_warnings():
     m = parse_modelfile('FROM b\nLICENSE """MIT\nlicense text"""\nPARAMETER num_thread 8\nPARAMETER num_gpu 99\n')
-    assert m.warnings == ["line 2: LICENSE is ignored",
-                          "line 4: PARAMETER num_thread is ignored (llama.cpp tuning, no meaning here)",
-                          "line 5: PARAMETER num_gpu is ignored (llama.cpp tuning, no meaning here)"]
+    assert m.warnings == [
+        "line 2: LICENSE is ignored",
+        "line 4: PARAMETER num_thread is ignored (llama.cpp tuning, no meaning here)",
+        "line 5: PARAMETER num_gpu is ignored (llama.cpp tuning, no meaning here)",
+    ]
 
 
 def test_to_config_overrides_the_base_and_drops_its_aliases():
-    base = ModelConfig(aliases=["gpt-4o"], num_ctx=2048, owned_by="me", system="base system",
-                       defaults=SamplingDefaults(temperature=0.9, top_k=5), keep_alive="1h")
+    base = ModelConfig(
+        aliases=["gpt-4o"],
+        num_ctx=2048,
+        owned_by="me",
+        system="base system",
+        defaults=SamplingDefaults(temperature=0.9, top_k=5),
+        keep_alive="1h",
+    )
     config = parse_modelfile("FROM b\nPARAMETER temperature 0.1\nPARAMETER num_ctx 8192\n").to_config(base, "b")
     assert config.weights == "b" and config.aliases == [] and config.owned_by == "me"
     assert (config.num_ctx, config.system, config.keep_alive) == (8192, "base system", "1h")
@@ -134,10 +150,23 @@ def test_num_predict_without_a_limit_clears_the_bases(value):
         parse_modelfile("FROM b\nPARAMETER num_predict -3\n")
 
 
-@pytest.mark.parametrize("value, seconds", [
-    ("5m", 300), ("1h30m", 5400), ("10s", 10), ("1.5h", 5400), ("300ms", 0.3), ("300", 300), ("0", 0),
-    (0, 0), (30, 30), (2.5, 2.5), ("2h0m5s", 7205), (" 1m ", 60),
-])
+@pytest.mark.parametrize(
+    "value, seconds",
+    [
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("10s", 10),
+        ("1.5h", 5400),
+        ("300ms", 0.3),
+        ("300", 300),
+        ("0", 0),
+        (0, 0),
+        (30, 30),
+        (2.5, 2.5),
+        ("2h0m5s", 7205),
+        (" 1m ", 60),
+    ],
+)
 def test_durations(value, seconds):
     assert parse_duration(value) == pytest.approx(seconds)
 
@@ -154,8 +183,7 @@ def test_bad_durations(value):
 
 
 def test_format_duration():
-    assert [format_duration(s) for s in (0, 44.6, 299, 7380, math.inf)] == ["0s", "45s", "4m 59s", "2h 3m",
-                                                                           "forever"]
+    assert [format_duration(s) for s in (0, 44.6, 299, 7380, math.inf)] == ["0s", "45s", "4m 59s", "2h 3m", "forever"]
 
 
 def test_create_over_its_own_name_keeps_its_aliases(tmp_path, capsys):

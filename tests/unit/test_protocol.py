@@ -1,10 +1,12 @@
 """The protocol layer alone: validation to OpenAI errors, engine parameters, prompts, chunk shapes."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 
+from ortserve.core.model_config import SamplingDefaults
 from ortserve.server.engine.generation import Prompt, SamplingParams
 from ortserve.server.errors import InvalidRequestError, NotSupportedError
 from ortserve.server.protocol import (
@@ -15,7 +17,6 @@ from ortserve.server.protocol import (
     DeltaMessage,
     parse_request,
 )
-from ortserve.core.model_config import SamplingDefaults
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -109,8 +110,11 @@ def test_prompt_joins_text_parts_and_maps_developer_role():
         messages=[
             {"role": "developer", "content": "be brief"},
             {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+            },
             {"role": "tool", "content": "42", "tool_call_id": "c1"},
         ]
     )
@@ -187,8 +191,10 @@ WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "paramet
     [
         ({"tools": [{"type": "retrieval", "function": {"name": "f"}}]}, "tools.0.type"),
         ({"tools": [{"type": "function", "function": {"name": "get weather"}}]}, "tools.0.function.name"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]},
-         "tools.0.function.parameters"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]},
+            "tools.0.function.parameters",
+        ),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]}, "tools.0.function.parameters"),
         ({"tools": [WEATHER_TOOL, WEATHER_TOOL]}, "tools"),
         ({"tool_choice": "required"}, "tool_choice"),
@@ -196,7 +202,10 @@ WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "paramet
         ({"tool_choice": {"type": "function", "function": {"name": "nope"}}, "tools": [WEATHER_TOOL]}, "tool_choice"),
         ({"response_format": {"type": "xml"}}, "response_format.type"),
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}, "response_format.json_schema.name"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
+            "response_format.json_schema.name",
+        ),
         ({"response_format": {"type": "json_object"}, "min_tokens": 5}, "min_tokens"),
         ({"messages": [*USER, {"role": "tool", "content": "42"}]}, "messages.1.tool_call_id"),
     ],
@@ -209,8 +218,12 @@ def test_bad_tools_and_formats_name_their_param(fields, param):
 
 def test_tools_and_formats_the_engine_side_reads():
     named = {"type": "function", "function": {"name": "get_weather"}}
-    request = chat(tools=[WEATHER_TOOL], tool_choice=named, parallel_tool_calls=False,
-                   response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}}})
+    request = chat(
+        tools=[WEATHER_TOOL],
+        tool_choice=named,
+        parallel_tool_calls=False,
+        response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}}},
+    )
     assert request.forces_calls and request.tool_dicts() == [WEATHER_TOOL]
     assert request.tool_choice_value() == named
     assert request.response_format.as_dict()["json_schema"] == {"name": "w", "schema": {"type": "object"}}

@@ -4,6 +4,7 @@ store with fake loaders (tests/unit/registry_fakes.py).
 The engines are fakes (loading real models is tests/e2e's work): these tests check which model is
 loaded, kept or unloaded when, with time read from `time.monotonic` (the `clock` fixture patches it).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from ortserve.core.model_config import ModelConfig
+from ortserve.core.store import MANIFEST, ModelStore
 from ortserve.server import registry as registry_module
 from ortserve.server.errors import APIError, InvalidRequestError, ModelNotFoundError, OverloadedError
 from ortserve.server.registry import Registry
-from ortserve.core.model_config import ModelConfig
-from ortserve.core.store import MANIFEST, ModelStore
 from ortserve.server.settings import ServerSettings
 from tests.unit.registry_fakes import FakeEngine, Loads, make, ps, settle, slow_closing_loader, use, wait_for
 

@@ -5,6 +5,7 @@ name's settings; `rm` of one name or a name moved to other weights leaves the sh
 A real store and registry with the fake loader of tests/unit/registry_fakes.py; the last test goes through
 the real app (tests/unit/fake_app.py) to check that serving applies each name's SYSTEM and defaults.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -12,10 +13,10 @@ import json
 
 import pytest
 
-from ortserve.server.app import create_app
-from ortserve.server.errors import ModelNotFoundError
 from ortserve.core.model_config import ModelConfig, SamplingDefaults
 from ortserve.core.store import MANIFEST, ModelStore
+from ortserve.server.app import create_app
+from ortserve.server.errors import ModelNotFoundError
 from tests.unit.fake_app import CHAT, USER
 from tests.unit.registry_fakes import Loads, make, ps, settle, use
 
@@ -33,8 +34,9 @@ def store(tmp_path) -> ModelStore:
         (folder / MANIFEST).write_text(json.dumps({"task": "chat", "created": "2025-01-01"}), encoding="utf-8")
         (folder / "model.onnx.data").write_bytes(b"\0" * size)
     store.copy("base", "copy")
-    store.write_config("made", ModelConfig(weights="base", system=MADE_SYSTEM,
-                                           defaults=SamplingDefaults(temperature=0, max_tokens=2)))
+    store.write_config(
+        "made", ModelConfig(weights="base", system=MADE_SYSTEM, defaults=SamplingDefaults(temperature=0, max_tokens=2))
+    )
     return store
 
 

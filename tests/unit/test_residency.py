@@ -1,5 +1,6 @@
 """The keep-alive and eviction policy (server/residency.py) on plain `Usage` records and made-up times:
 no registry, no event loop, no engines."""
+
 from __future__ import annotations
 
 import pytest

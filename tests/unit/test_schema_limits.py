@@ -3,13 +3,14 @@
 The bodies are the ones that grew a runner to 21 GB: now each is a 400 naming the parameter path and the
 limit, and the server keeps serving. The limits themselves are in ortserve.server.chat.schema_limits.
 """
+
 from __future__ import annotations
 
 import pytest
 
+from ortserve.core.store import ModelStore
 from ortserve.server.chat.schema_limits import MAX_COUNT, MAX_DEPTH, MAX_TOTAL_COUNT, check_schema
 from ortserve.server.errors import InvalidRequestError
-from ortserve.core.store import ModelStore
 from tests.unit.fake_app import CHAT, add_model, assert_error, chat_body
 
 COMPLETIONS = "/v1/completions"
@@ -54,8 +55,11 @@ async def test_a_required_tools_parameters_are_bounded(client):
     body = chat_body(tools=[tool("f", {"type": "object"}), tool("g", parameters)], tool_choice="required")
     response = await client.post(CHAT, json=body)
     assert response.status_code == 400
-    assert_error(await response.get_json(), type="invalid_request_error",
-                 param="tools.1.function.parameters.properties.xs.minItems")  # fmt: skip
+    assert_error(
+        await response.get_json(),
+        type="invalid_request_error",
+        param="tools.1.function.parameters.properties.xs.minItems",
+    )
 
 
 @pytest.mark.parametrize("settings", [{"max_request_bytes": 64 * 1024}], indirect=True)
@@ -72,10 +76,12 @@ async def test_a_schema_nested_200_levels_says_so(client):
 def test_limits_allow_real_schemas_and_refuse_what_is_past_them():
     real = {
         "type": "object",
-        "properties": {"tags": {"type": "array", "items": {"type": "string", "maxLength": 64}, "maxItems": 20},
-                       "id": {"type": "integer", "minimum": 0, "maximum": 10**12}},
+        "properties": {
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 64}, "maxItems": 20},
+            "id": {"type": "integer", "minimum": 0, "maximum": 10**12},
+        },
         "required": ["tags"],
-    }  # fmt: skip
+    }
     check_schema(real, "p")
     check_schema({"type": "array", "maxItems": MAX_COUNT}, "p")
     with pytest.raises(InvalidRequestError) as caught:

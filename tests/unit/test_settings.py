@@ -1,5 +1,6 @@
 """The one settings loader (server/settings.py): every server setting comes from server.toml, ORTSERVE_* and a
 `serve` flag, lowest first, and a bad value is refused naming its origin; the store is one folder."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,9 @@ RUNNING = ("threads", "num_parallel", "prefill_chunk", "log_level")
 def configs(tmp_path, monkeypatch):
     for name in ServerSettings.model_fields:
         monkeypatch.delenv(f"ORTSERVE_{name.upper()}", raising=False)
-    (tmp_path / "server.toml").write_text('[server]\nthreads = 2\nnum_parallel = 2\nprefill_chunk = 64\n'
-                                          'log_level = "warning"\n', encoding="utf-8")
+    (tmp_path / "server.toml").write_text(
+        '[server]\nthreads = 2\nnum_parallel = 2\nprefill_chunk = 64\nlog_level = "warning"\n', encoding="utf-8"
+    )
     return tmp_path
 
 
@@ -31,21 +33,25 @@ def test_server_toml_then_environment_then_flags(configs, monkeypatch):
     monkeypatch.setenv("ORTSERVE_THREADS", "3")
     monkeypatch.setenv("ORTSERVE_LOG_LEVEL", "error")
     assert [getattr(ServerSettings.load(configs_dir=configs), n) for n in RUNNING] == [3, 2, 64, "ERROR"]
-    args = build_parser().parse_args(["serve", "--threads", "5", "--num-parallel", "8", "--prefill-chunk", "256",
-                                      "--log-level", "debug"])
+    args = build_parser().parse_args(
+        ["serve", "--threads", "5", "--num-parallel", "8", "--prefill-chunk", "256", "--log-level", "debug"]
+    )
     flags = {name: getattr(args, name) for name in RUNNING}
     assert flags == {"threads": 5, "num_parallel": 8, "prefill_chunk": 256, "log_level": "DEBUG"}
     settings = ServerSettings.load(configs_dir=configs, **flags)
     assert [getattr(settings, n) for n in RUNNING] == [5, 8, 256, "DEBUG"]
 
 
-@pytest.mark.parametrize("line, says", [
-    ("threads = 0", "threads: Input should be greater than or equal to 1"),
-    ("num_parallel = 'four'", "num_parallel: Input should be a valid integer"),
-    ("prefill_chunk = -1", "prefill_chunk: Input should be greater than or equal to 1"),
-    ("log_level = 'chatty'", "log_level: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
-    ("device = 'tpu'", "device: Value error, unknown device 'tpu'; devices: auto, cpu, cuda, dml, coreml"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "line, says",
+    [
+        ("threads = 0", "threads: Input should be greater than or equal to 1"),
+        ("num_parallel = 'four'", "num_parallel: Input should be a valid integer"),
+        ("prefill_chunk = -1", "prefill_chunk: Input should be greater than or equal to 1"),
+        ("log_level = 'chatty'", "log_level: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
+        ("device = 'tpu'", "device: Value error, unknown device 'tpu'; devices: auto, cpu, cuda, dml, coreml"),
+    ],
+)
 def test_a_bad_value_in_server_toml_is_refused_naming_the_file(tmp_path, line, says):
     (tmp_path / "server.toml").write_text(f"[server]\n{line}\n", encoding="utf-8")
     with pytest.raises(SettingsError) as info:

@@ -1,15 +1,16 @@
 """Graceful shutdown (issue #13, item 4) through the app: after the trigger new requests are 503s, and what
 still runs when the grace ends gets an error event and [DONE] (streams) or a 503 JSON (plain requests).
 The same with a real server, SIGTERM and 16 streams is in tests/e2e/test_shutdown_e2e.py."""
+
 from __future__ import annotations
 
 import asyncio
 import json
 
-from ortserve.server.routes import EXTENSION
-from ortserve.server.shutdown import Drain
 from ortserve.core.store import ModelStore
 from ortserve.server.app import create_app
+from ortserve.server.routes import EXTENSION
+from ortserve.server.shutdown import Drain
 from tests.unit.fake_app import CHAT, add_model, assert_error, chat_body, sse_data
 
 

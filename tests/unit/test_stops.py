@@ -1,4 +1,5 @@
 """The stop-string matcher alone: what is emitted, what is held back, where it stops."""
+
 from __future__ import annotations
 
 import random
@@ -98,7 +99,7 @@ def _check_random_case(rng: random.Random) -> None:
     text = "".join(rng.choice(alphabet) for _ in range(60))
     stops = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 4))]
     cuts = sorted(rng.sample(range(1, len(text)), 15))
-    pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)])]
+    pieces = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)], strict=True)]
     emitted, stopped, flushed = run(stops, pieces)
     # reference: the first piece after which the text so far holds a stop; cut at that stop's earliest start
     for end in [*cuts, len(text)]:

@@ -1,5 +1,6 @@
 """The model store (core/store.py) under change: `rm` while a server holds the files (Windows), copies
 sharing weights, entries read before a removal, and `serve` starting while a conversion runs."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """A name never leaves the store (core/store.py `path_of`): '.', '..', separators, drives and UNC forms name no
 model, and a settings file's `weights` cannot point outside; through the store and through HTTP, with decoy
 models (manifest.json) at the top of the models folder and just above it."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,26 @@ import pytest
 from ortserve.core.store import MANIFEST, ModelStore, StoreError
 from tests.unit.fake_app import CHAT, add_model, assert_error, chat_body
 
-NOT_NAMES = [".", "..", "...", "", "../x", "..\\x", "a/b", "a\\b", "C:", "c:", "\\\\server\\share", "//server/share",
-             "x.", "x ", "/etc", "C:\\Windows", ".staging-x", "a\0b"]
+NOT_NAMES = [
+    ".",
+    "..",
+    "...",
+    "",
+    "../x",
+    "..\\x",
+    "a/b",
+    "a\\b",
+    "C:",
+    "c:",
+    "\\\\server\\share",
+    "//server/share",
+    "x.",
+    "x ",
+    "/etc",
+    "C:\\Windows",
+    ".staging-x",
+    "a\0b",
+]
 
 
 @pytest.fixture

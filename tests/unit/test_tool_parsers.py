@@ -1,4 +1,5 @@
 """Tool-call formats: which one a model gets, and reading calls out of text, whole or streamed."""
+
 from __future__ import annotations
 
 import json
@@ -85,8 +86,10 @@ def test_several_calls_content_before_and_after():
     ("text", "expected"),
     [
         ('<tool_call>\n{"arguments": {"x": 1}, "name": "a"}\n</tool_call>', ("a", '{"x": 1}')),  # name last
-        ('<tool_call>{"type": "function", "function": {"name": "a", "arguments": {"x": 1}}}</tool_call>',
-         ("a", '{"x": 1}')),  # nested
+        (
+            '<tool_call>{"type": "function", "function": {"name": "a", "arguments": {"x": 1}}}</tool_call>',
+            ("a", '{"x": 1}'),
+        ),  # nested
         ('<tool_call>{"name": "a", "arguments": "{\\"x\\": 1}"}</tool_call>', ("a", '{"x": 1}')),  # a JSON string
         ('<tool_call>{"name": "a"}</tool_call>', ("a", "{}")),  # no arguments
         ('<tool_call>{"name": "a", "arguments": {"x": [1, 2', ("a", '{"x": [1, 2')),  # cut off: what there is
@@ -98,8 +101,12 @@ def test_call_shapes_models_write(text, expected):
 
 @pytest.mark.parametrize(
     "text",
-    ["Use <tool_call> blocks to call tools.", "<tool_call> not json </tool_call>", '<tool_call>{"x": 1}</tool_call>',
-     "I would write <tool_"],
+    [
+        "Use <tool_call> blocks to call tools.",
+        "<tool_call> not json </tool_call>",
+        '<tool_call>{"x": 1}</tool_call>',
+        "I would write <tool_",
+    ],
 )
 def test_a_marker_without_a_call_is_plain_content(text):
     assert calls_of(HermesToolParser, text) == (text, [])
@@ -148,19 +155,30 @@ def rebuild(events):
 @pytest.mark.parametrize("seed", range(20))
 def test_streamed_pieces_rebuild_what_the_whole_text_gives(seed):
     rng = random.Random(seed)
-    text = (f'Sure.\n<tool_call>\n{{"name": "get_weather", "arguments": {ARGS}}}\n</tool_call>\n'
-            '<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call>')
+    text = (
+        f'Sure.\n<tool_call>\n{{"name": "get_weather", "arguments": {ARGS}}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "now", "arguments": {}}\n</tool_call>'
+    )
     cuts = sorted(rng.sample(range(1, len(text)), rng.randint(1, 30)))
-    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
     whole = parse_tool_calls(HermesToolParser, text)
     assert rebuild(stream_pieces(HermesToolParser, pieces)) == (
-        whole.content or "", [(c.name, c.arguments) for c in whole.tool_calls]
+        whole.content or "",
+        [(c.name, c.arguments) for c in whole.tool_calls],
     )
 
 
 def test_the_name_comes_first_then_arguments_as_they_arrive():
-    pieces = ["<tool_", "call>\n{", '"name": "get_w', 'eather", "argu', 'ments": {"ci', 'ty": "Par', 'is"}}',
-              "\n</tool_call>"]
+    pieces = [
+        "<tool_",
+        "call>\n{",
+        '"name": "get_w',
+        'eather", "argu',
+        'ments": {"ci',
+        'ty": "Par',
+        'is"}}',
+        "\n</tool_call>",
+    ]
     stream = ToolCallStream(HermesToolParser)
     out = [stream.feed(p) for p in pieces] + [stream.finish()]
     assert out[:3] == [[], [], []]
@@ -181,8 +199,13 @@ def test_generic_format_describes_tools_and_rewrites_the_history():
     messages = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
     ]
     out, tools = GenericToolParser.prepare(messages, TOOLS)
