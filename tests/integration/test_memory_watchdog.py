@@ -49,7 +49,13 @@ def test_a_runner_over_its_ceiling_fails_its_request_and_the_server_serves_on(ch
     # 40 MB: every runner is over it while it loads the model (about 90 MB)
     server = start_server(home, tmp_path / "server.log", env={"ORTSERVE_RUNNER_MEMORY_LIMIT": str(40 * MB)})
     try:
-        body = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        # long enough that the runner is still working when the watchdog looks (it samples every 0.25 s)
+        body = {
+            "model": CHAT_MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 1900,
+            "min_tokens": 1900,
+        }
         response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60)
         assert response.status_code == 500
         message = response.json()["error"]["message"]
