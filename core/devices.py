@@ -337,10 +337,16 @@ def nvidia_gpu_visible() -> bool:
     """An NVIDIA GPU this process may use, judged without CUDA: the driver's device list, then nvidia-smi."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
         return False
-    gpus = Path("/proc/driver/nvidia/gpus")
-    if sys.platform.startswith("linux") and gpus.is_dir():
-        return any(gpus.iterdir())
+    gpus = Path("/proc/driver/nvidia/gpus") if sys.platform.startswith("linux") else None
     smi = shutil.which("nvidia-smi") or next((p for p in _SMI_OFF_PATH if os.path.isfile(p)), None)
+    return gpu_listed(gpus, smi)
+
+
+def gpu_listed(gpus: Path | None, smi: str | None) -> bool:
+    """The driver's device folder lists a GPU, else `nvidia-smi -L` names one. An empty device folder (a
+    container that has the driver's files but no device) does not end the search: nvidia-smi is asked."""
+    if gpus is not None and gpus.is_dir() and any(gpus.iterdir()):
+        return True
     if smi is None:
         return False
     try:

@@ -69,19 +69,21 @@ def generate_greedy(em: EngineModel, prompt: np.ndarray, most: int, grammar: tup
     request_options = og.RequestOptions()
     request_options.set_max_session_tokens(len(prompt) + most)
     request = em.engine.create_request(options=request_options)
-    turn = og.TurnOptions(request)
-    turn.set_max_generated_tokens(most)
-    turn.set_do_sample(False)
-    turn.set_guidance(*grammar)
-    request.begin_turn(prompt, turn)
     out: list[int] = []
-    while em.engine.has_pending_requests():
-        events = em.engine.run(em.buffer)
-        for i in range(len(events)):
-            event = events[i]
-            if event_flags(event) & TOKEN and event.token is not None:
-                out.append(int(event.token))
-    request.close()
+    try:  # a grammar og refuses must not leave a pending request behind (it would defeat _tick's check)
+        turn = og.TurnOptions(request)
+        turn.set_max_generated_tokens(most)
+        turn.set_do_sample(False)
+        turn.set_guidance(*grammar)
+        request.begin_turn(prompt, turn)
+        while em.engine.has_pending_requests():
+            events = em.engine.run(em.buffer)
+            for i in range(len(events)):
+                event = events[i]
+                if event_flags(event) & TOKEN and event.token is not None:
+                    out.append(int(event.token))
+    finally:
+        request.close()
     return out
 
 

@@ -153,7 +153,9 @@ class EngineTurn:
         out: list[Any] = []
         if flags & TOKEN and event.token is not None:
             out += self.events.add(int(event.token))
-            if self.events.stop_matched and not flags & TURN_FINISHED:
+            # ended on our side (a stop string, an end token only the tokenizer lists, the budget) while the
+            # Engine goes on: cancel its turn, or the GPU keeps generating for nobody
+            if self.events.finished and not flags & TURN_FINISHED:
                 self.cancel()
         if flags & TURN_FINISHED:
             if not self.events.finished:

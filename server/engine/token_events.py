@@ -37,11 +37,6 @@ class TokenEvents:
         self._pending: list[int] = []  # generated tokens not yet sent in a delta (text held back or empty)
         self._logprobs = LogprobsTrail() if params.logprobs is not None else None
 
-    @property
-    def stop_matched(self) -> bool:
-        """A stop string ended the text (the engine may still be generating)."""
-        return self._stops.stopped
-
     def add(self, token: int, logprobs: np.ndarray | None = None) -> list[TextDelta | Finished]:
         """The events for one generated token; the last one is Finished when it ended the request."""
         self.generated += 1

@@ -386,3 +386,19 @@ def test_a_paged_build_is_not_validated_without_a_gpu_even_with_the_cuda_wheel(m
 def test_engine_failures_map_to_what_the_client_can_do(code, status):
     error = engine_turn.engine_failure(code).to_exception()
     assert error.status == status and code in error.message
+
+
+def test_an_empty_driver_folder_still_asks_nvidia_smi(tmp_path):
+    empty = tmp_path / "gpus"
+    empty.mkdir()
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (UUID: GPU-1)'\n")
+    smi.chmod(0o755)
+    assert devices.gpu_listed(empty, str(smi))  # was False without asking
+    assert not devices.gpu_listed(empty, None)
+    (empty / "0000:01:00.0").mkdir()
+    assert devices.gpu_listed(empty, None)
+    silent = tmp_path / "nvidia-smi-none"
+    silent.write_text("#!/bin/sh\nexit 9\n")
+    silent.chmod(0o755)
+    assert not devices.gpu_listed(tmp_path / "absent", str(silent))
