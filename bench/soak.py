@@ -28,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -137,39 +138,50 @@ async def soak(url: str, pid: int | None, args: argparse.Namespace) -> dict:
     return {"kinds": per_kind, "errors": errors, "rss_mb": memory, "health_worst_s": round(health_worst, 3)}
 
 
+def curl_seconds(url: str, body: dict | None = None) -> float:
+    """One request by curl in its own process, so that the flood's client does not slow the measurement."""
+    command = ["curl", "-s", "-o", os.devnull, "-w", "%{time_total}", url]
+    if body is not None:
+        command += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
+    return float(subprocess.run(command, capture_output=True, text=True, timeout=600).stdout or "nan")
+
+
 async def flood(url: str, args: argparse.Namespace) -> dict:
+    """N chats at once from this process; /health, one more chat and one embedding timed by curl meanwhile."""
     statuses: Counter = Counter()
     latencies: list[float] = []
+    done = threading.Event()
     health: list[float] = []
-    done = asyncio.Event()
-    limits = httpx.Limits(max_connections=args.flood + 10)
+
+    def probe() -> None:
+        while not done.is_set():
+            health.append(curl_seconds(f"{url}/health"))
+            time.sleep(0.05)
 
     async def chat(client: httpx.AsyncClient) -> None:
         started = time.monotonic()
-        status = await one(client, "chat", args)
+        try:
+            status: int | str = await one(client, "chat", args)
+        except httpx.HTTPError as exc:
+            status = type(exc).__name__
         latencies.append(time.monotonic() - started)
         statuses[str(status)] += 1
 
-    async def probe(client: httpx.AsyncClient) -> None:
-        while not done.is_set():
-            started = time.monotonic()
-            await client.get("/health")
-            health.append(time.monotonic() - started)
-            await asyncio.sleep(0.05)
-
-    async def timed(client: httpx.AsyncClient, kind: str) -> float:
+    async def later(body: dict, path: str) -> float:
         await asyncio.sleep(1.0)  # in the middle of the flood
-        started = time.monotonic()
-        await one(client, kind, args)
-        return round(time.monotonic() - started, 3)
+        return round(await asyncio.to_thread(curl_seconds, f"{url}{path}", body), 3)
 
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-        watcher = asyncio.ensure_future(probe(client))
-        lone = asyncio.ensure_future(timed(client, "chat"))
-        embedding = asyncio.ensure_future(timed(client, "embedding"))
+    watcher = threading.Thread(target=probe, daemon=True)
+    watcher.start()
+    user = [{"role": "user", "content": "Say something about the weather."}]
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=None)) as client:
+        lone = asyncio.ensure_future(
+            later({"model": args.chat, "messages": user, "max_tokens": 32}, "/v1/chat/completions")
+        )
+        embedding = asyncio.ensure_future(later({"model": args.embedding, "input": SENTENCES}, "/v1/embeddings"))
         await asyncio.gather(*(chat(client) for _ in range(args.flood)))
         done.set()
-        await watcher
+        watcher.join()
         latencies.sort()
         return {
             "flood": args.flood,
@@ -177,6 +189,7 @@ async def flood(url: str, args: argparse.Namespace) -> dict:
             "p50_s": round(statistics.median(latencies), 3),
             "p99_s": round(latencies[max(0, int(len(latencies) * 0.99) - 1)], 3),
             "health_worst_s": round(max(health), 3),
+            "health_p50_s": round(statistics.median(health), 3),
             "lone_chat_s": await lone,
             "embedding_s": await embedding,
         }

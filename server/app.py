@@ -256,6 +256,7 @@ async def serve(
     # our grace ends what still runs with an error event; Hypercorn's own cut comes only after that
     config.graceful_timeout = settings.shutdown_grace + 5.0
     config.include_server_header = False
+    config.backlog = 2048  # a burst of connections waits to be accepted instead of being reset (default 100)
     app = create_app(settings, store, setup=setup)
     drain = Drain(app.extensions[EXTENSION], settings.shutdown_grace, shutdown_trigger)
     await hypercorn_serve(app, config, shutdown_trigger=drain)
