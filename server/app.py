@@ -35,6 +35,7 @@ from ortserve.server.errors import (
 from ortserve.server.host_rules import host_allowed, origin_allowed
 from ortserve.server.loading import Loader
 from ortserve.server.registry import Registry
+from ortserve.server.request_limit import RequestLimit
 from ortserve.server.routes import EXTENSION, AppState, app_state, chat, completions, embeddings, health, models, ps
 from ortserve.server.settings import ServerSettings
 
@@ -215,6 +216,7 @@ def create_app(
     _register_checks(app, settings)
     _register_cors(app, settings)
     _register_lifecycle(app, state, setup)
+    app.asgi_app = RequestLimit(app.asgi_app, settings.max_requests)  # type: ignore[method-assign]
     return app
 
 

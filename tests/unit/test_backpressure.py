@@ -32,3 +32,18 @@ async def test_past_the_queue_a_503_with_retry_after(client, backend):
     gate.set()
     assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200, 200]
     assert (await client.post(CHAT, json=chat_body(model="tiny"))).status_code == 200  # room again
+
+
+@pytest.mark.parametrize("settings", [{"max_requests": 2}], indirect=True)
+async def test_past_max_requests_in_flight_a_503_before_any_route(client, backend):
+    gate = asyncio.Event()
+    backend.options = {"gate": gate}
+    held = [asyncio.ensure_future(client.post(CHAT, json=chat_body(model="tiny"))) for _ in range(2)]
+    while not backend.generators or len(backend.generators[0].requests) < 2:
+        await asyncio.sleep(0.01)
+    refused = await client.get("/health")  # any route: the bound is below the app
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "2"
+    assert_error(await refused.get_json(), type="server_error", code="server_busy")
+    gate.set()
+    assert [r.status_code for r in await asyncio.gather(*held)] == [200, 200]
+    assert (await client.get("/health")).status_code == 200
