@@ -94,8 +94,9 @@ class ServerSettings(BaseModel):
         "runner may hold before it is stopped (its requests fail, the next "
         "starts a new one); default: twice the weights plus 2 GiB; 0: none",
     )
-    max_requests: int = Field(2048, ge=1, description="HTTP requests in flight across the server; more get a "
-                              "503 server_busy at once")
+    max_requests: int = Field(
+        2048, ge=1, description="HTTP requests in flight across the server; more get a 503 server_busy at once"
+    )
     max_queue: int = Field(
         512,
         ge=1,
