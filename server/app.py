@@ -20,6 +20,7 @@ from quart import Quart, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from ortserve.core.store import ModelStore
+from ortserve.server import request_log
 from ortserve.server.errors import (
     APIError,
     AuthenticationError,
@@ -34,9 +35,12 @@ from ortserve.server.errors import (
 )
 from ortserve.server.host_rules import host_allowed, origin_allowed
 from ortserve.server.loading import Loader
+from ortserve.server.metrics import Metrics
 from ortserve.server.registry import Registry
 from ortserve.server.request_limit import RequestLimit
+from ortserve.server.request_log import RequestLog
 from ortserve.server.routes import EXTENSION, AppState, app_state, chat, completions, embeddings, health, models, ps
+from ortserve.server.routes import metrics as metrics_route
 from ortserve.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -128,9 +132,17 @@ def _register_checks(app: Quart, settings: ServerSettings) -> None:
             )
 
     @app.before_request
+    async def name_the_route() -> None:
+        """The route's rule for the request log and metrics (a label with few values; not the raw path)."""
+        record = request_log.current()
+        if record is not None and request.url_rule is not None:
+            record.route = request.url_rule.rule
+
+    @app.before_request
     async def authenticate() -> None:
         # a CORS preflight never carries the key; Quart answers OPTIONS itself, without running a route
-        if not settings.api_key or request.path in OPEN_PATHS or request.method == "OPTIONS":
+        open_paths = OPEN_PATHS | ({"/metrics"} if settings.metrics_open else set())
+        if not settings.api_key or request.path in open_paths or request.method == "OPTIONS":
             return
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if not token or scheme.lower() != "bearer":
@@ -207,16 +219,20 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     store = store or ModelStore(settings.models_dir)
-    state = AppState(settings=settings, registry=Registry(settings, store, loader, loaders=loaders))
+    registry = Registry(settings, store, loader, loaders=loaders)
+    metrics = Metrics(registry.running, settings.num_parallel)
+    state = AppState(settings=settings, registry=registry, metrics=metrics)
     app.extensions[EXTENSION] = state
 
-    for module in (chat, completions, embeddings, models, ps, health):
+    for module in (chat, completions, embeddings, models, ps, health, metrics_route):
         app.register_blueprint(module.bp)
     _register_error_handlers(app)
     _register_checks(app, settings)
     _register_cors(app, settings)
     _register_lifecycle(app, state, setup)
-    app.asgi_app = RequestLimit(app.asgi_app, settings.max_requests)  # type: ignore[method-assign]
+    limited = RequestLimit(app.asgi_app, settings.max_requests)
+    # outermost: every request gets an id and a log line, those the limit refuses too
+    app.asgi_app = RequestLog(limited, as_json=settings.log_format == "json", done=metrics.observe)  # type: ignore[method-assign]
     return app
 
 

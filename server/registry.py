@@ -39,6 +39,7 @@ from typing import Any, cast
 
 from ortserve.core.durations import parse_duration
 from ortserve.core.store import BrokenModelError, ModelEntry, ModelStore, StoreError, weights_size
+from ortserve.server import request_log
 from ortserve.server.engine.embedder import Embedder
 from ortserve.server.engine.generation import TextGenerator
 from ortserve.server.errors import (
@@ -76,6 +77,9 @@ class ResidentModel:
     context_length: int | None
     requests: int  # in flight
     manifest: dict[str, Any]
+    weights: str = ""  # the weights folder's name: the same for every name sharing them
+    pid: int | None = None  # the runner process's, for a chat model
+    restarts: int = 0  # runner processes started again after one died
 
     @property
     def name(self) -> str:
@@ -219,6 +223,9 @@ class Registry:
 
         `keep_alive` (a request's, Ollama's syntax) sets how long the model stays loaded after this request."""
         entry = await self.resolve(model)
+        record = request_log.current()
+        if record is not None:
+            record.model = model
         if entry.task != task:
             raise InvalidRequestError(
                 f"The model '{model}' is a {entry.task} model and cannot be used for this endpoint.",
@@ -413,6 +420,9 @@ class Registry:
                     context_length=getattr(engine, "context_length", None),
                     requests=resident.usage.users,
                     manifest=resident.entry.manifest,
+                    weights=resident.entry.folder.name,
+                    pid=getattr(engine, "pid", None),
+                    restarts=getattr(engine, "restarts", 0),
                 )
             )
         return models

@@ -94,6 +94,10 @@ class ServerSettings(BaseModel):
         "runner may hold before it is stopped (its requests fail, the next "
         "starts a new one); default: twice the weights plus 2 GiB; 0: none",
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="the access log: one line per request, as text or as a JSON object"
+    )
+    metrics_open: bool = Field(False, description="serve GET /metrics without the API key (when one is set)")
     max_requests: int = Field(
         2048, ge=1, description="HTTP requests in flight across the server; more get a 503 server_busy at once"
     )

@@ -216,6 +216,7 @@ class RunnerGenerator:
         self.fim_tokens: tuple[str, str, str] | None = None
         self.guidance_error: str | None = None
         self._runner: RunnerProcess | None = None
+        self.restarts = 0  # runners started again after one died
         self._start_lock = asyncio.Lock()
         self._closed = False
 
@@ -232,6 +233,7 @@ class RunnerGenerator:
             if self._runner is None or not self._runner.alive:
                 if self._runner is not None:
                     log.warning("%s; starting a new runner", self._runner.dead)
+                    self.restarts += 1
                 fresh = RunnerProcess(self.name, self.folder, self._options)
                 try:
                     info = await fresh.start()

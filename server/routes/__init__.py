@@ -11,6 +11,7 @@ from typing import Literal, cast
 
 from quart import current_app, request
 
+from ortserve.server.metrics import Metrics
 from ortserve.server.registry import Registry
 from ortserve.server.settings import ServerSettings
 
@@ -21,6 +22,7 @@ EXTENSION = "ortserve"
 class AppState:
     settings: ServerSettings
     registry: Registry
+    metrics: Metrics
     status: Literal["loading", "ok", "error", "stopping"] = "loading"
     error: str | None = None  # why setup failed, when status == "error"
 

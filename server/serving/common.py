@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ortserve.core.store import ModelEntry
-from ortserve.server import __version__
+from ortserve.server import __version__, request_log
 from ortserve.server.engine.generation import (
     Finished,
     GenerationEvent,
@@ -135,13 +135,14 @@ class Generation:
 
     async def deltas(self) -> AsyncGenerator[TextDelta | Finished, None]:
         """The rest of the events; ends after Finished (an engine that stops without one is an error)."""
+        record = request_log.current()  # the request's log line and metrics: first token time, token counts
         while self._peeked:
-            yield self._peeked.pop(0)
+            yield _noted(self._peeked.pop(0), record)
         async for event in self.events:
             if isinstance(event, PromptLogprobs):
                 self.prompt_logprobs = event.entries
             if isinstance(event, (TextDelta, Finished)):
-                yield event
+                yield _noted(event, record)
             if isinstance(event, Finished):
                 return
         raise BackendError("The model stopped without finishing the generation.")
@@ -160,6 +161,15 @@ class Generation:
 
     async def aclose(self) -> None:
         await _aclose(self.events)
+
+
+def _noted(event: TextDelta | Finished, record: request_log.RequestRecord | None) -> TextDelta | Finished:
+    if record is not None:
+        if isinstance(event, TextDelta):
+            record.token_arrived()
+        else:
+            record.add_usage(event.prompt_tokens, event.completion_tokens)
+    return event
 
 
 async def _aclose(events: AsyncIterator) -> None:

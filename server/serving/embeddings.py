@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ortserve.server import request_log
 from ortserve.server.errors import InvalidRequestError
 from ortserve.server.protocol.embeddings import EmbeddingRequest
 from ortserve.server.registry import Registry
@@ -88,6 +89,9 @@ async def create_embedding(registry: Registry, request: EmbeddingRequest) -> dic
                 param="dimensions",
             )
         result = await embedder.embed(request.inputs(), truncate=bool(request.truncate))
+        record = request_log.current()
+        if record is not None:
+            record.add_usage(result.prompt_tokens, 0)
         renormalize = embedder.normalized
     finally:
         lease.release()
