@@ -1,5 +1,6 @@
 """GET /metrics, the access log and request ids (issue #18) through the app (the fake engine of fake_app.py):
 what a scrape shows after real requests, one log line per request without its text, ids kept or made."""
+
 from __future__ import annotations
 
 import json
