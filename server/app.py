@@ -39,7 +39,18 @@ from ortserve.server.metrics import Metrics
 from ortserve.server.registry import Registry
 from ortserve.server.request_limit import RequestLimit
 from ortserve.server.request_log import RequestLog
-from ortserve.server.routes import EXTENSION, AppState, app_state, chat, completions, embeddings, health, models, ps
+from ortserve.server.routes import (
+    EXTENSION,
+    AppState,
+    app_state,
+    chat,
+    completions,
+    embeddings,
+    health,
+    models,
+    openapi,
+    ps,
+)
 from ortserve.server.routes import metrics as metrics_route
 from ortserve.server.settings import ServerSettings
 
@@ -47,7 +58,7 @@ log = logging.getLogger(__name__)
 
 Setup = Callable[[], Awaitable[Any]]  # work done while /health says "loading" (e.g. bootstrapping the store)
 
-OPEN_PATHS = {"/health"}  # answered without an API key
+OPEN_PATHS = {"/health", "/openapi.json"}  # answered without an API key
 
 
 def _error_response(exc: BaseException, headers: dict[str, str] | None = None):
@@ -224,7 +235,7 @@ def create_app(
     state = AppState(settings=settings, registry=registry, metrics=metrics)
     app.extensions[EXTENSION] = state
 
-    for module in (chat, completions, embeddings, models, ps, health, metrics_route):
+    for module in (chat, completions, embeddings, models, ps, health, metrics_route, openapi):
         app.register_blueprint(module.bp)
     _register_error_handlers(app)
     _register_checks(app, settings)

@@ -264,3 +264,16 @@ def parse_request(cls: type[R], body: bytes | str | dict[str, Any]) -> R:
         raise validation_error(exc) from None
     request.check()
     return request
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error JSON, as `ortserve.server.errors.error_body` writes it (documented in /openapi.json)."""
+
+    error: ErrorDetail

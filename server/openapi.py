@@ -1,0 +1,130 @@
+"""The OpenAPI 3.1 document of every route the server answers (GET /openapi.json), generated from the
+pydantic protocol models, so it cannot say something the validation does not do.
+
+`OPERATIONS` is the one list of routes with their request and response models; tests/unit/test_openapi.py
+checks that it names every route the app has (and nothing else) and that the document is valid OpenAPI.
+Streamed answers (`stream: true`) are documented as `text/event-stream` whose events are the chunk model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from ortserve.server import __version__
+from ortserve.server.protocol import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelCard,
+    ModelList,
+)
+from ortserve.server.protocol.common import ErrorResponse
+from ortserve.server.protocol.ps import ProcessList
+
+REF = "#/components/schemas/{model}"
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str  # OpenAPI's template: /v1/models/{model}
+    operation_id: str  # OpenAI's operation names
+    summary: str
+    request: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    stream: type[BaseModel] | None = None  # the SSE event model when the request may ask `stream: true`
+    content_type: str = "application/json"
+
+
+OPERATIONS = (
+    Operation(
+        "post",
+        "/v1/chat/completions",
+        "createChatCompletion",
+        "Chat",
+        ChatCompletionRequest,
+        ChatCompletionResponse,
+        ChatCompletionChunk,
+    ),
+    Operation(
+        "post",
+        "/v1/completions",
+        "createCompletion",
+        "Text completion",
+        CompletionRequest,
+        CompletionResponse,
+        CompletionResponse,
+    ),
+    Operation("post", "/v1/embeddings", "createEmbedding", "Embeddings", EmbeddingRequest, EmbeddingResponse),
+    Operation("get", "/v1/models", "listModels", "Every name and alias served", response=ModelList),
+    Operation("get", "/v1/models/{model}", "retrieveModel", "One model's card", response=ModelCard),
+    Operation("get", "/api/ps", "listRunningModels", "Loaded models (Ollama's shape)", response=ProcessList),
+    Operation("get", "/health", "health", "Ready or not, loaded models and their devices"),
+    Operation("get", "/metrics", "metrics", "Prometheus metrics", content_type="text/plain"),
+    Operation("get", "/openapi.json", "openapi", "This document"),
+)
+
+
+def document() -> dict[str, Any]:
+    models: list[BaseModel | Any] = sorted(
+        {m for op in OPERATIONS for m in (op.request, op.response, op.stream) if m} | {ErrorResponse},
+        key=lambda m: m.__name__,
+    )
+    keyed = [(m, "validation") for m in models] + [(m, "serialization") for m in models]
+    refs, defs = models_json_schema(keyed, ref_template=REF)
+    schemas: dict[str, Any] = defs.get("$defs", {})
+    ref = {(m, mode): value["$ref"] for (m, mode), value in refs.items()}
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op, ref)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "ortserve",
+            "version": __version__,
+            "description": "A local OpenAI-compatible model server on ONNX Runtime.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{}, {"bearer": []}],  # the key is asked only when the server sets one
+    }
+
+
+def _operation(op: Operation, ref: dict) -> dict[str, Any]:
+    error = {"application/json": {"schema": {"$ref": ref[(ErrorResponse, "serialization")]}}}
+    ok: dict[str, Any] = {"description": "OK"}
+    if op.response is not None:
+        ok["content"] = {op.content_type: {"schema": {"$ref": ref[(op.response, "serialization")]}}}
+    else:
+        ok["content"] = {
+            op.content_type: {"schema": {"type": "object"} if op.content_type.endswith("json") else {"type": "string"}}
+        }
+    if op.stream is not None:
+        ok["content"]["text/event-stream"] = {
+            "schema": {
+                "type": "string",
+                "description": f"`data: {{{op.stream.__name__}}}` events, then `data: [DONE]`",
+            },
+        }
+    out: dict[str, Any] = {
+        "operationId": op.operation_id,
+        "summary": op.summary,
+        "responses": {"200": ok, "default": {"description": "An error in OpenAI's shape", "content": error}},
+    }
+    if op.request is not None:
+        body = {"$ref": ref[(op.request, "validation")]}
+        out["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    if "{model}" in op.path:
+        out["parameters"] = [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return out
