@@ -49,6 +49,7 @@ from ortserve.server.routes import (
     health,
     models,
     openapi,
+    page,
     ps,
 )
 from ortserve.server.routes import metrics as metrics_route
@@ -58,7 +59,7 @@ log = logging.getLogger(__name__)
 
 Setup = Callable[[], Awaitable[Any]]  # work done while /health says "loading" (e.g. bootstrapping the store)
 
-OPEN_PATHS = {"/health", "/openapi.json"}  # answered without an API key
+OPEN_PATHS = {"/health", "/openapi.json", "/chat"}  # answered without an API key
 
 
 def _error_response(exc: BaseException, headers: dict[str, str] | None = None):
@@ -235,7 +236,7 @@ def create_app(
     state = AppState(settings=settings, registry=registry, metrics=metrics)
     app.extensions[EXTENSION] = state
 
-    for module in (chat, completions, embeddings, models, ps, health, metrics_route, openapi):
+    for module in (chat, completions, embeddings, models, ps, health, metrics_route, openapi, page):
         app.register_blueprint(module.bp)
     _register_error_handlers(app)
     _register_checks(app, settings)

@@ -70,6 +70,7 @@ OPERATIONS = (
     Operation("get", "/health", "health", "Ready or not, loaded models and their devices"),
     Operation("get", "/metrics", "metrics", "Prometheus metrics", content_type="text/plain"),
     Operation("get", "/openapi.json", "openapi", "This document"),
+    Operation("get", "/chat", "chatPage", "A chat page for a browser", content_type="text/html"),
 )
 
 

@@ -40,7 +40,7 @@ def test_wheel_holds_every_source_file_under_ortserve(wheel):
     names = set(wheel.namelist())
     for folder, package in FOLDERS.items():
         for path in (ROOT / folder).rglob("*"):
-            if path.suffix in (".py", ".jinja") and "__pycache__" not in path.parts:
+            if path.suffix in (".py", ".jinja", ".html") and "__pycache__" not in path.parts:
                 inside = Path(*package.split("."), path.relative_to(ROOT / folder)).as_posix()
                 assert inside in names, f"{path.relative_to(ROOT)} is missing from the wheel"
     top = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
