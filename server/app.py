@@ -4,7 +4,7 @@
 tests build their own (`async with app.test_app()` runs the lifecycle hooks).
 Every error, whatever raised it (a request model, the registry, the engine,
 Quart's routing, an unexpected bug), leaves as OpenAI's error JSON through
-`ortserve.server.errors.error_body`.
+`ortserve.server.errors.error_body` (Ollama's shape on Ollama's routes, `/api/*`).
 """
 
 from __future__ import annotations
@@ -31,22 +31,34 @@ from ortserve.server.errors import (
     RequestTimeoutError,
     ShuttingDownError,
     error_body,
+    error_shape,
 )
 from ortserve.server.host_rules import host_allowed, origin_allowed
 from ortserve.server.loading import Loader
 from ortserve.server.registry import Registry
-from ortserve.server.routes import EXTENSION, AppState, app_state, chat, completions, embeddings, health, models, ps
+from ortserve.server.routes import (
+    EXTENSION,
+    AppState,
+    app_state,
+    chat,
+    completions,
+    embeddings,
+    health,
+    models,
+    ollama,
+    ps,
+)
 from ortserve.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
 Setup = Callable[[], Awaitable[Any]]  # work done while /health says "loading" (e.g. bootstrapping the store)
 
-OPEN_PATHS = {"/health"}  # answered without an API key
+OPEN_PATHS = {"/health", "/"}  # answered without an API key
 
 
 def _error_response(exc: BaseException, headers: dict[str, str] | None = None):
-    body, status = error_body(exc)
+    body, status = error_body(exc, error_shape(request.path))
     return body, status, headers or {}
 
 
@@ -209,7 +221,7 @@ def create_app(
     state = AppState(settings=settings, registry=Registry(settings, store, loader, loaders=loaders))
     app.extensions[EXTENSION] = state
 
-    for module in (chat, completions, embeddings, models, ps, health):
+    for module in (chat, completions, embeddings, models, ps, ollama, health):
         app.register_blueprint(module.bp)
     _register_error_handlers(app)
     _register_checks(app, settings)
