@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ortserve.core.model_config import IGNORED_PARAMETERS, UNSUPPORTED_PARAMETERS
+
 from ortserve.server.errors import InvalidRequestError
-from ortserve.server.modelfile import IGNORED_PARAMETERS, UNSUPPORTED_PARAMETERS
 from ortserve.server.protocol.chat import Tool
 from ortserve.server.protocol.common import KeepAlive, ModelName, OpenAIModel
 
