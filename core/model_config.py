@@ -11,6 +11,34 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ortserve.core.devices import DEVICES
 from ortserve.core.durations import check_duration
 
+# Ollama's sampling parameters (Modelfile PARAMETERs and request options) ortserve cannot honour, and llama.cpp's
+# hardware and runtime tuning, which has no meaning for ONNX Runtime (the Modelfile and /api's options read them)
+UNSUPPORTED_PARAMETERS = {  # change sampling in ways we cannot reproduce: an error
+    "mirostat",
+    "mirostat_eta",
+    "mirostat_tau",
+    "tfs_z",
+    "typical_p",
+    "min_p",
+    "repeat_last_n",
+    "penalize_newline",
+}
+IGNORED_PARAMETERS = {  # llama.cpp hardware and runtime tuning: a warning
+    "num_gpu",
+    "num_thread",
+    "num_batch",
+    "num_keep",
+    "main_gpu",
+    "low_vram",
+    "f16_kv",
+    "use_mmap",
+    "use_mlock",
+    "numa",
+    "vocab_only",
+    "logits_all",
+    "num_gqa",
+}
+
 
 def describe(exc: ValidationError, origins: dict[str, str] | None = None) -> str:
     """A pydantic error in one line: `field: problem (where it came from)` for each problem."""

@@ -4,7 +4,7 @@
 tests build their own (`async with app.test_app()` runs the lifecycle hooks).
 Every error, whatever raised it (a request model, the registry, the engine,
 Quart's routing, an unexpected bug), leaves as OpenAI's error JSON through
-`ortserve.server.errors.error_body`.
+`ortserve.server.errors.error_body` (Ollama's shape on Ollama's routes, `/api/*`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from ortserve.server.errors import (
     RequestTimeoutError,
     ShuttingDownError,
     error_body,
+    error_shape,
 )
 from ortserve.server.host_rules import host_allowed, origin_allowed
 from ortserve.server.loading import Loader
@@ -48,6 +49,7 @@ from ortserve.server.routes import (
     embeddings,
     health,
     models,
+    ollama,
     openapi,
     page,
     ps,
@@ -59,11 +61,11 @@ log = logging.getLogger(__name__)
 
 Setup = Callable[[], Awaitable[Any]]  # work done while /health says "loading" (e.g. bootstrapping the store)
 
-OPEN_PATHS = {"/health", "/openapi.json", "/chat"}  # answered without an API key
+OPEN_PATHS = {"/health", "/", "/openapi.json", "/chat"}  # answered without an API key
 
 
 def _error_response(exc: BaseException, headers: dict[str, str] | None = None):
-    body, status = error_body(exc)
+    body, status = error_body(exc, error_shape(request.path))
     return body, status, headers or {}
 
 
@@ -236,7 +238,7 @@ def create_app(
     state = AppState(settings=settings, registry=registry, metrics=metrics)
     app.extensions[EXTENSION] = state
 
-    for module in (chat, completions, embeddings, models, ps, health, metrics_route, openapi, page):
+    for module in (chat, completions, embeddings, models, ps, ollama, health, metrics_route, openapi, page):
         app.register_blueprint(module.bp)
     _register_error_handlers(app)
     _register_checks(app, settings)

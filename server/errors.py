@@ -1,12 +1,14 @@
-"""Typed API errors and the one mapper to OpenAI's error JSON.
+"""Typed API errors and the one mapper to the error JSON: OpenAI's shape, or Ollama's on its routes.
 
-Every error the server sends, as a response body or as an SSE event inside a
-stream, comes from `error_body()`, so both shapes are the same.
+Every error the server sends, as a response body or as an event inside a
+stream, comes from `error_body()`, so both are the same. OpenAI's shape is
+`{"error": {"message", "type", "param", "code"}}`; Ollama's (on `/api/*` and `/`)
+is `{"error": "message"}` with the same HTTP status.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 
 class APIError(Exception):
@@ -107,12 +109,22 @@ class BackendError(APIError):
     code = "backend_error"
 
 
-def error_body(exc: BaseException) -> tuple[dict[str, Any], int]:
-    """Map any exception to (OpenAI error JSON, HTTP status)."""
+ErrorShape = Literal["openai", "ollama"]
+
+
+def error_body(exc: BaseException, shape: ErrorShape = "openai") -> tuple[dict[str, Any], int]:
+    """Map any exception to (error JSON in `shape`, HTTP status)."""
     if not isinstance(exc, APIError):
         exc = APIError(f"Internal server error: {type(exc).__name__}: {exc}")
+    if shape == "ollama":
+        return {"error": exc.message}, exc.status
     body = {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
     return body, exc.status
+
+
+def error_shape(path: str) -> ErrorShape:
+    """Which error JSON a route answers with: Ollama's native API (`/api/*`, `/`) uses Ollama's."""
+    return "ollama" if path == "/" or path.startswith("/api/") else "openai"
 
 
 class ImageError(InvalidRequestError):

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ortserve.core.model_config import ModelConfig, SamplingDefaults
+from ortserve.core.model_config import IGNORED_PARAMETERS, UNSUPPORTED_PARAMETERS, ModelConfig, SamplingDefaults
 
 
 class ModelfileError(ValueError):
@@ -63,31 +63,6 @@ PARAMETERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "presence_penalty": ("presence_penalty", _number(float)),
     "frequency_penalty": ("frequency_penalty", _number(float)),
     "stop": ("stop", str),
-}
-UNSUPPORTED_PARAMETERS = {  # change sampling in ways we cannot reproduce: an error
-    "mirostat",
-    "mirostat_eta",
-    "mirostat_tau",
-    "tfs_z",
-    "typical_p",
-    "min_p",
-    "repeat_last_n",
-    "penalize_newline",
-}
-IGNORED_PARAMETERS = {  # llama.cpp hardware and runtime tuning: a warning
-    "num_gpu",
-    "num_thread",
-    "num_batch",
-    "num_keep",
-    "main_gpu",
-    "low_vram",
-    "f16_kv",
-    "use_mmap",
-    "use_mlock",
-    "numa",
-    "vocab_only",
-    "logits_all",
-    "num_gqa",
 }
 UNSUPPORTED_INSTRUCTIONS = {
     "TEMPLATE": "ortserve always renders prompts with the model's own chat template",

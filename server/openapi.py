@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from ortserve.server import __version__
+from ortserve.server.errors import error_shape
 from ortserve.server.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -26,7 +27,16 @@ from ortserve.server.protocol import (
     ModelCard,
     ModelList,
 )
-from ortserve.server.protocol.common import ErrorResponse
+from ortserve.server.protocol.common import ErrorResponse, OllamaErrorResponse
+from ortserve.server.protocol.ollama import OllamaChatRequest, OllamaGenerateRequest
+from ortserve.server.protocol.ollama_models import (
+    OllamaCopyRequest,
+    OllamaCreateRequest,
+    OllamaEmbeddingsRequest,
+    OllamaEmbedRequest,
+    OllamaModelRequest,
+    OllamaPullRequest,
+)
 from ortserve.server.protocol.ps import ProcessList
 
 REF = "#/components/schemas/{model}"
@@ -42,6 +52,7 @@ class Operation:
     response: type[BaseModel] | None = None
     stream: type[BaseModel] | None = None  # the SSE event model when the request may ask `stream: true`
     content_type: str = "application/json"
+    ndjson: bool = False  # Ollama's streams: one JSON object per line (`stream`, default true)
 
 
 OPERATIONS = (
@@ -71,12 +82,30 @@ OPERATIONS = (
     Operation("get", "/metrics", "metrics", "Prometheus metrics", content_type="text/plain"),
     Operation("get", "/openapi.json", "openapi", "This document"),
     Operation("get", "/chat", "chatPage", "A chat page for a browser", content_type="text/html"),
+    # Ollama's API (its answers are documented as objects; see the README's Ollama API table)
+    Operation("get", "/", "ollamaRoot", "'ortserve is running'", content_type="text/plain"),
+    Operation("get", "/api/version", "ollamaVersion", "The server's version"),
+    Operation("post", "/api/chat", "ollamaChat", "Chat (Ollama)", OllamaChatRequest, ndjson=True),
+    Operation("post", "/api/generate", "ollamaGenerate", "Generate (Ollama)", OllamaGenerateRequest, ndjson=True),
+    Operation("post", "/api/embed", "ollamaEmbed", "Embeddings (Ollama)", OllamaEmbedRequest),
+    Operation(
+        "post", "/api/embeddings", "ollamaEmbeddings", "One embedding (Ollama's older route)", OllamaEmbeddingsRequest
+    ),
+    Operation("get", "/api/tags", "ollamaTags", "Models in the store (Ollama)"),
+    Operation("post", "/api/show", "ollamaShow", "One model's details (Ollama)", OllamaModelRequest),
+    Operation("post", "/api/copy", "ollamaCopy", "Copy a model (Ollama)", OllamaCopyRequest),
+    Operation("delete", "/api/delete", "ollamaDelete", "Remove a model (Ollama)", OllamaModelRequest),
+    Operation(
+        "post", "/api/create", "ollamaCreate", "Create a model from another (Ollama)", OllamaCreateRequest, ndjson=True
+    ),
+    Operation("post", "/api/pull", "ollamaPull", "Pull a model (Ollama)", OllamaPullRequest, ndjson=True),
 )
 
 
 def document() -> dict[str, Any]:
     models: list[BaseModel | Any] = sorted(
-        {m for op in OPERATIONS for m in (op.request, op.response, op.stream) if m} | {ErrorResponse},
+        {m for op in OPERATIONS for m in (op.request, op.response, op.stream) if m}
+        | {ErrorResponse, OllamaErrorResponse},
         key=lambda m: m.__name__,
     )
     keyed = [(m, "validation") for m in models] + [(m, "serialization") for m in models]
@@ -103,13 +132,18 @@ def document() -> dict[str, Any]:
 
 
 def _operation(op: Operation, ref: dict) -> dict[str, Any]:
-    error = {"application/json": {"schema": {"$ref": ref[(ErrorResponse, "serialization")]}}}
+    shape = OllamaErrorResponse if error_shape(op.path) == "ollama" else ErrorResponse
+    error = {"application/json": {"schema": {"$ref": ref[(shape, "serialization")]}}}
     ok: dict[str, Any] = {"description": "OK"}
     if op.response is not None:
         ok["content"] = {op.content_type: {"schema": {"$ref": ref[(op.response, "serialization")]}}}
     else:
         ok["content"] = {
             op.content_type: {"schema": {"type": "object"} if op.content_type.endswith("json") else {"type": "string"}}
+        }
+    if op.ndjson:
+        ok["content"]["application/x-ndjson"] = {
+            "schema": {"type": "string", "description": "JSON objects, one a line"}
         }
     if op.stream is not None:
         ok["content"]["text/event-stream"] = {
@@ -121,7 +155,7 @@ def _operation(op: Operation, ref: dict) -> dict[str, Any]:
     out: dict[str, Any] = {
         "operationId": op.operation_id,
         "summary": op.summary,
-        "responses": {"200": ok, "default": {"description": "An error in OpenAI's shape", "content": error}},
+        "responses": {"200": ok, "default": {"description": "An error", "content": error}},
     }
     if op.request is not None:
         body = {"$ref": ref[(op.request, "validation")]}

@@ -1,4 +1,4 @@
-"""Server-sent events: OpenAI's streaming wire format.
+"""Server-sent events: OpenAI's streaming wire format (and Ollama's: NDJSON, `ndjson_response`).
 
 Each payload is one `data: {json}` event; a stream ends with `data: [DONE]`. An
 error after the stream has started cannot change the HTTP status any more, so it
@@ -49,6 +49,30 @@ async def sse_events(payloads: AsyncIterator[dict[str, Any]]) -> AsyncIterator[s
         if aclose is not None:
             await aclose()
     yield DONE
+
+
+async def ndjson_lines(payloads: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+    """Ollama's streams: one JSON object per line; an error becomes one `{"error": "..."}` line, the last."""
+    try:
+        async for payload in payloads:
+            yield json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n"
+    except Exception as exc:  # CancelledError (the client left) propagates
+        if not isinstance(exc, APIError):
+            log.exception("error inside a stream")
+        body, _status = error_body(exc, "ollama")
+        yield json.dumps(body, ensure_ascii=False) + "\n"
+    finally:
+        aclose = getattr(payloads, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def ndjson_response(payloads: AsyncIterator[dict[str, Any]]) -> Response:
+    response = Response(
+        ndjson_lines(payloads), 200, {"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"}
+    )
+    response.timeout = None
+    return response
 
 
 async def sse_response(payloads: AsyncIterator[dict[str, Any]]) -> Response:

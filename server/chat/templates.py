@@ -1,4 +1,5 @@
-"""What the server needs to know about a chat model's template: its tool-call format and marker tokens.
+"""What the server needs to know about a chat model's template: its tool-call format, marker tokens and
+reasoning markers.
 
 Read once per model folder (and conversion) from the files onnxruntime-genai reads
 too: `chat_template.jinja` or `tokenizer_config.json`'s "chat_template", and the
@@ -13,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ortserve.server.chat.reasoning import ReasoningMarkers, find_reasoning_markers
 from ortserve.server.chat.tool_parsers import ToolParser, select_tool_parser
 
 
@@ -21,6 +23,7 @@ class ChatProfile:
     tool_parser: type[ToolParser]
     special_tokens: dict[str, int] = field(default_factory=dict)  # the parser's markers that are special tokens
     template: str | None = None
+    reasoning: ReasoningMarkers | None = None  # a reasoning model's markers (chat/reasoning.py)
 
 
 def read_chat_template(folder: Path) -> str | None:
@@ -49,7 +52,7 @@ def _profile(folder: str, family: str | None, _version: Any) -> ChatProfile:
     path = Path(folder)
     template = read_chat_template(path)
     parser = select_tool_parser(template, family)
-    return ChatProfile(parser, special_tokens(path, parser.special_texts()), template)
+    return ChatProfile(parser, special_tokens(path, parser.special_texts()), template, find_reasoning_markers(template))
 
 
 def chat_profile(folder: Path, manifest: dict[str, Any]) -> ChatProfile:

@@ -80,6 +80,9 @@ class Prompt:
     text: str | None = None
     token_ids: list[int] | None = None
     images: tuple[bytes, ...] = ()
+    # variables set for the chat template (Qwen3's enable_thinking), with the template they are set in
+    template_vars: tuple[tuple[str, object], ...] = ()
+    template: str | None = None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -58,7 +59,9 @@ def encode_prompt(model: RunnerModel, prompt: Prompt) -> tuple[np.ndarray, str]:
     tok = model.tokenizer
     if prompt.messages is not None:
         try:
-            kwargs = {"tools": json.dumps(prompt.tools)} if prompt.tools else {}
+            kwargs: dict[str, Any] = {"tools": json.dumps(prompt.tools)} if prompt.tools else {}
+            if prompt.template_vars and prompt.template:
+                kwargs["template_str"] = template_with_vars(prompt.template, prompt.template_vars)
             text = tok.apply_chat_template(json.dumps(prompt.messages), add_generation_prompt=True, **kwargs)
         except (TypeError, ValueError, RuntimeError) as exc:
             reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
@@ -79,6 +82,13 @@ def encode_prompt(model: RunnerModel, prompt: Prompt) -> tuple[np.ndarray, str]:
             raise InvalidRequestError("The prompt is empty.", param="prompt")
         ids = np.asarray([model.bos_id], dtype=np.int32)  # like OpenAI: an empty prompt starts a new document
     return ids, text
+
+
+def template_with_vars(template: str, variables: tuple[tuple[str, object], ...]) -> str:
+    """The template with `{%- set name = value -%}` first: onnxruntime-genai's apply_chat_template takes no
+    extra variables (Hugging Face's `enable_thinking=False`), but its Jinja reads what the template sets."""
+    sets = "".join(f"{{%- set {name} = {json.dumps(value)} -%}}" for name, value in variables)
+    return sets + template
 
 
 # What each onnxruntime-genai image processor looks for in the prompt, one per image (n counts from 1).
@@ -108,7 +118,8 @@ def encode_image_prompt(model: RunnerModel, prompt: Prompt) -> tuple[np.ndarray,
     except InvalidRequestError:  # a template that expects string contents (Phi-3.5-vision's)
         rendered = False
     if not rendered:  # the template dropped the image parts or failed on them: write the markers ourselves
-        _, text = encode_prompt(model, Prompt(messages=_inline_images(prompt.messages, marker), tools=prompt.tools))
+        inline = replace(prompt, messages=_inline_images(prompt.messages, marker), images=())
+        _, text = encode_prompt(model, inline)
     for piece in {count, *_MARKER_TOKENS.findall(marker)}:
         if text.count(piece) != len(prompt.images):  # typed into the text: images and features would not match
             raise InvalidRequestError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_serializer
@@ -80,6 +81,7 @@ class NamedToolChoice(OpenAIModel):
 
 
 _MEDIA = {"input_audio": "audio", "file": "files"}
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _text_of(content: str | list[ContentPart] | None, param: str) -> str | None:
@@ -129,6 +131,10 @@ class ChatCompletionRequest(SamplingRequest):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
+    # reasoning models: "none" turns the reasoning off where the template can (Qwen3's enable_thinking), any
+    # other effort leaves it on; vLLM's chat_template_kwargs are set as the template's variables
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -159,6 +165,28 @@ class ChatCompletionRequest(SamplingRequest):
             )
         if self.functions or self.function_call is not None:
             raise NotSupportedError("functions are deprecated and not supported; use tools.", param="functions")
+        for key in self.chat_template_kwargs or {}:
+            if not _IDENTIFIER.fullmatch(key):
+                raise InvalidRequestError(
+                    f"Invalid key in 'chat_template_kwargs': '{key}' is not a template variable name.",
+                    param="chat_template_kwargs",
+                )
+
+    def thinking(self) -> bool | None:
+        """Whether a reasoning model should reason: chat_template_kwargs.enable_thinking, else reasoning_effort
+        ("none": off); None: the template's default."""
+        enable = (self.chat_template_kwargs or {}).get("enable_thinking")
+        if isinstance(enable, bool):
+            return enable
+        return None if self.reasoning_effort is None else self.reasoning_effort != "none"
+
+    def template_vars(self, switch: str | None) -> tuple[tuple[str, object], ...]:
+        """Variables set for the chat template: chat_template_kwargs, and the thinking switch it reads."""
+        variables = dict(self.chat_template_kwargs or {})
+        thinking = self.thinking()
+        if switch and thinking is not None:
+            variables[switch] = thinking
+        return tuple(variables.items())
 
     @staticmethod
     def _check_content(message: ChatMessage, param: str) -> None:
@@ -301,12 +329,14 @@ class ChatCompletionMessage(BaseModel):
     content: str | None
     refusal: str | None = None
     tool_calls: list[ChatCompletionMessageToolCall] | None = None
+    reasoning_content: str | None = None  # a reasoning model's reasoning (vLLM's and DeepSeek's field)
 
     @model_serializer(mode="wrap")
     def _drop_absent_calls(self, handler: Any) -> dict[str, Any]:
         body = handler(self)
-        if body.get("tool_calls") is None:
-            body.pop("tool_calls", None)
+        for key in ("tool_calls", "reasoning_content"):
+            if body.get(key) is None:
+                body.pop(key, None)
         return body
 
 
@@ -352,6 +382,7 @@ class ChoiceDeltaToolCall(BaseModel):
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[ChoiceDeltaToolCall] | None = None
 
     @model_serializer(mode="wrap")

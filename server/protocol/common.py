@@ -277,3 +277,9 @@ class ErrorResponse(BaseModel):
     """OpenAI's error JSON, as `ortserve.server.errors.error_body` writes it (documented in /openapi.json)."""
 
     error: ErrorDetail
+
+
+class OllamaErrorResponse(BaseModel):
+    """Ollama's error JSON (on `/` and `/api/*`)."""
+
+    error: str

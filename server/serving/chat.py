@@ -18,7 +18,7 @@ from ortserve.server.protocol.chat import (
 from ortserve.server.protocol.common import Usage
 from ortserve.server.protocol.logprobs import ChoiceLogprobs
 from ortserve.server.registry import Registry
-from ortserve.server.serving.chat_plan import ChatPlan, deltas, finish_reason, plan_chat
+from ortserve.server.serving.chat_plan import ChatPlan, answer_deltas, finish_reason, plan_chat
 from ortserve.server.serving.common import (
     SYSTEM_FINGERPRINT,
     Generation,
@@ -58,7 +58,7 @@ async def create_chat_completion(
         lease.release()
     choices = []
     for index, result in enumerate(results):
-        message = plan.message(result.text)
+        message = plan.message(result.text, generations[index].started)
         choices.append(
             ChatCompletionChoice(
                 index=index,
@@ -88,6 +88,7 @@ async def _stream(
     created = now()
     include_usage = request.include_usage
     calls = [plan.tool_stream() for _ in generations]  # each choice's tool calls, read out of its text as it comes
+    thoughts = [plan.reasoning_stream(g.started) for g in generations]  # each choice's reasoning, split off first
     # logprobs of tokens whose text is not out yet (held by a tool-call parser): they go with the choice's next chunk
     waiting: list[list[TokenLogprob]] = [[] for _ in generations]
 
@@ -113,16 +114,15 @@ async def _stream(
             yield chunk(index, DeltaMessage(role="assistant", content=""))
         async with aclosing(merge(generations)) as events:
             async for index, event in events:
-                parser = calls[index]
+                parser, thought = calls[index], thoughts[index]
                 if isinstance(event, TextDelta):
                     waiting[index].extend(event.logprobs)
                     if event.text:  # a token that ends mid-character has no text yet
-                        for delta in deltas(parser.feed(event.text)) if parser else [DeltaMessage(content=event.text)]:
+                        for delta in answer_deltas(event.text, parser, thought):
                             yield chunk(index, delta)
                 elif isinstance(event, Finished):
-                    if parser:
-                        for delta in deltas(parser.finish()):
-                            yield chunk(index, delta)
+                    for delta in answer_deltas(None, parser, thought):
+                        yield chunk(index, delta)
                     reason = finish_reason(event.finish_reason, bool(parser and parser.calls))
                     yield chunk(index, DeltaMessage(), reason)
                     prompt_tokens = event.prompt_tokens

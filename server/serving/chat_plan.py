@@ -13,6 +13,14 @@ from pathlib import Path
 
 from ortserve.core.store import ModelEntry
 from ortserve.server.chat.grammars import chat_guidance, response_format_guidance
+from ortserve.server.chat.reasoning import (
+    Answer,
+    Reasoning,
+    ReasoningMarkers,
+    ReasoningStream,
+    prompt_opens_reasoning,
+    split_reasoning,
+)
 from ortserve.server.chat.templates import chat_profile
 from ortserve.server.chat.tool_parsers import ToolParser
 from ortserve.server.chat.tool_stream import (
@@ -23,7 +31,7 @@ from ortserve.server.chat.tool_stream import (
     ToolCallStream,
     parse_tool_calls,
 )
-from ortserve.server.engine.generation import Guidance, Prompt, SamplingParams, TextGenerator
+from ortserve.server.engine.generation import Guidance, Prompt, SamplingParams, Started, TextGenerator
 from ortserve.server.errors import InvalidRequestError, NotSupportedError
 from ortserve.server.images import ImageRef, load_images
 from ortserve.server.protocol.chat import (
@@ -47,20 +55,31 @@ class ChatPlan:
     parser: type[ToolParser] | None  # None: the reply is all content (no tools offered)
     tool_names: tuple[str, ...] = ()
     max_calls: int | None = None
+    reasoning: ReasoningMarkers | None = None  # a reasoning model: its reasoning is split from the answer
 
     def tool_stream(self) -> ToolCallStream | None:
         return None if self.parser is None else ToolCallStream(self.parser, self.tool_names, self.max_calls)
 
-    def message(self, text: str) -> ChatCompletionMessage:
-        """The whole reply as OpenAI's assistant message."""
+    def reasoning_stream(self, started: Started) -> ReasoningStream | None:
+        """The reasoning splitter of one generation (it starts inside the reasoning when the prompt opened it)."""
+        if self.reasoning is None:
+            return None
+        return ReasoningStream(self.reasoning, prompt_opens_reasoning(started.prompt_text, self.reasoning))
+
+    def message(self, text: str, started: Started | None = None) -> ChatCompletionMessage:
+        """The whole reply as OpenAI's assistant message: reasoning apart, tool calls read from the answer."""
+        reasoning = None
+        if self.reasoning is not None:
+            inside = started is not None and prompt_opens_reasoning(started.prompt_text, self.reasoning)
+            reasoning, text = split_reasoning(text, self.reasoning, inside)
         if self.parser is None:
-            return ChatCompletionMessage(content=text)
+            return ChatCompletionMessage(content=text, reasoning_content=reasoning)
         reply = parse_tool_calls(self.parser, text, self.tool_names, self.max_calls)
         calls = [
             ChatCompletionMessageToolCall(id=call.id, function=Function(name=call.name, arguments=call.arguments))
             for call in reply.tool_calls
         ]
-        return ChatCompletionMessage(content=reply.content, tool_calls=calls or None)
+        return ChatCompletionMessage(content=reply.content, reasoning_content=reasoning, tool_calls=calls or None)
 
 
 def finish_reason(engine_reason: str, called: bool) -> str:
@@ -87,6 +106,27 @@ def deltas(events: Iterable[Event]) -> list[DeltaMessage]:
     return out
 
 
+def answer_deltas(
+    text: str | None, parser: ToolCallStream | None, thought: ReasoningStream | None
+) -> list[DeltaMessage]:
+    """Stream deltas for a piece of a reply (None: its end): reasoning apart, then tool calls read from the answer."""
+    if thought is None:
+        pieces: list[Reasoning | Answer] = [Answer(text)] if text is not None else []
+    else:
+        pieces = thought.feed(text) if text is not None else thought.finish()
+    out = []
+    for piece in pieces:
+        if isinstance(piece, Reasoning):
+            out.append(DeltaMessage(reasoning_content=piece.text))
+        elif parser is None:
+            out.append(DeltaMessage(content=piece.text))
+        else:
+            out.extend(deltas(parser.feed(piece.text)))
+    if text is None and parser is not None:
+        out.extend(deltas(parser.finish()))
+    return out
+
+
 async def plan_chat(
     entry: ModelEntry, generator: TextGenerator, request: ChatCompletionRequest, settings: ServerSettings | None = None
 ) -> ChatPlan:
@@ -109,21 +149,31 @@ async def plan_chat(
         special_tokens=profile.special_tokens,
     )
     require_guidance(generator, guidance)
+    markers = profile.reasoning
+    keep = (parser.special_texts() if tools else ()) + ((markers.open, markers.close) if markers else ())
     params = replace(
         fit_vocabulary(request.to_sampling_params(config.defaults), entry),
         guidance=guidance,
-        keep_special=parser.special_texts() if tools else (),
+        keep_special=keep,
     )
+    template_vars = request.template_vars(markers.switch if markers else None)
     images: tuple[bytes, ...] = ()
     if image_parts:
         fit = await asyncio.to_thread(image_fit_pixels, entry)
         images = await load_images([ImageRef(url, param) for param, url in image_parts], settings, fit_pixels=fit)
     return ChatPlan(
-        prompt=Prompt(messages=messages, tools=template_tools, images=images),
+        prompt=Prompt(
+            messages=messages,
+            tools=template_tools,
+            images=images,
+            template_vars=template_vars,
+            template=profile.template if template_vars else None,
+        ),
         params=params,
         parser=parser if tools else None,
         tool_names=tuple(tool["function"]["name"] for tool in tools or ()),
         max_calls=None if request.parallel_tool_calls is not False else 1,
+        reasoning=markers,
     )
 
 

@@ -26,19 +26,28 @@ def test_every_route_is_exercised(operations):
     )
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "POST /v1/chat/completions",
-        "POST /v1/completions",
-        "POST /v1/embeddings",
-        "GET /v1/models",
-        "GET /v1/models/{model}",
-        "GET /api/ps",
-        "GET /health",
-        "GET /metrics",
-    ],
-)
+# every route but those that change the store (copy, delete, create, pull): the session server is shared
+ROUTES = [
+    "POST /v1/chat/completions",
+    "POST /v1/completions",
+    "POST /v1/embeddings",
+    "GET /v1/models",
+    "GET /v1/models/{model}",
+    "GET /api/ps",
+    "GET /health",
+    "GET /metrics",
+    "GET /",
+    "GET /api/version",
+    "POST /api/chat",
+    "POST /api/generate",
+    "POST /api/embed",
+    "POST /api/embeddings",
+    "GET /api/tags",
+    "POST /api/show",
+]
+
+
+@pytest.mark.parametrize("name", ROUTES)
 def test_generated_requests_get_documented_answers(server, operations, name):
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(operations[name].as_strategy())
