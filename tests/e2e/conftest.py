@@ -7,6 +7,7 @@ when GET /health answers 200.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -199,3 +200,35 @@ def client(server) -> openai.OpenAI:
 def http(server) -> httpx.Client:
     with httpx.Client(base_url=server.base_url, timeout=120) as http:
         yield http
+
+
+# ---- JavaScript clients (tests/e2e/clients/: openai and ollama from the npm registry) ---------------
+CLIENTS = Path(__file__).parent / "clients"
+
+
+@pytest.fixture(scope="session")
+def node_clients(request, tmp_path_factory):
+    """A folder with tests/e2e/clients/ and its node_modules: npm installs once per package.json version."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not node or not npm:
+        pytest.fail("the JavaScript client test needs Node.js 18+ and npm on PATH (see README, Tests)")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    assert int(version.lstrip("v").split(".")[0]) >= 18, f"Node.js {version} is too old for the openai client"
+    digest = hashlib.sha256((CLIENTS / "package.json").read_bytes()).hexdigest()[:16]
+    cache = getattr(request.config, "cache", None)
+    folder = cache.mkdir(f"ortserve-node-clients-{digest}") if cache else tmp_path_factory.mktemp("node-clients")
+    done = folder / ".installed"
+    if not done.is_file():
+        shutil.copy(CLIENTS / "package.json", folder / "package.json")
+        installed = subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert installed.returncode == 0, f"npm install failed:\n{installed.stdout}\n{installed.stderr}"
+        done.write_text(version, encoding="utf-8")
+    for script in CLIENTS.glob("*.mjs"):
+        shutil.copy(script, folder / script.name)  # ES modules find node_modules beside them
+    return node, folder

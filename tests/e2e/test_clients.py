@@ -12,7 +12,6 @@ folder (.pytest_cache), keyed by that file's hash, and reused by later runs.
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import shutil
@@ -195,34 +194,6 @@ def test_python_vision(client, image_url):
 
 
 # ---- JavaScript (Node.js) ------------------------------------------------------
-@pytest.fixture(scope="module")
-def node_clients(request, tmp_path_factory):
-    """A folder with tests/e2e/clients/ and its node_modules: npm installs once per package.json version."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        pytest.fail("the JavaScript client test needs Node.js 18+ and npm on PATH (see README, Tests)")
-    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout.strip()
-    assert int(version.lstrip("v").split(".")[0]) >= 18, f"Node.js {version} is too old for the openai client"
-    digest = hashlib.sha256((CLIENTS / "package.json").read_bytes()).hexdigest()[:16]
-    cache = getattr(request.config, "cache", None)
-    folder = cache.mkdir(f"ortserve-node-clients-{digest}") if cache else tmp_path_factory.mktemp("node-clients")
-    done = folder / ".installed"
-    if not done.is_file():
-        shutil.copy(CLIENTS / "package.json", folder / "package.json")
-        installed = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=folder,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert installed.returncode == 0, f"npm install failed:\n{installed.stdout}\n{installed.stderr}"
-        done.write_text(version, encoding="utf-8")
-    for script in CLIENTS.glob("*.mjs"):
-        shutil.copy(script, folder / script.name)  # ES modules find node_modules beside them
-    return node, folder
-
-
 @pytest.fixture(scope="module")
 def js_results(node_clients, seed_server, image_url) -> dict:
     node, folder = node_clients

@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import shutil
+import subprocess
 
 import httpx
 import ollama
@@ -220,3 +221,27 @@ def _langchain_calls(llm, embeddings) -> None:
     assert answer.response_metadata["done_reason"] in ("stop", "length")
     assert len(embeddings.embed_query("The sky is blue.")) == 384
     assert len(embeddings.embed_documents(["a", "b"])) == 2
+
+
+# ---- the ollama JavaScript library under Node.js ------------------------------------------------------
+def test_the_javascript_library(node_clients, ollama_server):
+    node, folder = node_clients
+    ran = subprocess.run(
+        [node, "ollama_examples.mjs", ollama_server.base_url, CHAT_MODEL, EMBEDDER],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stderr
+    results = json.loads(ran.stdout)
+    chat = results["chat"]
+    assert chat["done"] and chat["eval_count"] == 12 and chat["message"]["role"] == "assistant"
+    parts = results["chat_stream"]
+    assert parts[-1]["done"] and "".join(p["message"]["content"] for p in parts) == chat["message"]["content"]
+    assert results["generate"]["done"] and results["generate"]["eval_count"] == 12
+    assert len(results["embed"]["embeddings"]) == 2 and len(results["embed"]["embeddings"][0]) == 384
+    assert CHAT_MODEL in {m["model"] for m in results["list"]["models"]}
+    assert "completion" in results["show"]["capabilities"]
+    assert any(CHAT_MODEL in m["names"] for m in results["ps"]["models"])
+    assert results["error"]["status"] == 404 and "no-such-model" in results["error"]["message"]
