@@ -13,7 +13,7 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ortserve.core.store import ModelEntry
 from ortserve.server.engine.embedder import Embedder
@@ -89,3 +89,58 @@ class Resident:
             await self.task.result().close()
         except Exception:
             log.exception("closing model '%s' failed", self.label)
+
+
+@dataclass(frozen=True)
+class ServedName:
+    """A name clients may send as `model` (a store name or an alias) and the store entry that serves it."""
+
+    name: str
+    entry: ModelEntry
+
+
+@dataclass(frozen=True)
+class ResidentModel:
+    """One loaded model as the registry reports it (GET /api/ps, /health): engine- and protocol-neutral."""
+
+    names: tuple[str, ...]  # the names it has served since it loaded, most recently used first
+    task: str
+    device: str
+    size: int  # bytes of its files on disk
+    expires_in: float | None  # seconds of keep-alive left (the full time while in use); None: kept forever
+    context_length: int | None
+    requests: int  # in flight
+    manifest: dict[str, Any]
+    weights: str = ""  # the weights folder's name: the same for every name sharing them
+    pid: int | None = None  # the runner process's, for a chat model
+    restarts: int = 0  # runner processes started again after one died
+
+    @property
+    def name(self) -> str:
+        """The name it was last used under."""
+        return self.names[0]
+
+
+@dataclass(eq=False)
+class Lease:
+    """A loaded model held for one request; `release()` exactly once when done. `entry` is the requested
+    name's own (its defaults, SYSTEM), whichever name loaded the engine."""
+
+    entry: ModelEntry
+    engine: Engine
+    _resident: Resident
+    _release: Callable[[Resident], None]  # the registry's
+    _released: bool = field(default=False, repr=False)
+
+    @property
+    def generator(self) -> TextGenerator:  # a lease acquired with task="chat"
+        return cast(TextGenerator, self.engine)
+
+    @property
+    def embedder(self) -> Embedder:  # a lease acquired with task="embedding"
+        return cast(Embedder, self.engine)
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._release(self._resident)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from ortserve.server.loading import ResidentModel, ServedName
 from ortserve.server.protocol.models import ModelCard, ModelList
 from ortserve.server.protocol.ps import ModelDetails, ProcessList, RunningModel
-from ortserve.server.registry import Registry, ResidentModel, ServedName
+from ortserve.server.registry import Registry
 
 
 def model_card(served: ServedName) -> ModelCard:

@@ -19,10 +19,11 @@ from typing import Any
 from ortserve.core.durations import parse_duration
 from ortserve.server.engine.generation import Finished, GenerationRequest, TextDelta
 from ortserve.server.errors import InvalidRequestError
+from ortserve.server.loading import Lease
 from ortserve.server.protocol import ChatCompletionRequest, parse_request
 from ortserve.server.protocol.completions import CompletionRequest
 from ortserve.server.protocol.ollama import OllamaChatRequest, OllamaGenerateRequest, OllamaRequest
-from ortserve.server.registry import Lease, Registry
+from ortserve.server.registry import Registry
 from ortserve.server.serving.chat_plan import ChatPlan, answer_deltas, completion_guidance, plan_chat
 from ortserve.server.serving.common import Generation, fit_vocabulary, new_id, start_all
 

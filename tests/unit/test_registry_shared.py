@@ -145,3 +145,23 @@ async def test_serving_applies_each_names_system_and_defaults_on_one_engine(stor
         (row,) = (await (await client.get("/api/ps")).get_json())["models"]
         assert row["name"] == "copy" and row["names"] == ["copy", "made", "base"]
         assert set((await (await client.get("/health")).get_json())["devices"]) == {"base", "made", "copy"}
+
+
+class CountingStore(ModelStore):
+    """The real store, counting its reads (how many times a name was looked up on disk)."""
+
+    reads = 0
+
+    def get(self, name_or_alias: str):
+        type(self).reads += 1
+        return super().get(name_or_alias)
+
+
+async def test_concurrent_lookups_of_one_name_share_one_read(store):
+    counting = CountingStore(store.models_dir)
+    registry = make(counting, Loads())
+    CountingStore.reads = 0
+    entries = await asyncio.gather(*(registry.resolve("base") for _ in range(200)))
+    assert {e.name for e in entries} == {"base"} and CountingStore.reads < 20  # not one read per request
+    await registry.resolve("base")
+    assert CountingStore.reads >= 2  # a later lookup reads again: store changes are still seen
