@@ -16,7 +16,8 @@ from tests.integration.generation import ids_of, run
 
 pytestmark = pytest.mark.slow
 
-SYSTEM = {"role": "system", "content": "You are a careful assistant. Answer briefly, in plain words, and cite sources."}
+# long enough that three short turns fit in the room a kept generator gets (twice its first request's need)
+SYSTEM = {"role": "system", "content": "You are a careful assistant. Answer briefly, in plain words. " * 4}
 TURNS = ["What is the weather in Paris today?", "And tomorrow, will it rain?", "Thank you, what about Lyon then?"]
 
 
@@ -78,7 +79,7 @@ async def test_logits_processing_and_penalties_on_a_reused_generator(cached, col
         assert reused[-1][2] > 0
 
 
-async def test_what_skips_the_cache(cached):
+async def test_what_skips_the_cache(cached, cold):
     long = "The quick brown fox jumps over the lazy dog. " * 8
     first = await run(cached, text(long, max_tokens=4))
     again = await run(cached, text(long, max_tokens=4))
@@ -93,6 +94,10 @@ async def test_what_skips_the_cache(cached):
     # a short prompt is not worth it
     await run(cached, text("Hello there", max_tokens=2))
     assert (await run(cached, text("Hello there", max_tokens=2)))[2].cached_tokens == 0
+    # a budget beyond the kept generator's room: a fresh generator, the same tokens
+    bigger = await run(cached, text(long, max_tokens=400))
+    fresh = await run(cold, text(long, max_tokens=400))
+    assert bigger[2].cached_tokens == 0 and ids_of(bigger[1]) == ids_of(fresh[1])
     stats = (await cached.stats())["prompt_cache"]
     assert stats["hits"] >= 1 and stats["kept"] >= 1 and stats["bytes"] > 0
 
