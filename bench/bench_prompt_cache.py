@@ -3,8 +3,8 @@
     python bench/bench_prompt_cache.py [--shape smollm2-135m|tiny] [--precision int4] [--turns 5] [--repeats 3]
 
 Builds the same random-weight model as bench_generation.py (no download), then runs one growing chat
-(a system prompt of about 600 tokens; each turn adds a question of about 100 tokens and the model's greedy
-reply of up to 100) against `ortserve serve` twice: with the prompt cache (the default) and with
+(a system prompt of about 1,060 tokens; each turn adds a question and the model's greedy reply of up to 20
+tokens, about 115 tokens in all, so that turn 5's prompt is about 1,570 tokens) against `ortserve serve` twice: with the prompt cache (the default) and with
 ORTSERVE_PROMPT_CACHE_BYTES=0. Each repeat starts a new chat (its system prompt begins differently), so
 turn 1 is always cold. Reports each turn's prompt tokens, cached tokens and median TTFT, and the
 turn-N cached/cold ratio; writes bench/results/prompt-cache-<shape>-<precision>.json.
@@ -27,9 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_generation import ROOT, SHAPES, build, free_port  # noqa: E402
 
-# with the bench's small tokenizer, about one token per 1.6 characters of this text
-SYSTEM = "You help travellers plan trips: weather, trains, museums and food, in short and precise answers. " * 10
-QUESTION = "Turn {turn}: what should I see in Paris if it rains, and which trains leave early in the morning? " * 2
+# with the bench's small tokenizer, about one token per 1.8 characters of this text: a system prompt of about
+# 1,060 tokens, questions of about 55; a reply of 20 random-weight tokens comes back as about 60 (its text
+# re-tokenizes differently), so each turn adds about 115 tokens and turn 5's prompt is about 1,570
+SYSTEM = "You help travellers plan trips: weather, trains, museums and food, in short and precise answers. " * 20
+QUESTION = "Turn {turn}: what should I see in Paris if it rains, and which trains leave early?"
 
 
 def start_server(home: Path, cache_bytes: int | None) -> tuple[subprocess.Popen, int]:
@@ -127,7 +129,7 @@ def main() -> None:
     parser.add_argument("--shape", choices=SHAPES, default="smollm2-135m")
     parser.add_argument("--precision", default="int4")
     parser.add_argument("--turns", type=int, default=5)
-    parser.add_argument("--tokens", type=int, default=100, help="most reply tokens per turn")
+    parser.add_argument("--tokens", type=int, default=20, help="most reply tokens per turn")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--home", type=Path, default=Path(tempfile.gettempdir()) / "ortserve-bench")
     args = parser.parse_args()

@@ -6,7 +6,6 @@ in one process (no pipe, no HTTP), and a cProfile of our loop's per-token work.
 Measured on the model bench_generation.py builds (random weights, no download), greedy, batch 1, every
 figure the best of --repeats runs:
   raw          og.Generator: append_tokens, then generate_next_token / get_next_tokens until the budget;
-  raw+nospin   the same with the intra-op threads sleeping between runs (session.intra_op.allow_spinning 0);
   runner       GeneratorRequest.step() until Finished: the prefill chunks, then per token the search step,
                TokenEvents (end tokens, detokenizer, stop strings) and the events;
 and prints cProfile's top functions (own time) for the runner loop. bench_generation.py gives the HTTP stream
@@ -33,19 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_generation import ROOT, SHAPES, build, chat_prompt  # noqa: E402
 
 
-def load(folder: Path, threads: int, spinning: bool):
-    import onnxruntime_genai as og
-
+def load(folder: Path, threads: int):
+    """The model as a runner loads it (the same og.Config, threads and tokenizers)."""
     from ortserve.server.engine import generator_scheduler, ipc
 
     options = ipc.RunnerOptions(None, "cpu", threads, 1, 128, prompt_cache_bytes=0)
     model, _ = generator_scheduler.load(folder, options)
-    if spinning:
-        return model
-    config = og.Config(str(folder))
-    session = {"intra_op_num_threads": threads, "config_entries": {"session.intra_op.allow_spinning": "0"}}
-    config.overlay(json.dumps({"model": {"decoder": {"session_options": session}}}))
-    model.og_model = og.Model(config)
     return model
 
 
@@ -113,7 +105,7 @@ def main() -> None:
     folder = args.home / "models" / name
     threads = physical_cores()
     messages = [{"role": "user", "content": PROMPT}]
-    model = load(folder, threads, spinning=True)
+    model = load(folder, threads)
     ids = np.asarray(model.tokenizer.encode(chat_prompt(folder)), dtype=np.int32)
     results = {
         "raw": best([raw(model, ids, args.tokens) for _ in range(args.repeats)]),
@@ -123,9 +115,6 @@ def main() -> None:
     profiler.enable()
     runner(model, messages, args.tokens)
     profiler.disable()
-    quiet = load(folder, threads, spinning=False)
-    results["raw+nospin"] = best([raw(quiet, ids, args.tokens) for _ in range(args.repeats)])
-    results["runner+nospin"] = best([runner(quiet, messages, args.tokens) for _ in range(args.repeats)])
 
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(args.top)

@@ -21,7 +21,7 @@ import onnxruntime_genai as og
 from ortserve.server.engine.generation import Finished, GenerationRequest, PromptLogprobs, Started, TextDelta
 from ortserve.server.engine.guidance import check_grammar, require_guidance
 from ortserve.server.engine.logits import LogitsProcessor, PromptReader
-from ortserve.server.engine.prompt_cache import CachedPrompt, PromptCache, options_key
+from ortserve.server.engine.prompt_cache import CachedPrompt, Outgrown, PromptCache, PromptHit, options_key
 from ortserve.server.engine.prompts import grant_budget, read_prompt
 from ortserve.server.engine.runner_model import RunnerModel
 from ortserve.server.engine.sampling import search_options
@@ -29,10 +29,11 @@ from ortserve.server.engine.token_events import TokenEvents
 from ortserve.server.errors import InvalidRequestError
 
 
-# A generator that may be kept gets this many times the room its request needs (up to the served context): a
-# chat's next turns, each longer than the last, still fit in it. The KV is allocated (and zeroed) when the
-# generator is made: measured on the SmolLM2-135M shape (46 KB of KV per token), 2,048 tokens of room cost
-# 94 MB and ~100 ms to make on a loaded 2-core machine, 400 tokens 19 MB and ~27 ms; so not the whole context.
+# A generator that may be kept gets this many times the room its request needs (up to the served context), so
+# that a chat's next turns, each longer than the last, still fit in it; once a chat outgrows it, the next one
+# gets the whole served context. Not the whole context at once: the KV is allocated (and zeroed) when the
+# generator is made, measured on the SmolLM2-135M shape (46 KB of KV per token): 2,048 tokens of room cost
+# 94 MB and ~100 ms to make on a loaded 2-core machine, 400 tokens 19 MB and ~27 ms.
 ROOM_FACTOR = 2
 
 
@@ -99,17 +100,19 @@ class GeneratorRequest:
 
     def start(self) -> None:
         """Take a kept generator holding a prefix of the prompt, or allocate one (and its KV cache, sized prompt
-        + budget; with the prompt cache, ROOM_FACTOR times that, up to the served context, so that later turns
-        of the chat fit in it)."""
+        + budget; with the prompt cache, ROOM_FACTOR times that, or the served context for a chat that outgrew
+        its kept generator, so that its later turns fit)."""
         options = self._options = search_options(self.params, self.prompt_tokens, self.budget)
         if self.cache is not None and self._images is None:
             hit = self.cache.take(self.ids, options) if self.params.prompt_logprobs is None else None
-            if hit is not None:
+            if isinstance(hit, PromptHit):
                 hit.generator.rewind_to(hit.prefix)
                 self.generator, self.cursor, self.events.cached_tokens = hit.generator, hit.prefix, hit.prefix
                 self.max_length = hit.max_length
                 return
-            options["max_length"] = min(self.model.context_length, ROOM_FACTOR * int(options["max_length"]))
+            # a chat that outgrew its generator gets the whole context; any other request twice its need
+            room = self.model.context_length if isinstance(hit, Outgrown) else ROOM_FACTOR * int(options["max_length"])
+            options["max_length"] = min(self.model.context_length, room)
         gp = og.GeneratorParams(self.model.og_model)
         gp.set_search_options(**options)
         if self.params.guidance is not None:

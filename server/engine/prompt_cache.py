@@ -7,7 +7,9 @@ here under the tokens whose KV it holds. A new request takes the kept generator 
 longest prefix with its prompt (at least `min_prefix` tokens, and never the whole prompt: the last prompt
 token is always read again, to get the logits of the first new token), rewinds it to that prefix and
 appends only the rest. A kept generator is reused only by a request with the same search options (they
-live in the og.GeneratorParams it was made with) whose prompt and budget fit in its KV (its `max_length`).
+live in the og.GeneratorParams it was made with) whose prompt and budget fit in its KV (its `max_length`);
+one that matches best but has no room left is dropped, and the request is told (`Outgrown`), so that the
+generator replacing it gets room for the rest of the chat.
 
 Bounded by the bytes of KV the kept generators hold; the least recently kept goes first. Pure: the
 generators are opaque objects here (the runner's GeneratorRequest does the og calls).
@@ -40,6 +42,13 @@ class PromptHit:
     generator: Any
     prefix: int  # tokens of the prompt already in the generator's KV (it is rewound to this length)
     max_length: int  # the generator's room in tokens
+
+
+@dataclass(frozen=True)
+class Outgrown:
+    """The generator sharing the longest prefix had no room for this request (it was dropped)."""
+
+    prefix: int
 
 
 def options_key(options: dict[str, Any]) -> tuple:
@@ -75,16 +84,17 @@ class PromptCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def take(self, prompt: np.ndarray, options: dict[str, Any]) -> PromptHit | None:
+    def take(self, prompt: np.ndarray, options: dict[str, Any]) -> PromptHit | Outgrown | None:
         """Remove and return the kept generator sharing the longest usable prefix with `prompt`, if any.
 
-        `options`: the request's search options; its max_length (prompt + budget) must fit the generator's.
-        The caller rewinds the generator to `prefix` and appends the rest of the prompt.
+        `options`: the request's search options; its max_length (prompt + budget) must fit the generator's,
+        else that generator is dropped and the answer is `Outgrown`. The caller rewinds a hit's generator to
+        `prefix` and appends the rest of the prompt.
         """
         key, need = options_key(options), int(options["max_length"])
         best, best_prefix = None, -1
         for slot, entry in self._entries.items():
-            if entry.options != key or entry.max_length < need:
+            if entry.options != key:
                 continue
             prefix = min(common_prefix(entry.tokens, prompt), len(prompt) - 1)
             if prefix >= best_prefix:  # ties: the most recently kept (later in the order)
@@ -94,6 +104,9 @@ class PromptCache:
             return None
         entry = self._entries.pop(best)
         self.nbytes -= entry.nbytes
+        if entry.max_length < need:
+            self.misses += 1
+            return Outgrown(best_prefix)
         self.hits += 1
         self.reused_tokens += best_prefix
         return PromptHit(entry.generator, best_prefix, entry.max_length)

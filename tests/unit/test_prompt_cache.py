@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ortserve.server.engine.prompt_cache import CachedPrompt, PromptCache, common_prefix, options_key
+from ortserve.server.engine.prompt_cache import CachedPrompt, Outgrown, PromptCache, common_prefix, options_key
 
 GREEDY = {"max_length": 4096, "do_sample": False, "repetition_penalty": 1.0}
 
@@ -50,8 +50,11 @@ def test_only_generators_with_the_same_search_options_and_room_are_reused():
     cache.keep(kept("greedy", ids(range(50))))
     sampled = {**GREEDY, "do_sample": True, "temperature": 0.7, "top_p": 1.0, "top_k": 0, "random_seed": -1}
     assert cache.take(ids(range(60)), sampled) is None
-    assert cache.take(ids(range(60)), {**GREEDY, "max_length": 5000}) is None  # no room for prompt + budget
-    assert cache.take(ids(range(60)), {**GREEDY, "max_length": 100}).generator == "greedy"  # less is fine
+    assert cache.take(ids(range(60)), {**GREEDY, "max_length": 100}).generator == "greedy"  # less room is fine
+    # no room for prompt + budget: the chat outgrew it; dropped, and the request told so
+    cache.keep(kept("greedy", ids(range(50))))
+    assert cache.take(ids(range(60)), {**GREEDY, "max_length": 5000}) == Outgrown(50)
+    assert len(cache) == 0 and cache.nbytes == 0
 
 
 def test_least_recently_kept_goes_first_past_the_byte_budget():
