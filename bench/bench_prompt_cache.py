@@ -4,10 +4,11 @@
 
 Builds the same random-weight model as bench_generation.py (no download), then runs one growing chat
 (a system prompt of about 1,060 tokens; each turn adds a question and the model's greedy reply of up to 20
-tokens, about 115 tokens in all, so that turn 5's prompt is about 1,570 tokens) against `ortserve serve` twice: with the prompt cache (the default) and with
-ORTSERVE_PROMPT_CACHE_BYTES=0. Each repeat starts a new chat (its system prompt begins differently), so
-turn 1 is always cold. Reports each turn's prompt tokens, cached tokens and median TTFT, and the
-turn-N cached/cold ratio; writes bench/results/prompt-cache-<shape>-<precision>.json.
+tokens, about 115 tokens in all, so that turn 5's prompt is about 1,570 tokens) against `ortserve serve`
+twice: with the prompt cache (the default) and with ORTSERVE_PROMPT_CACHE_BYTES=0. Each repeat starts a new
+chat (its system prompt begins differently), so turn 1 is always cold. Reports each turn's prompt tokens,
+cached tokens and median TTFT, and the turn-N cached/cold ratio;
+writes bench/results/prompt-cache-<shape>-<precision>.json.
 """
 
 from __future__ import annotations

@@ -97,8 +97,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import numpy as np
-
     from bench_generation import PROMPT
+
     from ortserve.core.devices import physical_cores
 
     name = build(args.home, args.shape, args.precision)

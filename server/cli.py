@@ -355,7 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-parallel", type=int, help="requests generating at once per chat model (default 4)")
     p.add_argument("--prefill-chunk", type=int, help="prompt tokens per scheduler step (default 128)")
     p.add_argument(
-        "--prompt-cache-bytes", type=int, help="KV kept per chat model for prompt reuse across turns (default 1 GiB; 0 off)"
+        "--prompt-cache-bytes",
+        type=int,
+        help="KV kept per chat model for prompt reuse across turns (default 1 GiB, at most a quarter of the "
+        "runner's memory limit; 0 off)",
     )
     p.add_argument("--log-level", type=str.upper, choices=get_args(LogLevel), help="what serve logs (default INFO)")
     p.add_argument("--no-bootstrap", action="store_true", help="do not set up the default models on an empty store")

@@ -28,7 +28,6 @@ from ortserve.server.engine.sampling import search_options
 from ortserve.server.engine.token_events import TokenEvents
 from ortserve.server.errors import InvalidRequestError
 
-
 # A generator that may be kept gets this many times the room its request needs (up to the served context), so
 # that a chat's next turns, each longer than the last, still fit in it; once a chat outgrows it, the next one
 # gets the whole served context. Not the whole context at once: the KV is allocated (and zeroed) when the

@@ -81,6 +81,6 @@ def test_the_running_settings_reach_the_model_loaders():
         "parallel": 2,
         "prefill_chunk": 64,
         "memory_limit": None,
-        "prompt_cache_bytes": 1 << 30,
+        "prompt_cache_bytes": None,  # load_generator's default_cache_bytes
     }
     assert embedding.func is load_embedder and embedding.keywords == {"threads": 3}
