@@ -232,7 +232,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ortserve.server.app import serve
     from ortserve.server.settings import ServerSettings
 
-    flags = ("host", "port", "device", "api_key", "models_dir", "threads", "num_parallel", "prefill_chunk", "log_level")
+    flags = ("host", "port", "device", "api_key", "models_dir", "threads", "num_parallel", "prefill_chunk")
+    flags += ("prompt_cache_bytes", "log_level")
     overrides = {name: getattr(args, name) for name in flags}
     if args.no_bootstrap:
         overrides["bootstrap"] = False
@@ -353,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads per model (default: the physical cores)")
     p.add_argument("--num-parallel", type=int, help="requests generating at once per chat model (default 4)")
     p.add_argument("--prefill-chunk", type=int, help="prompt tokens per scheduler step (default 128)")
+    p.add_argument(
+        "--prompt-cache-bytes",
+        type=int,
+        help="KV kept per chat model for prompt reuse across turns (default 1 GiB, at most a quarter of the "
+        "runner's memory limit; 0 off)",
+    )
     p.add_argument("--log-level", type=str.upper, choices=get_args(LogLevel), help="what serve logs (default INFO)")
     p.add_argument("--no-bootstrap", action="store_true", help="do not set up the default models on an empty store")
 

@@ -48,6 +48,7 @@ def default_loader(task: str, settings: ServerSettings) -> Loader:
             parallel=settings.num_parallel,
             prefill_chunk=settings.prefill_chunk,
             memory_limit=settings.runner_memory_limit,
+            prompt_cache_bytes=settings.prompt_cache_bytes,
         )
     return functools.partial(load, **running)
 

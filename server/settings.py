@@ -108,6 +108,14 @@ class ServerSettings(BaseModel):
         "models); more get a 503 server_busy with Retry-After (as Ollama's OLLAMA_MAX_QUEUE)",
     )
     prefill_chunk: int = Field(128, ge=1, description="prompt tokens per scheduler step of a chat model")
+    prompt_cache_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="bytes of KV cache a chat model keeps from finished requests, so that a "
+        "later prompt starting with the same tokens (a chat's next turn, a shared system prompt) skips their "
+        "prefill (llama-server's cache_prompt); the least recently used goes first; default: 1 GiB, at most a "
+        "quarter of the runner's memory limit; 0: off",
+    )
     log_level: LogLevel = "INFO"
 
     _device = field_validator("device", mode="before")(check_device)

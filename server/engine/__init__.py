@@ -14,6 +14,13 @@ if TYPE_CHECKING:
 
 DEFAULT_PARALLEL = 4
 DEFAULT_PREFILL_CHUNK = 128  # ~97% of 256's prefill speed; other requests wait half as long per step
+DEFAULT_PROMPT_CACHE_BYTES = 1 << 30  # KV of finished requests kept per chat model for prompt reuse
+
+
+def default_cache_bytes(memory_limit: int) -> int:
+    """The prompt cache's default budget: 1 GiB, at most a quarter of the runner's memory ceiling (the kept
+    KV must leave room for the requests generating, so the watchdog never stops a runner for its cache)."""
+    return min(DEFAULT_PROMPT_CACHE_BYTES, memory_limit // 4) if memory_limit else DEFAULT_PROMPT_CACHE_BYTES
 
 
 async def load_generator(
@@ -25,14 +32,16 @@ async def load_generator(
     parallel: int | None = None,
     prefill_chunk: int | None = None,
     memory_limit: int | None = None,
+    prompt_cache_bytes: int | None = None,
 ) -> TextGenerator:
     """Start a runner process for `entry` and return once its model is loaded (the event loop keeps running).
 
     num_ctx: context served (capped at the model's); device: "auto" or one of ortserve.server.engine.devices.DEVICES;
     threads: intra-op threads (None: the physical cores); parallel: requests generating at once (None: 4);
     prefill_chunk: prompt tokens per scheduler step (None: 128); memory_limit: the runner's resident memory
-    ceiling in bytes (None: twice the weights plus 2 GiB, see memory_watchdog.py; 0: none). Nothing here
-    reads the environment: the server passes its settings.
+    ceiling in bytes (None: twice the weights plus 2 GiB, see memory_watchdog.py; 0: none); prompt_cache_bytes:
+    KV of finished requests kept for a later prompt sharing their prefix (None: default_cache_bytes; 0: none).
+    Nothing here reads the environment: the server passes its settings.
     Raises BackendError if the model cannot be loaded, NotSupportedError for a device not available here.
     """
     import asyncio
@@ -54,6 +63,7 @@ async def load_generator(
         parallel=parallel or DEFAULT_PARALLEL,
         prefill_chunk=prefill_chunk or DEFAULT_PREFILL_CHUNK,
         memory_limit=memory_limit,
+        prompt_cache_bytes=default_cache_bytes(memory_limit) if prompt_cache_bytes is None else prompt_cache_bytes,
     )
     generator = RunnerGenerator(entry, options)
     await generator.start()

@@ -135,6 +135,7 @@ class Finished:
     completion_tokens: int
     # with `logprobs`: the sum over every generated token, the end-of-sequence token included
     cumulative_logprob: float | None = None
+    cached_tokens: int = 0  # prompt tokens read from the prompt cache instead of prefilled
 
 
 GenerationEvent = Started | PromptLogprobs | TextDelta | Finished

@@ -3,7 +3,8 @@ the paged-attention ones), and its loader.
 
 Up to `parallel` requests generate at once; each tick gives every active request one step (a prefill
 chunk or one decode step), round-robin, so a short request finishes while a long prompt is still
-prefilling. Others wait in the runner's queue.
+prefilling. Others wait in the runner's queue. Finished requests leave their generators in the runner's
+`PromptCache` (prompt_cache.py), from which a later request sharing a prefix of its prompt starts.
 
 Imported only by the runner process (it imports onnxruntime-genai).
 """
@@ -19,15 +20,35 @@ import onnxruntime_genai as og
 from ortserve.server.engine import ipc
 from ortserve.server.engine.generator_request import GeneratorRequest
 from ortserve.server.engine.guidance import probe_guidance
+from ortserve.server.engine.prompt_cache import PromptCache
 from ortserve.server.engine.runner_loop import RunnerLoop
-from ortserve.server.engine.runner_model import RunnerModel, load_runner_model
+from ortserve.server.engine.runner_model import RunnerModel, load_runner_model, read_genai_config
 
 
 def load(folder: Path, options: ipc.RunnerOptions) -> tuple[RunnerModel, ipc.RunnerInfo]:
     """Load a model for the Generator path (in the runner process), probing whether grammars are enforced."""
     model = load_runner_model(folder, options)
     model.guidance_error = probe_guidance(model, lambda *args: generate_greedy(model, *args))
+    model.kv_bytes_per_token = measure_kv_bytes_per_token(model, folder) or model.kv_bytes_per_token
     return model, model.info(options, options.device)
+
+
+def measure_kv_bytes_per_token(model: RunnerModel, folder: Path) -> int:
+    """KV bytes per token of max_length, read off a real generator's first layer (its dtype and, when the KV is
+    one buffer of max_length, its shape); 0 when the model does not show it."""
+    decoder = read_genai_config(folder)["model"].get("decoder", {})
+    name = str(decoder.get("outputs", {}).get("present_key_names", "present.%d.key")).replace("%d", "0")
+    max_length = 8
+    try:
+        gp = og.GeneratorParams(model.og_model)
+        gp.set_search_options(max_length=max_length)
+        generator = og.Generator(model.og_model, gp)
+        generator.append_tokens(np.asarray([model.bos_id or 0], dtype=np.int32))
+        key = generator.get_output(name)
+    except Exception:  # noqa: BLE001 - an output og does not expose: keep the estimate
+        return 0
+    per_layer = key.nbytes // (max_length if key.shape[-2] == max_length else key.shape[-2])
+    return 2 * int(decoder.get("num_hidden_layers", 1)) * per_layer
 
 
 def generate_greedy(model: RunnerModel, prompt: np.ndarray, most: int, grammar: tuple[str, str]) -> list[int]:
@@ -52,9 +73,10 @@ class GeneratorScheduler(RunnerLoop):
     def __init__(self, model: RunnerModel, options: ipc.RunnerOptions, requests: Any, events: Any):
         super().__init__(options, requests, events)
         self.model = model
+        self.prompt_cache = PromptCache(options.prompt_cache_bytes)
 
     def _new_request(self, rid: int, request: Any) -> GeneratorRequest:
-        return GeneratorRequest(rid, self.model, request, self.options.prefill_chunk)
+        return GeneratorRequest(rid, self.model, request, self.options.prefill_chunk, self.prompt_cache)
 
     def _drop(self, rid: int) -> None:
         for queue in (self.active, self.waiting):
@@ -64,7 +86,8 @@ class GeneratorScheduler(RunnerLoop):
                     accepted.close()
 
     def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "prefilling": sum(1 for r in self.active if r.prefilling)}
+        prefilling = sum(1 for r in self.active if r.prefilling)
+        return {**super().stats(), "prefilling": prefilling, "prompt_cache": self.prompt_cache.stats()}
 
     def _has_room(self) -> bool:
         return len(self.active) < self.options.parallel

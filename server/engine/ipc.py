@@ -48,6 +48,7 @@ class RunnerOptions:
     parallel: int  # requests generating at once; more wait in the runner's queue
     prefill_chunk: int  # prompt tokens appended per scheduler tick
     memory_limit: int = 0  # bytes of resident memory past which the server stops the runner; 0: no ceiling
+    prompt_cache_bytes: int = 0  # KV bytes of finished generators kept for prompt reuse; 0: none kept
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ class RunnerModel:
     speller: Any = None  # TokenSpeller: each token's text and bytes, for logprobs
     processor: Any = None  # og.MultiModalProcessor for models with a vision section (images in chats)
     model_type: str = ""  # onnxruntime-genai's model type (picks the image marker its processor reads)
+    kv_bytes_per_token: int = 0  # KV cache bytes per token of a generator's max_length (the prompt cache's measure)
 
     def __post_init__(self) -> None:
         if self.speller is None:
@@ -88,6 +89,15 @@ class RunnerModel:
         """What the runner reports to the server once loaded; `device`: the one it really runs on."""
         fim_tokens = find_fim_tokens(self.tokenizer.to_token_id)
         return ipc.RunnerInfo(self.context_length, fim_tokens, device, options.threads, self.guidance_error)
+
+
+def kv_bytes_per_token(decoder: dict, item_size: int = 4) -> int:
+    """Bytes of KV cache per token: keys and values of every layer (`item_size`: 4 for float32, onnxruntime-genai's
+    CPU models; the generator scheduler measures the real one once loaded)."""
+    layers = int(decoder.get("num_hidden_layers", 0))
+    heads = int(decoder.get("num_key_value_heads", decoder.get("num_attention_heads", 0)))
+    head_size = int(decoder.get("head_size", 0))
+    return 2 * layers * heads * head_size * item_size
 
 
 def read_genai_config(folder: Path) -> dict:
@@ -128,6 +138,7 @@ def load_runner_model(folder: Path, options: ipc.RunnerOptions) -> RunnerModel:
         hf_tokenizer=load_hf_tokenizer(folder),
         logits_output=str(spec.get("decoder", {}).get("outputs", {}).get("logits", "logits")),
         model_type=str(spec.get("type", "")),
+        kv_bytes_per_token=kv_bytes_per_token(spec.get("decoder", {})),
         # images go through onnxruntime-genai's multimodal processor (vision encoder + embeddings at prefill)
         processor=model.create_multimodal_processor() if spec.get("vision") else None,
     )

@@ -31,6 +31,7 @@ class TokenEvents:
         self.prompt_tokens = prompt_tokens
         self.budget = budget
         self.generated = 0  # the end token included, as OpenAI counts it
+        self.cached_tokens = 0  # prompt tokens whose KV came from the prompt cache (set when the request starts)
         self.finished = False  # Finished was produced
         self._stream = model.detokenizer(params.keep_special)
         self._stops = StopMatcher(params.stop)
@@ -80,7 +81,7 @@ class TokenEvents:
         if text or self._pending:  # every generated token but the end token travels in exactly one delta
             events.append(TextDelta(text, tuple(self._pending), logprobs))
         cumulative = None if trail is None else trail.cumulative
-        events.append(Finished(reason, self.prompt_tokens, self.generated, cumulative))
+        events.append(Finished(reason, self.prompt_tokens, self.generated, cumulative, self.cached_tokens))
         self._pending = []
         self.finished = True
         return events

@@ -74,7 +74,11 @@ async def create_chat_completion(
         system_fingerprint=SYSTEM_FINGERPRINT,
         choices=choices,
         # the prompt is counted once, as OpenAI does; every choice's tokens count
-        usage=Usage.of(results[0].finished.prompt_tokens, sum(r.finished.completion_tokens for r in results)),
+        usage=Usage.of(
+            results[0].finished.prompt_tokens,
+            sum(r.finished.completion_tokens for r in results),
+            results[0].finished.cached_tokens,
+        ),
     ).model_dump()
 
 
@@ -108,7 +112,7 @@ async def _stream(
         )
         return chunk_body(chunk_model, include_usage)
 
-    prompt_tokens = completion_tokens = 0
+    prompt_tokens = completion_tokens = cached_tokens = 0
     try:
         for index in range(len(generations)):
             yield chunk(index, DeltaMessage(role="assistant", content=""))
@@ -125,10 +129,11 @@ async def _stream(
                         yield chunk(index, delta)
                     reason = finish_reason(event.finish_reason, bool(parser and parser.calls))
                     yield chunk(index, DeltaMessage(), reason)
-                    prompt_tokens = event.prompt_tokens
+                    if index == 0:  # the prompt is counted once: the first choice's
+                        prompt_tokens, cached_tokens = event.prompt_tokens, event.cached_tokens
                     completion_tokens += event.completion_tokens
         if include_usage:
-            yield chunk(None, usage=Usage.of(prompt_tokens, completion_tokens))
+            yield chunk(None, usage=Usage.of(prompt_tokens, completion_tokens, cached_tokens))
     finally:
         for generation in generations:
             await generation.aclose()

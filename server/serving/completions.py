@@ -94,6 +94,7 @@ async def create_completion(
         usage=Usage.of(
             sum(r.finished.prompt_tokens for r in results[::k]),
             sum(r.finished.completion_tokens for r in results),
+            sum(r.finished.cached_tokens for r in results[::k]),
         ),
     ).model_dump()
 
@@ -136,7 +137,7 @@ async def _stream(
         waiting[index] = []
         return CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=reason)
 
-    prompt_tokens = completion_tokens = 0
+    prompt_tokens = completion_tokens = cached_tokens = 0
     try:
         if request.echo:
             for index, generation in enumerate(generations):
@@ -155,10 +156,11 @@ async def _stream(
                 elif isinstance(event, Finished):
                     if index % n == 0:
                         prompt_tokens += event.prompt_tokens
+                        cached_tokens += event.cached_tokens
                     completion_tokens += event.completion_tokens
                     yield chunk([choice(index, "", event.finish_reason)])
         if include_usage:
-            yield chunk([], usage=Usage.of(prompt_tokens, completion_tokens))
+            yield chunk([], usage=Usage.of(prompt_tokens, completion_tokens, cached_tokens))
     finally:
         for generation in generations:
             await generation.aclose()

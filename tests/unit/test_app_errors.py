@@ -231,7 +231,12 @@ async def test_chat_completion_shape_and_engine_request(client, backend):
             "finish_reason": "length",
         }
     ]
-    assert body["usage"] == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
+    assert body["usage"] == {
+        "prompt_tokens": 4,
+        "completion_tokens": 2,
+        "total_tokens": 6,
+        "prompt_tokens_details": {"cached_tokens": 0},  # OpenAI's shape: 0 when nothing was reused
+    }
     request = backend.generators[0].requests[0]
     assert request.prompt.messages == [{"role": "system", "content": "Be terse."}, *USER]
     assert (request.params.temperature, request.params.max_tokens, request.params.seed) == (0.3, 2, 3)
@@ -261,7 +266,12 @@ async def test_completions_many_prompts_echo_and_summed_usage(client, backend):
     body = await (await client.post("/v1/completions", json=request)).get_json()
     assert body["id"].startswith("cmpl-") and body["object"] == "text_completion"
     assert [(c["index"], c["text"]) for c in body["choices"]] == [(0, "aHello!"), (1, "b cHello!")]
-    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 6, "total_tokens": 9}
+    assert body["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 6,
+        "total_tokens": 9,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
     assert backend.generators[0].requests[0].params.max_tokens == 50  # the model's configured default
 
 

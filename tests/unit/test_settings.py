@@ -76,5 +76,11 @@ def test_the_running_settings_reach_the_model_loaders():
     settings = ServerSettings(threads=3, num_parallel=2, prefill_chunk=64)
     chat, embedding = default_loader("chat", settings), default_loader("embedding", settings)
     assert chat.func is load_generator
-    assert chat.keywords == {"threads": 3, "parallel": 2, "prefill_chunk": 64, "memory_limit": None}
+    assert chat.keywords == {
+        "threads": 3,
+        "parallel": 2,
+        "prefill_chunk": 64,
+        "memory_limit": None,
+        "prompt_cache_bytes": None,  # load_generator's default_cache_bytes
+    }
     assert embedding.func is load_embedder and embedding.keywords == {"threads": 3}
