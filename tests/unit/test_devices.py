@@ -386,3 +386,19 @@ def test_a_paged_build_is_not_validated_without_a_gpu_even_with_the_cuda_wheel(m
 def test_engine_failures_map_to_what_the_client_can_do(code, status):
     error = engine_turn.engine_failure(code).to_exception()
     assert error.status == status and code in error.message
+
+
+# ---- the runtime extras: none, half or two installed (`ortserve info`, `serve`) ----------------------------
+def test_missing_runtimes_say_what_to_install():
+    from ortserve.server.doctor import missing_runtimes
+
+    def nothing_importable(module: str) -> bool:
+        return False
+
+    error, warning = missing_runtimes({}, nothing_importable)
+    assert warning is None and "no ONNX Runtime is installed" in error and "pip install 'ortserve[cpu]'" in error
+    error, warning = missing_runtimes({"onnxruntime": "1.32.0"}, nothing_importable)
+    assert error is None and "chat models cannot run" in warning and "ortserve[cuda]" in warning
+    assert missing_runtimes(CPU_ONLY, nothing_importable) == (None, None)
+    assert missing_runtimes(CUDA, nothing_importable) == (None, None)
+    assert missing_runtimes({}, lambda module: True) == (None, None)  # a frozen bundle: no metadata, modules there
