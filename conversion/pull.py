@@ -12,6 +12,10 @@ at any point leaves nothing in the store (its staging rules); the download stays
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +91,9 @@ def _hub_error(repo: str, exc: Exception) -> ConversionError | None:
     if isinstance(exc, HfHubHTTPError):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return ConversionError(f"{repo}: the hub answered with an error: {first}")
-    transport = any(c.__name__ in ("TransportError", "RequestError") for c in type(exc).__mro__)  # httpx's
-    if transport or isinstance(exc, (LocalEntryNotFoundError, OSError)):
+    # httpx's connection and timeout errors (a full disk, an OSError, is not the hub's: main() says it)
+    transport = any(c.__name__ in ("TransportError", "RequestError") for c in type(exc).__mro__)
+    if transport or isinstance(exc, LocalEntryNotFoundError):
         cause = exc.__cause__ if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ else exc
         why = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         return ConversionError(
@@ -104,7 +109,7 @@ def _listing(repo: str, revision: str | None) -> tuple[str, dict[str, int]]:
 
     try:
         info = HfApi().model_info(repo, revision=revision, files_metadata=True)
-    except Exception as exc:  # huggingface_hub's errors, httpx's, OSError: each said in one line
+    except Exception as exc:  # huggingface_hub's errors and httpx's, each said in one line
         error = _hub_error(repo, exc)
         if error is None:
             raise
@@ -147,12 +152,40 @@ def _download(repo: str, sha: str, variant: Variant, progress: Progress) -> Path
         disable_progress_bars()
     with progress.step(f"download {repo} {variant.name or '.'} ({len(variant.files)} files)"):
         try:
-            return Path(snapshot_download(repo, revision=sha, allow_patterns=list(variant.files)))
+            return Path(
+                _interruptible(lambda: snapshot_download(repo, revision=sha, allow_patterns=list(variant.files)))
+            )
         except Exception as exc:
             error = _hub_error(repo, exc)
             if error is None:
                 raise
             raise error from None
+
+
+def _interruptible(work: Callable[[], Any]) -> Any:
+    """`work()` on a thread of its own, so that Ctrl-C stops the process at once. huggingface_hub downloads on a
+    thread pool that waits for every file in flight before an exception can leave it (minutes for a big one),
+    and its threads cannot be interrupted. Nothing is in the store yet; the partial files stay in the cache,
+    unlocked once the process is gone, and the next pull resumes them."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # handed to the caller's thread as it is
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="ortserve-download", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except KeyboardInterrupt:
+        print("\ninterrupted (the next pull resumes the download)", file=sys.stderr, flush=True)
+        os._exit(130)  # not sys.exit: that would wait for the download threads
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def pull(

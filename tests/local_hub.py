@@ -9,7 +9,8 @@ Unknown repositories, revisions and files are 404s with the `X-Error-Code` the h
 RevisionNotFound, EntryNotFound). REV is `main` or the repository's commit hash. Files are served from the
 test session's own folders (the converted tiny models), under the repository paths a real repository has.
 `cut_once[path] = n` sends only n bytes of that file's next full GET and drops the connection (a network
-failure mid-download); `requests` records (method, path, Range header) of every request. `pull_cli` runs
+failure mid-download); `stall[path]` (an Event) holds that file's
+GETs until it is set. `requests` records (method, path, Range header) of every request. `pull_cli` runs
 the real CLI against it.
 """
 
@@ -41,13 +42,20 @@ class Repo:
         return self.etags[path]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that went away (the cut and Ctrl-C tests)
+            super().handle_error(request, client_address)
+
+
 class LocalHub:
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
         self.cut_once: dict[str, int] = {}
+        self.stall: dict[str, threading.Event] = {}
         self.requests: list[tuple[str, str, str | None]] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server = _QuietServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="local-hub", daemon=True)
 
@@ -190,6 +198,9 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
                 headers["Content-Length"] = str(len(data) - start)
                 self._send(206, data[start:], headers)
                 return
+            release = hub.stall.get(path) if self.command == "GET" else None
+            if release is not None:  # hold the answer (a slow download) until the test releases it
+                release.wait(60)
             cut = hub.take_cut(path) if self.command == "GET" else None
             if cut is not None:  # announce the whole file, send part of it, drop the connection
                 self.send_response(200)
@@ -209,6 +220,12 @@ def _handler(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
 
 def pull_cli(home: Path, endpoint: str, *argv: str, runner: Path | None = None, **env: str):
     """`ortserve ARGV` in a subprocess on the store at `home`, its hub at `endpoint`, its HF cache in `home`."""
+    command, environment = cli_command(home, endpoint, *argv, runner=runner, **env)
+    return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def cli_command(home: Path, endpoint: str, *argv: str, runner: Path | None = None, **env: str):
+    """The command line and environment `pull_cli` runs."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("ORTSERVE_", "HF_"))}
     environment.update(
         ORTSERVE_HOME=str(home),
@@ -220,4 +237,4 @@ def pull_cli(home: Path, endpoint: str, *argv: str, runner: Path | None = None, 
         **env,
     )
     command = [sys.executable, *([str(runner)] if runner else ["-m", "ortserve.server.cli"]), *argv]
-    return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
+    return command, environment

@@ -5,6 +5,11 @@ fresh Hugging Face cache, real onnxruntime(-genai) smoke runs. Nothing reaches h
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +17,7 @@ import pytest
 
 from ortserve.core.store import ModelStore
 from tests.conftest import BARE_REPO, BROKEN_REPO, CHAT_REPO, CHAT_VARIANTS, EMBEDDING_REPO
-from tests.local_hub import pull_cli
+from tests.local_hub import cli_command, pull_cli
 
 CPU_BUILD, CUDA_BUILD, _ = CHAT_VARIANTS
 
@@ -67,7 +72,10 @@ def test_pull_takes_the_build_for_this_device(local_hub, home):
 
 
 def test_a_named_variant_for_another_device(local_hub, home):
-    result = pull_cli(home, local_hub.url, "pull", f"{CHAT_REPO}:cuda-int4-rtn-block-32", "--name", "tiny-cuda")
+    sha = local_hub.repos[CHAT_REPO].sha
+    result = pull_cli(
+        home, local_hub.url, "pull", f"{CHAT_REPO}:cuda-int4-rtn-block-32", "--name", "tiny-cuda", "--revision", sha
+    )
     assert result.returncode == 0, result.stderr
     entry = ModelStore(home / "models").get("tiny-cuda")
     assert entry.manifest["variant"] == CUDA_BUILD and entry.manifest["device"] == "cuda"
@@ -109,6 +117,8 @@ def test_nothing_servable_and_unknown_repositories(local_hub, home):
     bare = one_line_error(pull_cli(home, local_hub.url, "pull", BARE_REPO))
     assert "nothing ortserve can serve" in bare and f"ortserve convert {BARE_REPO}" in bare
     assert "no such model on the hub" in one_line_error(pull_cli(home, local_hub.url, "pull", "ortserve-test/nope"))
+    no_revision = pull_cli(home, local_hub.url, "pull", CHAT_REPO, "--revision", "v9")
+    assert "no such revision" in one_line_error(no_revision)
     assert_nothing_added(home)
 
 
@@ -140,6 +150,26 @@ def test_a_dropped_download_resumes_where_it_stopped(local_hub, home):
     assert ranges == ["bytes=20971520-"]  # resumed after the two whole chunks, not started over
     pulled = ModelStore(home / "models").get("resumed").folder / "model.onnx"
     assert pulled.read_bytes() == local_hub.repos[EMBEDDING_REPO].files[graph].read_bytes()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
+def test_ctrl_c_during_the_download_adds_nothing(local_hub, home):
+    weights = f"{CPU_BUILD}/model.onnx.data"
+    local_hub.stall[weights] = release = threading.Event()
+    command, environment = cli_command(home, local_hub.url, "pull", CHAT_REPO)
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(m == "GET" and p.endswith(weights) for m, p, _ in local_hub.requests):
+            assert time.monotonic() < deadline and process.poll() is None, process.stderr
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        release.set()
+        del local_hub.stall[weights]
+    assert process.returncode == 130 and "interrupted (the next pull resumes" in stderr.splitlines()[-1], stderr
+    assert_nothing_added(home)
 
 
 def test_a_build_that_cannot_load_is_not_registered(local_hub, home):
