@@ -45,8 +45,10 @@ def convert(
     validate: bool = True,
     progress: Progress | None = None,
     config: ModelConfig | None = None,
+    source_label: str | None = None,
 ) -> dict:
-    """Convert SOURCE into the store under NAME; returns the manifest. Nothing is left behind on failure."""
+    """Convert SOURCE into the store under NAME; returns the manifest. Nothing is left behind on failure.
+    `source_label`: what the manifest records as the source instead of SOURCE (a folder that will not last)."""
     from ortserve.conversion.source import default_name, detect_task, is_genai_folder, resolve_source
 
     progress = progress or Progress()
@@ -82,7 +84,7 @@ def convert(
             manifest = convert_embedding(
                 src, out, precision=precision, device=device, progress=progress, validate=validate
             )
-        manifest = {**manifest, "source": source, "validated": validate}
+        manifest = {**manifest, "source": source_label or source, "validated": validate}
         store.add(name, out, manifest, config or ModelConfig(device=device if device != "cpu" else "auto"))
     progress.info(f"'{name}' is ready in {store.models_dir / name}")
     _note_shared(shared, progress)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
 import time
 import warnings
@@ -45,6 +47,16 @@ def conclude(problems: list[str | None], figures: dict, progress: Progress) -> d
         raise ValidationFailedError(f"validation failed: {'; '.join(found)} (figures: {figures})", figures)
     progress.info(f"    validation: {figures}")
     return figures
+
+
+def link_or_copy(src: str, dst: str) -> str:
+    """A hard link to a downloaded file (no second copy on disk), else a copy; for `shutil.copytree`."""
+    real = os.path.realpath(src)  # the Hugging Face cache's snapshot files are links to its blobs
+    try:
+        os.link(real, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(real, dst)
+    return dst
 
 
 class Progress:

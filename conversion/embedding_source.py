@@ -144,8 +144,9 @@ def _pooling_mode(cfg: dict) -> str:
     return modes[0]
 
 
-def read_source(src: Path) -> EmbeddingSource:
-    """Everything the export needs to know about `src`, or a one-line ConversionError."""
+def read_source(src: Path, *, exportable: bool = True) -> EmbeddingSource:
+    """Everything the export needs to know about `src`, or a one-line ConversionError. `exportable=False` (a graph
+    that is already ONNX) accepts any encoder `model_type`: its inputs then come from the graph."""
     src = Path(src)
     if not src.is_dir():
         raise ConversionError(f"{src} is not a folder")
@@ -170,7 +171,8 @@ def read_source(src: Path) -> EmbeddingSource:
     if not (model_dir / "config.json").is_file():
         raise ConversionError(f"no config.json in {model_dir}: not a Hugging Face model folder")
     config = read_json(model_dir / "config.json")
-    encoder = encoder_config(str(config.get("model_type")))
+    model_type = str(config.get("model_type"))
+    encoder = encoder_config(model_type) if exportable or model_type in _ENCODERS else EncoderOnnxConfig()
 
     st_cfg = {}
     for folder in (model_dir, src):

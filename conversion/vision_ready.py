@@ -3,7 +3,8 @@
 No conversion and no validation is possible (there is no PyTorch original), so the
 manifest says so. The folder is copied as it is; its model type, context length,
 modalities (a `vision` section means images) and device come from its genai_config.json.
-On cpu the copy is loaded once with onnxruntime-genai, so a broken folder is refused.
+On cpu the copy is loaded once with onnxruntime-genai and a text model generates two tokens (the manifest's
+`smoke`), so a broken folder is refused.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ortserve.conversion.common import ConversionError, Progress
+from ortserve.conversion.common import ConversionError, Progress, link_or_copy
 
 # genai model types we serve as chat (text, or text + image with a vision section)
 _FAMILIES = {
@@ -44,8 +45,26 @@ def _device(decoder: dict) -> str:
     return "cpu"
 
 
-def register_genai_folder(src: Path, out: Path, *, progress: Progress, check_load: bool = True) -> dict:
-    """Copy `src` into the staging folder `out`; returns the manifest."""
+def _smoke_generate(og, loaded, tokens: int = 2) -> int:
+    """A few greedy tokens after a short prompt: the decoder runs, not only loads. Returns how many came."""
+    prompt = og.Tokenizer(loaded).encode("Hello")
+    params = og.GeneratorParams(loaded)
+    params.set_search_options(max_length=len(prompt) + tokens, do_sample=False)
+    generator = og.Generator(loaded, params)
+    generator.append_tokens(prompt)
+    made = 0
+    while made < tokens and not generator.is_done():
+        generator.generate_next_token()
+        made += 1
+    return made
+
+
+def register_genai_folder(
+    src: Path, out: Path, *, progress: Progress, check_load: bool = True, link: bool = False, label: str = ""
+) -> dict:
+    """Copy `src` into the staging folder `out` (`link`: hard links where the file system allows, for files
+    downloaded into the Hugging Face cache); returns the manifest. `label` names the source in errors."""
+    where = label or str(src)
     try:
         genai = json.loads((src / "genai_config.json").read_text(encoding="utf-8"))
         model = genai["model"]
@@ -55,12 +74,12 @@ def register_genai_folder(src: Path, out: Path, *, progress: Progress, check_loa
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConversionError(f"{src / 'genai_config.json'}: not an onnxruntime-genai config ({exc})") from None
     if model_type in _NOT_CHAT:
-        raise ConversionError(f"{src}: onnxruntime-genai model type '{model_type}' is not a chat model")
+        raise ConversionError(f"{where}: onnxruntime-genai model type '{model_type}' is not a chat model")
     vision = model.get("vision")
     if vision:
         processor = vision.get("config_filename", "processor_config.json")
         if not (src / processor).is_file():
-            raise ConversionError(f"{src}: has a vision model but no {processor}")
+            raise ConversionError(f"{where}: has a vision model but no {processor}")
     missing = [
         f
         for f in (
@@ -71,24 +90,34 @@ def register_genai_folder(src: Path, out: Path, *, progress: Progress, check_loa
         if f and not (src / f).is_file()
     ]
     if missing:
-        raise ConversionError(f"{src}: genai_config.json names files that are not there: {', '.join(missing)}")
+        raise ConversionError(f"{where}: genai_config.json names files that are not there: {', '.join(missing)}")
     device = _device(decoder)
+    smoke: dict = {}
     with progress.step(f"copy the onnxruntime-genai folder ({model_type})"):
-        shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json", ".cache"))
+        shutil.copytree(
+            src,
+            out,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("manifest.json", ".cache"),
+            copy_function=link_or_copy if link else shutil.copy2,
+        )
     if check_load and device == "cpu":
         import onnxruntime_genai as og
 
-        with progress.step("load it once with onnxruntime-genai"):
+        with progress.step("load it once with onnxruntime-genai" + ("" if vision else " and generate")):
             try:
                 loaded = og.Model(str(out))
                 if vision:
                     loaded.create_multimodal_processor()
+                else:
+                    smoke = {"generated_tokens": _smoke_generate(og, loaded)}
             except Exception as exc:  # og raises RuntimeError with the reason
                 reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-                raise ConversionError(f"{src}: onnxruntime-genai cannot load it: {reason}") from None
+                raise ConversionError(f"{where}: onnxruntime-genai cannot load it: {reason}") from None
             del loaded
     progress.info(f"    not validated: {_SKIPPED}")
     return {
+        **({"smoke": smoke} if smoke else {}),
         "task": "chat",
         "modalities": ["text", "image"] if vision else ["text"],
         "architecture": None,

@@ -81,11 +81,12 @@ register(
         genai_ep="cuda",
         genai_packages=("onnxruntime-genai-cuda", "onnxruntime-genai-winml"),
         genai_options={"enable_cuda_graph": "0"},  # the builder's default; paged attention schedules variable batches
-        genai_missing="install onnxruntime-genai-cuda in place of onnxruntime-genai (pip install 'ortserve[cuda]', "
-        "then see README 'Devices and platforms')",
+        genai_missing="install onnxruntime-genai-cuda in place of onnxruntime-genai (pip uninstall -y "
+        "onnxruntime-genai onnxruntime, then pip install 'ortserve[cuda]'; README 'Devices and platforms')",
         ort_ep="CUDAExecutionProvider",
         ort_packages=("onnxruntime-gpu",),
-        ort_missing="install onnxruntime-gpu in place of onnxruntime (pip install 'ortserve[cuda]')",
+        ort_missing="install onnxruntime-gpu in place of onnxruntime (pip uninstall -y onnxruntime-genai onnxruntime, "
+        "then pip install 'ortserve[cuda]')",
         cpu_fallback=False,  # CUDA chat builds use paged attention: og.Engine on CUDA only
     )
 )

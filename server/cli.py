@@ -1,4 +1,4 @@
-"""The `ortserve` command: convert, create, serve, ps, list, show, cp, rm.
+"""The `ortserve` command: pull, convert, create, serve, ps, info, list, show, cp, rm.
 
 Each command imports what it needs inside its handler, so `ortserve list` never
 pays for torch and `ortserve serve` never loads transformers.
@@ -44,11 +44,9 @@ def _size(folder: Path) -> int:
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
+    from ortserve.core.sizes import human_size
+
+    return human_size(n)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -226,6 +224,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return run(args, _store(args))
 
 
+def cmd_pull(args: argparse.Namespace) -> int:
+    from ortserve.conversion.pull import run
+
+    return run(args, _store(args))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -239,6 +243,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["bootstrap"] = False
     settings = ServerSettings.load(**overrides)
     _configure_logging(settings.log_level)
+    from ortserve.server.doctor import runtimes_installed
+
+    if not runtimes_installed():
+        return 2
     if settings.device != "auto" and not _device_usable(settings.device):
         return 2
     store = _open_store(settings.models_dir, settings.configs_dir)
@@ -344,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
+    from ortserve.conversion.pull import add_arguments as add_pull_arguments
+
+    add_pull_arguments(command("pull", cmd_pull, "download a model that is already ONNX from the Hugging Face hub"))
     add_arguments(command("convert", cmd_convert, "convert a Hugging Face checkpoint into the store"))
 
     p = command("serve", cmd_serve, "serve the OpenAI API (/v1) for the models in the store")

@@ -13,6 +13,7 @@ import json
 import platform
 import sys
 import urllib.error
+from collections.abc import Callable
 from typing import Any
 
 from ortserve.core import devices
@@ -50,6 +51,53 @@ def conflicts(packages: dict[str, str]) -> list[str]:
                 f"pip install --force-reinstall --no-deps {keep}"
             )
     return out
+
+
+_INSTALL = (
+    "pip install 'ortserve[cpu]' (or 'ortserve[cuda]' for an NVIDIA GPU, 'ortserve[winml]' for DirectML on "
+    "Windows: one of them)"
+)
+
+
+def _importable(module: str) -> bool:
+    from importlib.util import find_spec
+
+    return find_spec(module) is not None
+
+
+def missing_runtimes(
+    packages: dict[str, str], has_module: Callable[[str], bool] | None = None
+) -> tuple[str | None, str | None]:
+    """(an error: nothing can run, a warning: chat models cannot run) for the runtimes missing from `packages`.
+    `has_module` (default: importlib's find_spec) speaks for a runtime without package metadata (a frozen
+    bundle, a build from source)."""
+    probe = has_module or _importable
+
+    def present(module: str, names: tuple[str, ...]) -> list[str]:
+        return [n for n in names if n in packages] or ([names[0]] if probe(module) else [])
+
+    genai, ort = (present(module, names) for module, names in _SHARED_MODULES)
+    if not genai and not ort:
+        return f"no ONNX Runtime is installed, so no model can run; install one: {_INSTALL}", None
+    if not genai:
+        return None, f"onnxruntime-genai is not installed, so chat models cannot run (embeddings can): {_INSTALL}"
+    if not ort:
+        return f"{genai[0]} is installed without onnxruntime, so no model can run: {_INSTALL}", None
+    return None, None
+
+
+def runtimes_installed() -> bool:
+    """`serve`'s check before it starts: exactly one runtime. Refuses without any (False), warns about a half or
+    a double install (the runtimes' builds overwrite each other's modules) and says what to run."""
+    packages = devices.installed_packages()
+    error, warning = missing_runtimes(packages)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return False
+    for problem in [warning, *conflicts(packages)]:
+        if problem:
+            print(f"warning: {problem}", file=sys.stderr)
+    return True
 
 
 def _onnxruntime() -> dict[str, Any]:
@@ -125,6 +173,7 @@ def collect(url: str | None) -> dict[str, Any]:
         "platform": {"system": platform.system(), "machine": env.machine, "python": platform.python_version()},
         "packages": dict(base.packages),
         "conflicts": conflicts(dict(base.packages)),
+        "missing": [m for m in missing_runtimes(dict(base.packages)) if m],
         "onnxruntime": ort_info,
         "onnxruntime_genai": genai_info,
         "nvidia_gpu_visible": env.gpu,
@@ -140,7 +189,7 @@ def render(report: dict[str, Any]) -> str:
     p = report["platform"]
     lines = [f"ortserve {report['ortserve']} on {p['system']} {p['machine']}, Python {p['python']}", "", "packages"]
     lines += [f"  {name:<28} {version}" for name, version in report["packages"].items()]
-    lines += [f"  warning: {c}" for c in report["conflicts"]]
+    lines += [f"  warning: {c}" for c in report["conflicts"] + report["missing"]]
     ort, genai = report["onnxruntime"], report["onnxruntime_genai"]
     lines += ["", "runtimes"]
     lines.append(

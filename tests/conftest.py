@@ -124,3 +124,54 @@ def vision_store_home(tmp_path_factory, vlm_checkpoint) -> Path:
     code = run_cli(home, "convert", str(vlm_checkpoint), "--name", "tiny-vlm", "--precision", "fp32", "--quiet")
     assert code == 0, "converting tiny-vlm failed"
     return home
+
+
+# ---- ortserve pull (issue 16): a local hub serving the session's converted models ----------------
+CHAT_REPO = "ortserve-test/tiny-chat-onnx"  # onnxruntime-genai builds in folders, as Microsoft publishes them
+CHAT_VARIANTS = {  # folder -> the provider its genai_config.json names (None: the CPU)
+    "cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4": None,
+    "cuda/cuda-int4-rtn-block-32": "cuda",
+    "directml/directml-int4-awq-block-128": "dml",
+}
+EMBEDDING_REPO = "sentence-transformers/all-MiniLM-L6-v2"  # a sentence-transformers repository with onnx/
+BARE_REPO = "ortserve-test/only-safetensors"  # nothing servable as it is
+BROKEN_REPO = "ortserve-test/broken-onnx"  # a genai folder whose graph is not ONNX
+
+
+@pytest.fixture(scope="session")
+def local_hub(tmp_path_factory, store_home, minilm_dir, checkpoints):
+    """A hub-compatible server (tests/local_hub.py) with repositories laid out as the real ones, holding the
+    session's converted tiny-llama-int4 and all-minilm (fp32, int8), plus one with nothing servable and one
+    whose graph is broken."""
+    import json
+
+    from tests.local_hub import LocalHub
+
+    models, scratch = store_home / "models", tmp_path_factory.mktemp("hub-files")
+    chat = {p.name: p for p in (models / "tiny-llama-int4").iterdir() if p.is_file() and p.name != "manifest.json"}
+    files = {}
+    for folder, provider in CHAT_VARIANTS.items():
+        files.update({f"{folder}/{name}": path for name, path in chat.items()})
+        if provider:  # the same graph, its genai_config naming the provider as a build for that device does
+            config = json.loads(chat["genai_config.json"].read_text(encoding="utf-8"))
+            config["model"]["decoder"].setdefault("session_options", {})["provider_options"] = [{provider: {}}]
+            written = scratch / provider / "genai_config.json"
+            written.parent.mkdir()
+            written.write_text(json.dumps(config), encoding="utf-8")
+            files[f"{folder}/genai_config.json"] = written
+    (scratch / "README.md").write_text("# tiny chat, onnxruntime-genai builds\n", encoding="utf-8")
+    files["README.md"] = scratch / "README.md"
+    embedding = {p.relative_to(minilm_dir).as_posix(): p for p in minilm_dir.rglob("*") if p.is_file()}
+    for stem, name in (("model", "all-minilm"), ("model_qint8_avx512", "all-minilm-int8")):
+        for path in (models / name).glob("model.onnx*"):
+            embedding[f"onnx/{stem}{path.name.removeprefix('model')}"] = path
+    bare = {p.name: p for p in checkpoints["llama"].iterdir() if p.is_file()}
+    (scratch / "model.onnx").write_text("not an ONNX graph", encoding="utf-8")
+    broken = {**chat, "model.onnx": scratch / "model.onnx"}
+    hub = LocalHub()
+    repos = {CHAT_REPO: files, EMBEDDING_REPO: embedding, BARE_REPO: bare, BROKEN_REPO: broken}
+    for repo, repo_files in repos.items():
+        hub.add(repo, repo_files)
+    hub.start()
+    yield hub
+    hub.stop()

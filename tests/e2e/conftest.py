@@ -79,11 +79,13 @@ def start_server(
     env: dict[str, str] | None = None,
     bootstrap: bool = False,
     ready_timeout: float = 60,
+    runner: Path | None = None,
 ) -> Server:
-    """Start a server on a free port; again on another port if something took that one in the meantime."""
+    """Start a server on a free port; again on another port if something took that one in the meantime.
+    `runner`: a script that runs the CLI (tests/e2e/without_torch.py) in place of `-m ortserve.server.cli`."""
     for attempt in range(3):
         try:
-            return _start_server(home, log, extra_args, env, bootstrap, ready_timeout)
+            return _start_server(home, log, extra_args, env, bootstrap, ready_timeout, runner)
         except PortTaken:
             if attempt == 2:
                 raise
@@ -101,6 +103,7 @@ def _start_server(
     env: dict[str, str] | None,
     bootstrap: bool,
     ready_timeout: float,
+    runner: Path | None = None,
 ) -> Server:
     port = _free_port()  # free now; the server binds it a moment later
     environment = {k: v for k, v in os.environ.items() if not k.startswith("ORTSERVE_")}
@@ -113,8 +116,7 @@ def _start_server(
     )
     command = [
         sys.executable,
-        "-m",
-        "ortserve.server.cli",
+        *([str(runner)] if runner else ["-m", "ortserve.server.cli"]),
         "serve",
         "--host",
         "127.0.0.1",
@@ -188,6 +190,17 @@ def server(server_home, tmp_path_factory):
     server = start_server(server_home, log)
     yield server
     stop_server_cleanly(server)
+
+
+@pytest.fixture(scope="session")
+def fresh_server(tmp_path_factory):
+    """`ortserve serve` on an empty store: it sets up the embedded default models (all-minilm, tiny-demo) first,
+    as the README's first command does."""
+    home = tmp_path_factory.mktemp("fresh-home")
+    log = home / "server.log"
+    server = start_server(home, log, bootstrap=True, ready_timeout=600)
+    yield server
+    stop_server(server)
 
 
 @pytest.fixture

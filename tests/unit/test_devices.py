@@ -402,3 +402,19 @@ def test_an_empty_driver_folder_still_asks_nvidia_smi(tmp_path):
     silent.write_text("#!/bin/sh\nexit 9\n")
     silent.chmod(0o755)
     assert not devices.gpu_listed(tmp_path / "absent", str(silent))
+
+
+# ---- the runtime extras: none, half or two installed (`ortserve info`, `serve`) ----------------------------
+def test_missing_runtimes_say_what_to_install():
+    from ortserve.server.doctor import missing_runtimes
+
+    def nothing_importable(module: str) -> bool:
+        return False
+
+    error, warning = missing_runtimes({}, nothing_importable)
+    assert warning is None and "no ONNX Runtime is installed" in error and "pip install 'ortserve[cpu]'" in error
+    error, warning = missing_runtimes({"onnxruntime": "1.32.0"}, nothing_importable)
+    assert error is None and "chat models cannot run" in warning and "ortserve[cuda]" in warning
+    assert missing_runtimes(CPU_ONLY, nothing_importable) == (None, None)
+    assert missing_runtimes(CUDA, nothing_importable) == (None, None)
+    assert missing_runtimes({}, lambda module: True) == (None, None)  # a frozen bundle: no metadata, modules there
