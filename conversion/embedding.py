@@ -20,8 +20,10 @@ capped by the tokenizer's model_max_length.
 Export: `torch.onnx.export(dynamo=True)` with dynamic batch and sequence axes (the legacy tracer is off
 by 0.05-0.12 on sequence lengths other than the traced one); then each BERT-style attention block becomes
 one com.microsoft.Attention node (encoder_fusion.py: onnxruntime's own fusions miss the dynamo pattern),
-and ONNX Runtime is checked against PyTorch on several shapes. torch/transformers are imported only inside functions; the serving pieces
-live in the server (which never imports this package).
+and ONNX Runtime is checked against PyTorch on several shapes. torch/transformers are imported only inside
+functions; the serving pieces live in the server (which never imports this package).
+Quantized precisions (quantize.py) are made from the fp32 export; "int8" is calibrated on the converted
+tokenizer's batches of `quantize_calibrated.CALIBRATION_TEXTS` (`calibration_feeds`).
 """
 
 from __future__ import annotations

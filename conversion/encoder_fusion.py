@@ -127,7 +127,7 @@ def fuse_attention(model) -> int:
         replaced[id(out)] = fused
     count = sum(r is not None for r in replaced.values())
     if count:
-        cast = helper.make_node("Cast", [MASK_INPUT], [MASK_INT32], name="attention_mask_to_int32", to=TensorProto.INT32)
+        cast = helper.make_node("Cast", [MASK_INPUT], [MASK_INT32], name="mask_to_int32", to=TensorProto.INT32)
         kept = [replaced.get(id(n), n) for n in graph.node]
         replace_nodes(graph, [cast] + [n for n in kept if n is not None])
         use_domain(model)

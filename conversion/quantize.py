@@ -12,7 +12,7 @@ sentences + the tests' 50; speed vs fp32 in-process, batch 32, 2 threads):
                   quantize_calibrated.py's exact fp32 rewrites (FFN outlier channels kept in fp32,
                   SmoothQuant scales, padding rows zeroed), then per-channel dynamic int8 (MatMulInteger,
                   QAttention) + int8 embedding tables. Needs `calibration` (encoder feeds). Min cosine 0.993,
-                  mean 0.998; ~2.5x fp32 on short and long texts; 23 MB.
+                  mean 0.998; 1.9x fp32 on short texts, 1.6x on long (bench_embeddings.py); 23 MB.
   int8-blockwise  8-bit block-wise weights for every MatMul with a constant weight (com.microsoft
                   MatMulNBits, bits=8, block 32, symmetric, accuracy_level 4 = int8 compute with per-block
                   activation scales on CPU) + int8 embedding tables. The most accurate int8 (min cosine
