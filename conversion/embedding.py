@@ -18,9 +18,12 @@ sentence_bert_config.json, else max_position_embeddings (minus 2 for RoBERTa-lik
 capped by the tokenizer's model_max_length.
 
 Export: `torch.onnx.export(dynamo=True)` with dynamic batch and sequence axes (the legacy tracer is off
-by 0.05-0.12 on sequence lengths other than the traced one), then ONNX Runtime is checked against
-PyTorch on several shapes. torch/transformers are imported only inside functions; the serving pieces
-live in the server (which never imports this package).
+by 0.05-0.12 on sequence lengths other than the traced one); then each BERT-style attention block becomes
+one com.microsoft.Attention node (encoder_fusion.py: onnxruntime's own fusions miss the dynamo pattern),
+and ONNX Runtime is checked against PyTorch on several shapes. torch/transformers are imported only inside
+functions; the serving pieces live in the server (which never imports this package).
+Quantized precisions (quantize.py) are made from the fp32 export; "int8" is calibrated on the converted
+tokenizer's batches of `quantize_calibrated.CALIBRATION_TEXTS` (`calibration_feeds`).
 """
 
 from __future__ import annotations
@@ -90,7 +93,22 @@ def export_onnx(source: EmbeddingSource, onnx_path: Path):
             program.save(str(onnx_path))
     except Exception as e:
         raise ConversionError(f"ONNX export of {source.config.get('model_type')} failed: {_first_line(e)}") from e
+    fuse_exported_attention(source, onnx_path)
     return wrapper
+
+
+def fuse_exported_attention(source: EmbeddingSource, onnx_path: Path) -> int:
+    """Attention blocks -> com.microsoft.Attention (encoder_fusion.py), kept only when onnxruntime gives the
+    unfused graph's outputs on padded batches of several shapes; return how many blocks were fused."""
+    from ortserve.conversion.encoder_fusion import fuse_attention_checked
+
+    vocab = int(source.config.get("vocab_size", 1000))
+    shapes = ((1, 7), (3, 29), (4, min(source.max_seq_length, 128)))
+    feeds = [
+        {k: v.numpy() for k, v in dummy_inputs(source.encoder.inputs, vocab, batch, seq, seed).items()}
+        for seed, (batch, seq) in enumerate(shapes, start=11)
+    ]
+    return fuse_attention_checked(onnx_path, feeds)
 
 
 def _first_line(e: BaseException) -> str:
@@ -141,6 +159,20 @@ def _pad_token(source: EmbeddingSource, tok) -> tuple[str, int]:
     return tok.id_to_token(pad_id) or "[PAD]", pad_id
 
 
+def calibration_feeds(source: EmbeddingSource, out: Path, batch: int = 16) -> list[dict]:
+    """The calibration texts (quantize_calibrated.CALIBRATION_TEXTS) as the model's padded input batches,
+    tokenized as the server does (the converted tokenizer, the default prompt, lowercasing)."""
+    from ortserve.conversion.quantize_calibrated import CALIBRATION_TEXTS
+    from ortserve.core.encoder import EncoderTokenizer, length_batches, make_feeds
+
+    prompt = (source.prompts or {}).get(source.default_prompt_name or "")
+    encoder = EncoderTokenizer.create(load_tokenizer(out), prompt=prompt, lowercase=source.lowercase)
+    sequences = encoder.encode_texts(CALIBRATION_TEXTS, truncate=True)
+    batches = length_batches([len(s) for s in sequences], batch, batch * encoder.max_length)
+    names = list(source.encoder.inputs)
+    return [make_feeds([sequences[i] for i in rows], names, encoder.pad_id) for rows in batches]
+
+
 def convert_embedding(
     src: Path, out: Path, *, precision: str, device: str, progress: Progress, validate: bool = True
 ) -> dict:
@@ -166,14 +198,15 @@ def convert_embedding(
 
                 figures.update(check_export(module, fp32_path, source, progress=progress))
             del module
+        tokenizer_files = write_tokenizer(source, out)
         if precision != "fp32":
             from ortserve.conversion.quantize import quantize_model
 
             with progress.step(f"quantize to {precision}"):
-                quantize_model(fp32_path, out / "model.onnx", precision)
+                calibration = calibration_feeds(source, out)
+                quantize_model(fp32_path, out / "model.onnx", precision, calibration=calibration)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    tokenizer_files = write_tokenizer(source, out)
 
     result: dict[str, Any] = {
         "task": "embedding",

@@ -1,21 +1,25 @@
 """Quantization of an exported fp32 ONNX model: named presets, one entry point.
 
-    quantize_model(src, dst, "int8")     # or "fp16", "int8-dynamic", or a QuantizationConfig
+    quantize_model(src, dst, "int8", calibration=feeds)   # or "fp16", "int8-blockwise", "int8-dynamic"
 
-Presets (all-MiniLM-L6-v2; min cosine vs sentence-transformers over the validator's 20 sentences /
-the tests' 50; sentences/s on one CPU thread, batch 32, fp32 = 73):
+Presets (all-MiniLM-L6-v2, attention fused; min cosine vs sentence-transformers over the validator's 20
+sentences + the tests' 50; speed vs fp32 in-process, batch 32, 2 threads):
 
-  fp16          float initializers and activations to float16, graph inputs/outputs kept
-                (`keep_io_types`), via onnxruntime.transformers.float16. Meant for GPUs; on CPU it runs
-                at about fp32 speed (64/s). Min cosine 0.999999. 46 MB.
-  int8          8-bit *block-wise* weights for every MatMul with a constant weight (com.microsoft
-                MatMulNBits, bits=8, block 32, symmetric, accuracy_level 4 = int8 compute with per-block
-                activation scales on CPU) + int8 embedding tables (Gather -> DequantizeLinear).
-                Min cosine 0.998 / 0.996, 24 MB (fp32: 91 MB), about fp32 speed (65/s).
-  int8-dynamic  classic per-channel dynamic quantization (MatMulInteger, QInt8 weights, one uint8 scale
-                per activation tensor) + int8 embedding tables. 2x faster (148/s), 23 MB, but the
-                per-tensor activation scales hurt short texts: min cosine 0.982 / 0.959 (mean 0.992),
-                below the 0.99 bar, so `--precision int8` does not use it.
+  fp16            float initializers and activations to float16, graph inputs/outputs kept
+                  (`keep_io_types`), via onnxruntime.transformers.float16. Meant for GPUs; on CPU it runs
+                  at about fp32 speed. Min cosine 0.999999. 46 MB.
+  int8            (what `convert --precision int8` uses for encoders) calibrated dynamic int8:
+                  quantize_calibrated.py's exact fp32 rewrites (FFN outlier channels kept in fp32,
+                  SmoothQuant scales, padding rows zeroed), then per-channel dynamic int8 (MatMulInteger,
+                  QAttention) + int8 embedding tables. Needs `calibration` (encoder feeds). Min cosine 0.993,
+                  mean 0.998; 1.9x fp32 on short texts, 1.6x on long (bench_embeddings.py); 23 MB.
+  int8-blockwise  8-bit block-wise weights for every MatMul with a constant weight (com.microsoft
+                  MatMulNBits, bits=8, block 32, symmetric, accuracy_level 4 = int8 compute with per-block
+                  activation scales on CPU) + int8 embedding tables. The most accurate int8 (min cosine
+                  0.998 / 0.996), 24 MB, but no faster than fp32 (the int8 preset before the calibrated one).
+  int8-dynamic    plain per-channel dynamic quantization (MatMulInteger, QInt8 weights, one uint8 scale per
+                  activation tensor) + int8 embedding tables: as fast as `int8`, but the [CLS] and padding
+                  outliers set those scales: min cosine 0.959 (mean 0.989), under the 0.99 bar.
 
 Large models (> ~1.8 GB of weights) are written with external data (`<dst>.data`).
 """
@@ -23,31 +27,33 @@ Large models (> ~1.8 GB of weights) are written with external data (`<dst>.data`
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from ortserve.conversion.common import ConversionError
-
-_EXTERNAL_DATA_BYTES = 1_800_000_000
+from ortserve.conversion.onnx_graph import EXTERNAL_DATA_BYTES, save_model, weights_bytes
 
 
 @dataclass(frozen=True)
 class QuantizationConfig:
     name: str
-    method: Literal["fp16", "int8-blockwise", "int8-dynamic"]
+    method: Literal["fp16", "int8-blockwise", "int8-dynamic", "int8-calibrated"]
     block_size: int = 32  # int8-blockwise: weights per scale
     accuracy_level: int = 4  # int8-blockwise: MatMulNBits compute type (4 = int8 on CPU)
     per_channel: bool = True  # int8-dynamic
     quantize_embeddings: bool = True  # int8-*: Gather tables to int8
     fp16_op_block_list: tuple[str, ...] = ()  # fp16: op types kept in fp32 (beyond float16.py's defaults)
+    smooth_alpha: float = 0.6  # int8-calibrated: SmoothQuant's migration strength
+    outlier_channels: int = 4  # int8-calibrated: FFN channels per layer kept in fp32
 
 
 PRESETS: dict[str, QuantizationConfig] = {
     "fp16": QuantizationConfig("fp16", "fp16"),
-    "int8": QuantizationConfig("int8", "int8-blockwise"),
+    "int8": QuantizationConfig("int8", "int8-calibrated"),
+    "int8-blockwise": QuantizationConfig("int8-blockwise", "int8-blockwise"),
     "int8-dynamic": QuantizationConfig("int8-dynamic", "int8-dynamic"),
 }
 
@@ -59,11 +65,17 @@ def get_preset(name: str) -> QuantizationConfig:
         raise ConversionError(f"unknown quantization preset {name!r}; presets: {', '.join(PRESETS)}") from None
 
 
-def quantize_model(src: Path, dst: Path, config: QuantizationConfig | str) -> list[Path]:
-    """Write a quantized copy of the fp32 model `src` to `dst`; return the files written."""
+def quantize_model(
+    src: Path, dst: Path, config: QuantizationConfig | str, *, calibration: Sequence[dict] | None = None
+) -> list[Path]:
+    """Write a quantized copy of the fp32 model `src` to `dst`; return the files written.
+
+    `calibration`: the model's input feeds (numpy) for the presets that measure activations ("int8")."""
     config = get_preset(config) if isinstance(config, str) else config
     src, dst = Path(src), Path(dst)
-    large = _weights_bytes(src) > _EXTERNAL_DATA_BYTES
+    large = weights_bytes(src) > EXTERNAL_DATA_BYTES
+    if config.method == "int8-calibrated" and not calibration:
+        raise ConversionError(f"the {config.name} preset needs calibration inputs")
     try:
         with _quiet_quantizers():
             if config.method == "fp16":
@@ -72,6 +84,18 @@ def quantize_model(src: Path, dst: Path, config: QuantizationConfig | str) -> li
                 _to_int8(src, dst, config, large, blockwise=True)
             elif config.method == "int8-dynamic":
                 _to_int8(src, dst, config, large, blockwise=False)
+            elif config.method == "int8-calibrated":
+                from ortserve.conversion.quantize_calibrated import quantize_calibrated
+
+                quantize_calibrated(
+                    src,
+                    dst,
+                    calibration or (),
+                    alpha=config.smooth_alpha,
+                    outlier_channels=config.outlier_channels,
+                    embeddings=config.quantize_embeddings,
+                    large=large,
+                )
             else:
                 raise ConversionError(f"unknown quantization method {config.method!r}")
     except ConversionError:
@@ -84,27 +108,6 @@ def quantize_model(src: Path, dst: Path, config: QuantizationConfig | str) -> li
     return [p for p in (dst, dst.with_name(dst.name + ".data")) if p.exists()]
 
 
-def _weights_bytes(path: Path) -> int:
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
-
-
-def _save(model, dst: Path, large: bool) -> None:
-    import onnx
-
-    if large:
-        onnx.save_model(
-            model,
-            str(dst),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=dst.name + ".data",
-            size_threshold=1024,
-        )
-    else:
-        onnx.save_model(model, str(dst))
-
-
 def _to_fp16(src: Path, dst: Path, config: QuantizationConfig, large: bool) -> None:
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
@@ -113,7 +116,7 @@ def _to_fp16(src: Path, dst: Path, config: QuantizationConfig, large: bool) -> N
     block = list(DEFAULT_OP_BLOCK_LIST) + list(config.fp16_op_block_list)
     # float16.py runs onnx shape inference first, which cannot take a > 2 GB proto
     model = convert_float_to_float16(model, keep_io_types=True, op_block_list=block, disable_shape_infer=large)
-    _save(model, dst, large)
+    save_model(model, dst, large)
 
 
 def _to_int8(src: Path, dst: Path, config: QuantizationConfig, large: bool, *, blockwise: bool) -> None:
@@ -158,7 +161,7 @@ def _blockwise(src: Path, dst: Path, config: QuantizationConfig, large: bool) ->
         op_types_to_quantize=("MatMul",),
     )
     quantizer.process()
-    _save(quantizer.model.model, dst, large)
+    save_model(quantizer.model.model, dst, large)
 
 
 class _DropPreprocessHint(logging.Filter):
