@@ -146,7 +146,7 @@ def split_ffn_outliers(model, feeds: Sequence[dict], channels: int) -> int:
                 helper.make_node("MatMul", [f"{p}.g", w2p], [f"{p}.y"], name=f"{p}.matmul2{mark}"),
             ]
             nodes[-2].attribute.extend(gelu.attribute)
-        nodes.append(helper.make_node("Add", ["ffn_%d.int8.y" % i, "ffn_%d.fp32.y" % i], [second.output[0]]))
+        nodes.append(helper.make_node("Add", [f"ffn_{i}.int8.y", f"ffn_{i}.fp32.y"], [second.output[0]]))
         replaced.update({id(first): [], id(add): [], id(gelu): [], id(second): nodes})
     replace_nodes(graph, [m for n in graph.node for m in replaced.get(id(n), [n])])
     return len(blocks)
