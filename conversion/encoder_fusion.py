@@ -63,9 +63,10 @@ def _num_heads(index: GraphIndex, reshape, hidden: int) -> int | None:
         if concat is None or len(concat.input) != 4:
             return None
         parts = [index.constant(i) for i in concat.input[2:]]
-        if any(p is None or p.size != 1 for p in parts):
+        sizes = [p for p in parts if p is not None and p.size == 1]
+        if len(sizes) != len(parts):
             return None
-        shape = np.array([0, 0, *(int(p.reshape(-1)[0]) for p in parts)])
+        shape = np.array([0, 0, *(int(p.reshape(-1)[0]) for p in sizes)])
     if shape.size != 4:
         return None
     heads, size = int(shape[2]), int(shape[3])

@@ -36,6 +36,13 @@ class GraphIndex:
         users = self.consumers.get(name, [])
         return users[0] if len(users) == 1 and users[0].op_type == op_type else None
 
+    def required_constant(self, name: str) -> np.ndarray:
+        """`constant(name)`, for an input that a matched pattern guarantees to be one."""
+        value = self.constant(name)
+        if value is None:
+            raise ValueError(f"{name} is not a constant")
+        return value
+
     def constant(self, name: str) -> np.ndarray | None:
         from onnx import numpy_helper
 

@@ -130,7 +130,7 @@ def split_ffn_outliers(model, feeds: Sequence[dict], channels: int) -> int:
     ranges = activation_ranges(model, [b[2].output[0] for b in blocks], feeds)
     replaced: dict[int, list] = {}
     for i, (first, add, gelu, second) in enumerate(blocks):
-        w1, b1, w2 = (index.constant(n) for n in (first.input[1], add.input[1], second.input[1]))
+        w1, b1, w2 = (index.required_constant(n) for n in (first.input[1], add.input[1], second.input[1]))
         wide = np.sort(np.argsort(ranges[gelu.output[0]])[-channels:])
         rest = np.setdiff1d(np.arange(w1.shape[1]), wide)
         nodes = []
@@ -170,7 +170,7 @@ def smooth_and_mask(model, feeds: Sequence[dict], alpha: float) -> None:
     for x, nodes in targets.items():
         source = x
         if x in ranges:
-            weights = [index.constant(n.input[1]) for n in nodes]
+            weights = [index.required_constant(n.input[1]) for n in nodes]
             w_max = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
             scale = (np.maximum(ranges[x], 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)).astype(np.float32)
             for node in nodes:

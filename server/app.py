@@ -246,7 +246,7 @@ def create_app(
     _register_lifecycle(app, state, setup)
     limited = RequestLimit(app.asgi_app, settings.max_requests)
     # outermost: every request gets an id and a log line, those the limit refuses too
-    app.asgi_app = RequestLog(limited, as_json=settings.log_format == "json", done=metrics.observe)  # type: ignore[method-assign]
+    app.asgi_app = RequestLog(limited, as_json=settings.log_format == "json", done=metrics.observe)  # type: ignore[assignment,method-assign]
     return app
 
 

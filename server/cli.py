@@ -236,7 +236,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ortserve.server.app import serve
     from ortserve.server.settings import ServerSettings
 
-    flags = ("host", "port", "device", "api_key", "models_dir", "threads", "num_parallel", "prefill_chunk")
+    flags: tuple[str, ...] = ("host", "port", "device", "api_key", "models_dir", "threads", "num_parallel")
+    flags += ("prefill_chunk",)
     flags += ("prompt_cache_bytes", "log_level")
     overrides = {name: getattr(args, name) for name in flags}
     if args.no_bootstrap:

@@ -9,7 +9,7 @@ Streamed answers (`stream: true`) are documented as `text/event-stream` whose ev
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -103,12 +103,10 @@ OPERATIONS = (
 
 
 def document() -> dict[str, Any]:
-    models: list[BaseModel | Any] = sorted(
-        {m for op in OPERATIONS for m in (op.request, op.response, op.stream) if m}
-        | {ErrorResponse, OllamaErrorResponse},
-        key=lambda m: m.__name__,
-    )
-    keyed = [(m, "validation") for m in models] + [(m, "serialization") for m in models]
+    found: set[type[BaseModel]] = {m for op in OPERATIONS for m in (op.request, op.response, op.stream) if m}
+    models = sorted(found | {ErrorResponse, OllamaErrorResponse}, key=lambda m: m.__name__)
+    modes: tuple[Literal["validation", "serialization"], ...] = ("validation", "serialization")
+    keyed = [(m, mode) for mode in modes for m in models]
     refs, defs = models_json_schema(keyed, ref_template=REF)
     schemas: dict[str, Any] = defs.get("$defs", {})
     ref = {(m, mode): value["$ref"] for (m, mode), value in refs.items()}

@@ -126,6 +126,8 @@ class GeneratorRequest:
 
     def _keep(self) -> None:
         """Leave the finished generator in the prompt cache, under the tokens whose KV it holds."""
+        if self.cache is None:
+            return
         sequence = np.asarray(self.generator.get_sequence(0), dtype=np.int32)
         # the last generated token was sampled but never read: its KV is not there
         tokens = sequence[:-1] if self.events.generated else sequence

@@ -153,7 +153,7 @@ class OllamaChatRequest(OllamaRequest):
                 parts = [{"type": "text", "text": message.content}] if message.content else []
                 out["content"] = parts + [{"type": "image_url", "image_url": image} for image in message.images]
             if message.tool_calls:
-                calls = [
+                calls: list[dict[str, Any]] = [
                     {
                         "id": f"call_{i}_{j}",
                         "type": "function",

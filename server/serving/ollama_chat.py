@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -115,7 +115,7 @@ async def _start_completion(registry: Registry, request: OllamaGenerateRequest, 
 
 async def _steps(
     generation: Generation, plan: ChatPlan | None, clock: Clock
-) -> AsyncIterator[tuple[Reply, Finished | None]]:
+) -> AsyncGenerator[tuple[Reply, Finished | None], None]:
     """(this step's reply pieces, None) per delta, then (the whole reply, Finished)."""
     whole = Reply()
     thought = plan.reasoning_stream(generation.started) if plan else None
