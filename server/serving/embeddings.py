@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -77,9 +79,17 @@ async def response_pieces(
     yield f'], "model": {json.dumps(model, ensure_ascii=False)}, "usage": {json.dumps(usage)}}}'.encode()
 
 
-async def create_embedding(registry: Registry, request: EmbeddingRequest) -> dict[str, Any] | AsyncIterator[bytes]:
-    """The response JSON, or for a large one its bytes in pieces (see `response_pieces`)."""
+@dataclass(frozen=True)
+class Embedded:
+    vectors: np.ndarray  # one row per input, cut to `dimensions` (and unit length again if the model's were)
+    prompt_tokens: int
+    loaded_ns: int  # time.monotonic_ns() when the model was ready (Ollama reports the load's duration)
+
+
+async def embed(registry: Registry, request: EmbeddingRequest) -> Embedded:
+    """The vectors for a request (the one engine call /v1/embeddings and Ollama's /api/embed share)."""
     lease = await registry.acquire(request.model, task="embedding", keep_alive=request.keep_alive)
+    loaded = time.monotonic_ns()
     try:
         embedder = lease.embedder
         if request.dimensions is not None and request.dimensions > embedder.dimensions:
@@ -96,6 +106,12 @@ async def create_embedding(registry: Registry, request: EmbeddingRequest) -> dic
     finally:
         lease.release()
     vectors = shorten(result.vectors, request.dimensions, renormalize=renormalize)
-    if vectors.size > STREAM_VALUES:
-        return response_pieces(vectors, request.format, request.model, result.prompt_tokens)
-    return response_body(vectors, request.format, request.model, result.prompt_tokens)
+    return Embedded(vectors, result.prompt_tokens, loaded)
+
+
+async def create_embedding(registry: Registry, request: EmbeddingRequest) -> dict[str, Any] | AsyncIterator[bytes]:
+    """The response JSON, or for a large one its bytes in pieces (see `response_pieces`)."""
+    done = await embed(registry, request)
+    if done.vectors.size > STREAM_VALUES:
+        return response_pieces(done.vectors, request.format, request.model, done.prompt_tokens)
+    return response_body(done.vectors, request.format, request.model, done.prompt_tokens)

@@ -29,8 +29,8 @@ from ortserve.server.protocol.ollama_models import (
     OllamaModelRequest,
 )
 from ortserve.server.registry import Registry
+from ortserve.server.serving import embeddings as embeddings_serving
 from ortserve.server.serving.chat_plan import accepts_images
-from ortserve.server.serving.embeddings import shorten
 
 # our SamplingDefaults field -> Ollama's PARAMETER name (the Modelfile's, read backwards)
 _PARAMETER_NAMES = {ours: theirs for theirs, (ours, _) in PARAMETERS.items()}
@@ -219,28 +219,13 @@ def pull() -> None:
 
 async def embed(registry: Registry, request: OllamaEmbedRequest) -> dict[str, Any]:
     start = time.monotonic_ns()
-    openai = parse_request(EmbeddingRequest, request.to_openai())
-    lease = await registry.acquire(openai.model, task="embedding", keep_alive=openai.keep_alive)
-    loaded = time.monotonic_ns()
-    try:
-        embedder = lease.embedder
-        if openai.dimensions is not None and openai.dimensions > embedder.dimensions:
-            raise InvalidRequestError(
-                f"Invalid value for 'dimensions': {openai.dimensions} is more than this model's "
-                f"{embedder.dimensions} dimensions.",
-                param="dimensions",
-            )
-        result = await embedder.embed(openai.inputs(), truncate=bool(openai.truncate))
-        renormalize = embedder.normalized
-    finally:
-        lease.release()
-    vectors = shorten(result.vectors, openai.dimensions, renormalize=renormalize)
+    done = await embeddings_serving.embed(registry, parse_request(EmbeddingRequest, request.to_openai()))
     return {
         "model": request.model,
-        "embeddings": vectors.tolist(),
+        "embeddings": done.vectors.tolist(),
         "total_duration": time.monotonic_ns() - start,
-        "load_duration": loaded - start,
-        "prompt_eval_count": result.prompt_tokens,
+        "load_duration": done.loaded_ns - start,
+        "prompt_eval_count": done.prompt_tokens,
     }
 
 
