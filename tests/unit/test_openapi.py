@@ -3,11 +3,18 @@ names exactly the routes the app answers (so it cannot drift from them)."""
 
 from __future__ import annotations
 
+import pytest
 from openapi_spec_validator import validate
 
 from ortserve.core.store import ModelStore
 from ortserve.server.app import create_app
 from ortserve.server.openapi import OPERATIONS
+
+
+@pytest.fixture
+def store(settings) -> ModelStore:
+    """An empty store (the document needs no model; the session's converted store would cost a minute)."""
+    return ModelStore(settings.models_dir)
 
 
 def routes(app) -> set[tuple[str, str]]:
