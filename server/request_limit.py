@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ortserve.server.errors import ServerBusyError, error_body
+from ortserve.server.errors import ServerBusyError, error_body, error_shape
 
 
 class RequestLimit:
@@ -25,7 +25,7 @@ class RequestLimit:
             await self.app(scope, receive, send)
             return
         if self.active >= self.limit:
-            await self._refuse(send)
+            await self._refuse(send, scope.get("path", ""))
             return
         self.active += 1
         try:
@@ -33,9 +33,9 @@ class RequestLimit:
         finally:
             self.active -= 1
 
-    async def _refuse(self, send: Any) -> None:
+    async def _refuse(self, send: Any, path: str) -> None:
         error = ServerBusyError(f"The server has {self.active} requests in flight (max_requests); try again shortly.")
-        body, status = error_body(error)
+        body, status = error_body(error, error_shape(path))  # the route's shape, as every other error
         payload = json.dumps(body).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
