@@ -14,7 +14,7 @@ bench/results/soak-<date>.json with the machine and its load:
   - the longest /health answer seen during the run (the event loop stays responsive).
 With --flood N it instead sends N chats at once and reports their statuses (503 server_busy past
 the queue) and latencies, the slowest /health answer while they run, and how long one more chat and
-one embedding took in the middle of the flood.
+one embedding took in the middle of the flood (both models are loaded before it starts).
 """
 
 from __future__ import annotations
@@ -151,11 +151,13 @@ async def flood(url: str, args: argparse.Namespace) -> dict:
     statuses: Counter = Counter()
     latencies: list[float] = []
     done = threading.Event()
-    health: list[float] = []
+    health: list[tuple[float, float]] = []  # (seconds into the flood, latency)
+    began = time.monotonic()  # set again when the flood starts
 
     def probe() -> None:
         while not done.is_set():
-            health.append(curl_seconds(f"{url}/health"))
+            at = time.monotonic() - began
+            health.append((at, curl_seconds(f"{url}/health")))
             time.sleep(0.05)
 
     async def chat(client: httpx.AsyncClient) -> None:
@@ -172,9 +174,12 @@ async def flood(url: str, args: argparse.Namespace) -> dict:
         return round(await asyncio.to_thread(curl_seconds, f"{url}{path}", body), 3)
 
     watcher = threading.Thread(target=probe, daemon=True)
-    watcher.start()
     user = [{"role": "user", "content": "Say something about the weather."}]
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=None)) as client:
+        await one(client, "chat", args)  # both models loaded first: the flood is measured, not their first load
+        await one(client, "embedding", args)
+        began = time.monotonic()
+        watcher.start()
         lone = asyncio.ensure_future(
             later({"model": args.chat, "messages": user, "max_tokens": 32}, "/v1/chat/completions")
         )
@@ -183,13 +188,19 @@ async def flood(url: str, args: argparse.Namespace) -> dict:
         done.set()
         watcher.join()
         latencies.sort()
+        slowest_at, _ = max(health, key=lambda h: h[1])
+        health_s = sorted(h[1] for h in health)
         return {
             "flood": args.flood,
             "statuses": dict(statuses),
             "p50_s": round(statistics.median(latencies), 3),
             "p99_s": round(latencies[max(0, int(len(latencies) * 0.99) - 1)], 3),
-            "health_worst_s": round(max(health), 3),
-            "health_p50_s": round(statistics.median(health), 3),
+            "health_probes": len(health_s),
+            "health_worst_s": round(health_s[-1], 3),
+            "health_worst_at_s": round(slowest_at, 2),
+            "health_p99_s": round(health_s[max(0, int(len(health_s) * 0.99) - 1)], 3),
+            "health_p50_s": round(statistics.median(health_s), 3),
+            "health_over_100ms": [[round(at, 2), round(h, 3)] for at, h in health if h > 0.1],  # [when, took]
             "lone_chat_s": await lone,
             "embedding_s": await embedding,
         }

@@ -70,6 +70,13 @@ class RequestTimeoutError(APIError):
     code = "request_timeout"
 
 
+def body_timeout_error(seconds: float) -> RequestTimeoutError:
+    return RequestTimeoutError(
+        f"The request body did not arrive within {seconds:g} seconds (body_timeout); send it at once, as "
+        "Content-Length says."
+    )
+
+
 class PayloadTooLargeError(APIError):
     status = 413
     type = "invalid_request_error"

@@ -1,4 +1,4 @@
-"""Who may talk to the server: the `Host` header and the browser's `Origin` (pure; the app enforces them).
+"""Who may talk to the server: the `Host` header, the browser's `Origin`, the API key (pure; the app enforces them).
 
 A server on 127.0.0.1 without an API key is reachable from every web page the user opens. Two
 attacks follow, and the rules here close them the way Ollama's `allowedHosts`/`OLLAMA_ORIGINS`
@@ -24,6 +24,7 @@ Both refusals are 403s in the route's error shape; allowed browser origins get C
 from __future__ import annotations
 
 import fnmatch
+import hmac
 import ipaddress
 import socket
 from functools import lru_cache
@@ -109,3 +110,11 @@ def origin_allowed(origin: str | None, allowed_origins: list[str]) -> bool:
     if parts.scheme in APP_SCHEMES:
         return True
     return any(pattern == "*" or fnmatch.fnmatchcase(origin.lower(), pattern.lower()) for pattern in allowed_origins)
+
+
+def key_accepted(authorization: str | None, api_key: str | None) -> bool:
+    """Whether an `Authorization` header carries the API key (always, when the server has none)."""
+    if not api_key:
+        return True
+    scheme, _, token = (authorization or "").partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())

@@ -236,14 +236,26 @@ class Registry:
     def _check_queue(self, model: str, resident: Resident | None) -> None:
         """A 503 server_busy when the model already holds as many requests as it may (max_queue waiting, plus
         num_parallel generating for chat models): a flood is refused at once, not queued for minutes."""
-        if resident is None:
-            return
+        if resident is not None and (error := self._full(model, resident)) is not None:
+            raise error
+
+    def _full(self, model: str, resident: Resident) -> ServerBusyError | None:
         limit = self.settings.max_queue + (self.settings.num_parallel if resident.entry.task == "chat" else 0)
-        if resident.usage.users >= limit:
-            raise ServerBusyError(
-                f"The model '{model}' has {resident.usage.users} requests in flight, as many as this "
-                "server queues (max_queue); try again in a moment."
-            )
+        if resident.usage.users < limit:
+            return None
+        return ServerBusyError(
+            f"The model '{model}' has {resident.usage.users} requests in flight, as many as this "
+            "server queues (max_queue); try again in a moment."
+        )
+
+    def busy(self, model: str, task: str) -> ServerBusyError | None:
+        """Without reading the store or waiting: the 503 that `acquire(model, task=task)` would raise now, if
+        `model` is a name a loaded `task` model serves and that model's queue is full (server/busy_gate.py
+        refuses a flood with it before the request is parsed). None when it cannot tell: acquire decides."""
+        for resident in self._loaded.values():
+            if model in resident.names and resident.entry.task == task and not resident.retired:
+                return self._full(model, resident)
+        return None
 
     def _forget_name(self, name: str, keep: Resident | None = None) -> None:
         """`name` no longer uses the loaded models other than `keep` (it was removed, or its weights or serving
