@@ -19,6 +19,7 @@ from typing import Any
 from quart import Quart, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from ortserve.core.durations import parse_duration
 from ortserve.core.store import ModelStore
 from ortserve.server import request_log
 from ortserve.server.busy_gate import BusyGate
@@ -41,6 +42,7 @@ from ortserve.server.metrics import Metrics
 from ortserve.server.registry import Registry
 from ortserve.server.request_limit import RequestLimit
 from ortserve.server.request_log import RequestLog
+from ortserve.server.responses_store import ResponseStore
 from ortserve.server.routes import (
     EXTENSION,
     AppState,
@@ -54,6 +56,7 @@ from ortserve.server.routes import (
     openapi,
     page,
     ps,
+    responses,
 )
 from ortserve.server.routes import metrics as metrics_route
 from ortserve.server.settings import ServerSettings
@@ -211,6 +214,7 @@ def _register_lifecycle(app: Quart, state: AppState, setup: Setup | None) -> Non
         if tasks:
             await asyncio.wait(tasks)
         await state.registry.close()
+        await state.responses.close()
 
 
 def create_app(
@@ -235,10 +239,16 @@ def create_app(
     store = store or ModelStore(settings.models_dir)
     registry = Registry(settings, store, loader, loaders=loaders)
     metrics = Metrics(registry.running, settings.num_parallel)
-    state = AppState(settings=settings, registry=registry, metrics=metrics)
+    stored = ResponseStore(
+        settings.responses_path,
+        ttl=parse_duration(settings.responses_ttl),
+        max_count=settings.responses_max_count,
+        max_bytes=settings.responses_max_bytes,
+    )
+    state = AppState(settings=settings, registry=registry, metrics=metrics, responses=stored)
     app.extensions[EXTENSION] = state
 
-    for module in (chat, completions, embeddings, models, ps, ollama, health, metrics_route, openapi, page):
+    for module in (chat, completions, embeddings, responses, models, ps, ollama, health, metrics_route, openapi, page):
         app.register_blueprint(module.bp)
     _register_error_handlers(app)
     _register_checks(app, settings)

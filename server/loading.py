@@ -115,6 +115,7 @@ class ResidentModel:
     weights: str = ""  # the weights folder's name: the same for every name sharing them
     pid: int | None = None  # the runner process's, for a chat model
     restarts: int = 0  # runner processes started again after one died
+    batch_sizes: dict[int, int] = field(default_factory=dict)  # an embedding model's rows per batch run -> runs
 
     @property
     def name(self) -> str:

@@ -7,7 +7,8 @@ At each scrape, from the registry's loaded models (labelled by their weights fol
 sharing them shares): `ortserve_loaded_models`, `ortserve_requests_in_flight{model}` (running and queued),
 `ortserve_queue_depth{model}` (in flight past `num_parallel`, for chat models), `ortserve_model_resident_bytes
 {model}` (a chat runner's resident memory; an in-process embedding model's files) and
-`ortserve_runner_restarts_total{model}`.
+`ortserve_runner_restarts_total{model}`, and `ortserve_embedding_batch_size{model}` (a histogram of the rows per
+onnxruntime run of an embedding model's micro-batcher, since it loaded).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from collections.abc import Callable, Iterator
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ortserve.server.loading import ResidentModel
 from ortserve.server.request_log import RequestRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+BATCH_ROWS = (1, 2, 4, 8, 16, 32, 64, 128)  # the embedding batch-size histogram's buckets
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -83,6 +85,11 @@ class _LoadedModels(Collector):
         queued = GaugeMetricFamily("ortserve_queue_depth", "Requests waiting for a place", labels=["model"])
         memory = GaugeMetricFamily("ortserve_model_resident_bytes", "Memory a loaded model holds", labels=["model"])
         restarts = CounterMetricFamily("ortserve_runner_restarts", "Runner processes started again", labels=["model"])
+        batches = HistogramMetricFamily(
+            "ortserve_embedding_batch_size",
+            "Rows per onnxruntime run of the embeddings micro-batcher",
+            labels=["model"],
+        )
         for model in models:
             label = [model.weights]
             in_flight.add_metric(label, model.requests)
@@ -90,7 +97,14 @@ class _LoadedModels(Collector):
             queued.add_metric(label, waiting)
             memory.add_metric(label, _resident_bytes(model))
             restarts.add_metric(label, model.restarts)
-        yield from (in_flight, queued, memory, restarts)
+            if model.task == "embedding":
+                buckets = [
+                    (str(le), sum(n for size, n in model.batch_sizes.items() if size <= le)) for le in BATCH_ROWS
+                ]
+                buckets.append(("+Inf", sum(model.batch_sizes.values())))
+                rows = sum(size * n for size, n in model.batch_sizes.items())
+                batches.add_metric(label, buckets, float(rows))
+        yield from (in_flight, queued, memory, restarts, batches)
 
 
 def _resident_bytes(model: ResidentModel) -> float:

@@ -8,6 +8,7 @@ Streamed answers (`stream: true`) are documented as `text/event-stream` whose ev
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,6 +39,8 @@ from ortserve.server.protocol.ollama_models import (
     OllamaPullRequest,
 )
 from ortserve.server.protocol.ps import ProcessList
+from ortserve.server.protocol.response_objects import ResponseDeleted, ResponsesResponse, ResponseStreamEvent
+from ortserve.server.protocol.responses import ResponsesRequest
 
 REF = "#/components/schemas/{model}"
 
@@ -45,7 +48,7 @@ REF = "#/components/schemas/{model}"
 @dataclass(frozen=True)
 class Operation:
     method: str
-    path: str  # OpenAPI's template: /v1/models/{model}
+    path: str  # OpenAPI's template: /v1/models/{model}, /v1/responses/{response_id}
     operation_id: str  # OpenAI's operation names
     summary: str
     request: type[BaseModel] | None = None
@@ -73,6 +76,19 @@ OPERATIONS = (
         CompletionRequest,
         CompletionResponse,
         CompletionResponse,
+    ),
+    Operation(
+        "post",
+        "/v1/responses",
+        "createResponse",
+        "A response (OpenAI's Responses API)",
+        ResponsesRequest,
+        ResponsesResponse,
+        ResponseStreamEvent,
+    ),
+    Operation("get", "/v1/responses/{response_id}", "getResponse", "A stored response", response=ResponsesResponse),
+    Operation(
+        "delete", "/v1/responses/{response_id}", "deleteResponse", "Delete a stored response", response=ResponseDeleted
     ),
     Operation("post", "/v1/embeddings", "createEmbedding", "Embeddings", EmbeddingRequest, EmbeddingResponse),
     Operation("get", "/v1/models", "listModels", "Every name and alias served", response=ModelList),
@@ -144,12 +160,12 @@ def _operation(op: Operation, ref: dict) -> dict[str, Any]:
             "schema": {"type": "string", "description": "JSON objects, one a line"}
         }
     if op.stream is not None:
-        ok["content"]["text/event-stream"] = {
-            "schema": {
-                "type": "string",
-                "description": f"`data: {{{op.stream.__name__}}}` events, then `data: [DONE]`",
-            },
-        }
+        events = (
+            f"`event: TYPE` + `data: {{{op.stream.__name__}}}` events"
+            if op.stream is ResponseStreamEvent
+            else f"`data: {{{op.stream.__name__}}}` events, then `data: [DONE]`"
+        )
+        ok["content"]["text/event-stream"] = {"schema": {"type": "string", "description": events}}
     out: dict[str, Any] = {
         "operationId": op.operation_id,
         "summary": op.summary,
@@ -158,6 +174,7 @@ def _operation(op: Operation, ref: dict) -> dict[str, Any]:
     if op.request is not None:
         body = {"$ref": ref[(op.request, "validation")]}
         out["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-    if "{model}" in op.path:
-        out["parameters"] = [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}]
+    names = re.findall(r"{(\w+)}", op.path)
+    if names:
+        out["parameters"] = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names]
     return out

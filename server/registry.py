@@ -405,6 +405,7 @@ class Registry:
                     weights=resident.entry.folder.name,
                     pid=getattr(engine, "pid", None),
                     restarts=getattr(engine, "restarts", 0),
+                    batch_sizes=getattr(engine, "batch_sizes", None) or {},
                 )
             )
         return models

@@ -116,10 +116,21 @@ class ServerSettings(BaseModel):
         "prefill (llama-server's cache_prompt); the least recently used goes first; default: 1 GiB, at most a "
         "quarter of the runner's memory limit; 0: off",
     )
+    # ---- stored responses of /v1/responses (server/responses_store.py) ----
+    responses_db: Path | None = Field(
+        None, description="the SQLite file of stored responses; default: responses.db beside the store (in the home)"
+    )
+    responses_ttl: str = Field(
+        "720h", description="how long a stored response is kept (30 days; '24h', '90m'; negative: for ever)"
+    )
+    responses_max_count: int = Field(10000, ge=1, description="stored responses kept at most; the oldest go first")
+    responses_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="bytes of stored responses kept at most; the oldest go first"
+    )
     log_level: LogLevel = "INFO"
 
     _device = field_validator("device", mode="before")(check_device)
-    _keep_alive = field_validator("keep_alive", mode="before")(check_duration)
+    _keep_alive = field_validator("keep_alive", "responses_ttl", mode="before")(check_duration)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -133,6 +144,11 @@ class ServerSettings(BaseModel):
         """ORTSERVE_IMAGE_FETCH_ALLOW="127.0.0.1,10.0.0.0/8": a comma-separated list in the environment (the
         same for ORTSERVE_ALLOWED_HOSTS and ORTSERVE_ALLOWED_ORIGINS)."""
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @property
+    def responses_path(self) -> Path:
+        """Where the stored responses are: `responses_db`, else <home>/responses.db (beside the store)."""
+        return self.responses_db or self.models_dir.parent / "responses.db"
 
     @classmethod
     def load(cls, **overrides: Any) -> ServerSettings:

@@ -1,4 +1,5 @@
-"""Server-sent events: OpenAI's streaming wire format (and Ollama's: NDJSON, `ndjson_response`).
+"""Server-sent events: OpenAI's streaming wire format (named events for the Responses API:
+`named_sse_response`; Ollama's NDJSON: `ndjson_response`).
 
 Each payload is one `data: {json}` event; a stream ends with `data: [DONE]`. An
 error after the stream has started cannot change the HTTP status any more, so it
@@ -51,6 +52,27 @@ async def sse_events(payloads: AsyncIterator[dict[str, Any]]) -> AsyncIterator[s
     yield DONE
 
 
+def named_sse_event(payload: dict[str, Any]) -> str:
+    """An event named by its payload's `type` (the Responses API's stream: `event: response.created`)."""
+    return f"event: {payload['type']}\n{sse_event(payload)}"
+
+
+async def named_sse_events(payloads: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+    """Named events, without [DONE] (the Responses API's streams end with their last event). The payloads end
+    a failed response themselves (`error`, then `response.failed`); an error past that is one `error` event."""
+    try:
+        async for payload in payloads:
+            yield named_sse_event(payload)
+    except Exception as exc:  # CancelledError (the client left) propagates
+        log.exception("error inside a stream")
+        error = error_body(exc)[0]["error"]
+        yield named_sse_event({"type": "error", "sequence_number": -1, **error})
+    finally:
+        aclose = getattr(payloads, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 async def ndjson_lines(payloads: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
     """Ollama's streams: one JSON object per line; an error becomes one `{"error": "..."}` line, the last."""
     try:
@@ -71,6 +93,12 @@ async def ndjson_response(payloads: AsyncIterator[dict[str, Any]]) -> Response:
     response = Response(
         ndjson_lines(payloads), 200, {"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"}
     )
+    response.timeout = None
+    return response
+
+
+async def named_sse_response(payloads: AsyncIterator[dict[str, Any]]) -> Response:
+    response = Response(named_sse_events(payloads), 200, HEADERS)
     response.timeout = None
     return response
 

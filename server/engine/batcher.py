@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,6 +67,7 @@ class MicroBatcher:
         self.runs = 0  # batches run (one `run` call each)
         self.rows = 0  # sequences run
         self.windows = 0  # times the worker waited `window_s` for a burst
+        self.batch_sizes: Counter[int] = Counter()  # rows per `run` call -> calls (the batch-size metric)
         self._pending: deque[_Job] = deque()
         self._unanswered: set[_Job] = set()  # queued or running
         self._wake: asyncio.Event | None = None
@@ -144,6 +145,7 @@ class MicroBatcher:
             finally:
                 self.runs += 1
                 self.rows += len(sequences)
+                self.batch_sizes[len(sequences)] += 1
             self._scatter(live, vectors)
 
     @staticmethod

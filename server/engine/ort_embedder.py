@@ -125,6 +125,11 @@ class OrtEmbedder:
         )
 
     @property
+    def batch_sizes(self) -> dict[int, int]:
+        """Rows per onnxruntime run -> runs, since the model loaded (GET /metrics)."""
+        return dict(self.batcher.batch_sizes)
+
+    @property
     def max_input_tokens(self) -> int:
         return self.tokenizer.max_length
 

@@ -13,6 +13,7 @@ from quart import current_app, request
 
 from ortserve.server.metrics import Metrics
 from ortserve.server.registry import Registry
+from ortserve.server.responses_store import ResponseStore
 from ortserve.server.settings import ServerSettings
 
 EXTENSION = "ortserve"
@@ -23,6 +24,7 @@ class AppState:
     settings: ServerSettings
     registry: Registry
     metrics: Metrics
+    responses: ResponseStore  # stored responses of /v1/responses
     status: Literal["loading", "ok", "error", "stopping"] = "loading"
     error: str | None = None  # why setup failed, when status == "error"
 

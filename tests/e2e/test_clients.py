@@ -231,6 +231,31 @@ def test_js_vision_matches_python(js_results, client, image_url):
     assert js_results["vision_greedy"]["choices"][0]["message"]["content"] == python.choices[0].message.content
 
 
+def test_js_responses_match_python_and_chat(js_results, client, image_url):
+    js = js_results["responses"]
+    assert js["object"] == "response" and js["id"].startswith("resp_") and js["model"] == MODEL
+    python = client.responses.create(
+        model=MODEL,
+        instructions="You are a terse assistant.",
+        input="Say this is a test",
+        temperature=0,
+        max_output_tokens=12,
+    )
+    assert js["output_text"] == python.output_text
+    # the prompt cache serves the second one's prompt: only the cached count differs
+    assert (js["usage"]["input_tokens"], js["usage"]["output_tokens"]) == (
+        python.usage.input_tokens,
+        python.usage.output_tokens,
+    )
+    # input_image parts reach the model as chat's image_url parts do: the same prompt, the same greedy reply
+    chat = client.chat.completions.create(
+        model=VISION, messages=vision_messages(image_url), temperature=0, max_tokens=8
+    )
+    vision = js_results["responses_vision"]
+    assert vision["output_text"] == chat.choices[0].message.content
+    assert vision["usage"]["input_tokens"] == chat.usage.prompt_tokens
+
+
 def test_js_embeddings_match_python(js_results, client):
     # the JavaScript client asks for base64 and decodes it; the vectors are those the Python client gets
     js = check_embeddings(js_results["embedding"])

@@ -240,3 +240,27 @@ def test_openai_client_errors(client):
     with pytest.raises(openai.NotFoundError) as e:
         client.embeddings.create(model="no-such-embedder", input="x")
     assert (e.value.param, e.value.code) == ("model", "model_not_found")
+
+
+def batch_sizes(http, model: str) -> dict[str, float]:
+    """The embedding batch-size histogram's samples of `model` (its weights folder) from GET /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = {}
+    for family in text_string_to_metric_families(http.get("/metrics").text):
+        if family.name == "ortserve_embedding_batch_size":
+            for sample in family.samples:
+                if sample.labels["model"] == model:
+                    found[sample.name.rsplit("_", 1)[1] + sample.labels.get("le", "")] = sample.value
+    return found
+
+
+def test_the_batch_size_histogram_counts_every_row_of_a_request(client, http):
+    client.embeddings.create(model="all-minilm", input="load it")
+    before = batch_sizes(http, "all-minilm")
+    client.embeddings.create(model="all-minilm", input=SENTENCES)
+    after = batch_sizes(http, "all-minilm")
+    assert after["sum"] - before["sum"] == len(SENTENCES)  # every row ran in exactly one batch
+    runs = after["count"] - before["count"]
+    assert 2 <= runs <= len(SENTENCES) and after["bucket+Inf"] == after["count"]
+    assert after["bucket1"] <= after["bucket32"] <= after["count"]  # cumulative buckets

@@ -3,6 +3,8 @@ names exactly the routes the app answers (so it cannot drift from them)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from openapi_spec_validator import validate
 
@@ -22,7 +24,7 @@ def routes(app) -> set[tuple[str, str]]:
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
-        path = rule.rule.replace("<path:model>", "{model}")
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)  # <path:model> -> {model}
         found |= {(method.lower(), path) for method in rule.methods - {"HEAD", "OPTIONS"}}
     return found
 

@@ -72,4 +72,19 @@ results.vision_greedy = await openai.chat.completions.create({
   max_tokens: 8,
 })
 
+// the Responses API, greedy so that it can be compared with the Python client's and with chat completions
+results.responses = await openai.responses.create({
+  model: 'llama3.2',
+  instructions: 'You are a terse assistant.',
+  input: 'Say this is a test',
+  temperature: 0,
+  max_output_tokens: 12,
+})
+results.responses_vision = await openai.responses.create({
+  model: 'llava',
+  input: [{ role: 'user', content: [{ type: 'input_text', text: "What's in this image?" }, { type: 'input_image', image_url: imageUrl }] }],
+  temperature: 0,
+  max_output_tokens: 8,
+})
+
 console.log(JSON.stringify(results))
