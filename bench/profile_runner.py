@@ -44,9 +44,9 @@ def load(folder: Path, threads: int):
 def raw(model, ids, tokens: int) -> dict:
     import onnxruntime_genai as og
 
-    params = og.GeneratorParams(model.og_model)
+    params = og.GeneratorParams(model.og())
     params.set_search_options(max_length=len(ids) + tokens, min_length=len(ids) + tokens, do_sample=False)
-    gen = og.Generator(model.og_model, params)
+    gen = og.Generator(model.og(), params)
     start = time.perf_counter()
     gen.append_tokens(ids)
     gen.generate_next_token()
@@ -62,11 +62,12 @@ def raw(model, ids, tokens: int) -> dict:
 
 
 def runner(model, messages, tokens: int) -> dict:
+    from ortserve.server.engine.admission import admit
     from ortserve.server.engine.generation import Finished, GenerationRequest, Prompt, SamplingParams, TextDelta
     from ortserve.server.engine.generator_request import GeneratorRequest
 
     params = SamplingParams(max_tokens=tokens, min_tokens=tokens, temperature=0)
-    request = GeneratorRequest(1, model, GenerationRequest("r", Prompt(messages=messages), params), 128)
+    request = GeneratorRequest(1, model, admit(model, GenerationRequest("r", Prompt(messages=messages), params)), 128)
     start = time.perf_counter()
     request.start()
     first = None

@@ -47,6 +47,19 @@ def train_tokenizer(vocab_size: int = 1024):
     return tok
 
 
+def pad_vocabulary(tok, size: int):
+    """`tok` with plain tokens ` t<N>` up to `size` ids (benchmark shapes with a real model's vocabulary size):
+    never produced by encoding (no merges), but each decodes to text, so every generated token is seen."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    vocab.update({added["content"]: added["id"] for added in spec["added_tokens"]})  # keep their ids
+    for i in range(tok.get_vocab_size(), size):
+        vocab[f"\u0120t{i}"] = i  # Ġ: the byte-level spelling of a leading space
+    return Tokenizer.from_str(json.dumps(spec))
+
+
 def chat_template() -> str:
     return resources.files("ortserve.conversion").joinpath("templates/chatml_tools.jinja").read_text(encoding="utf-8")
 
@@ -72,6 +85,8 @@ def build_tiny_chat_checkpoint(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer()
+    if int(config_overrides.get("vocab_size", 0)) > tok.get_vocab_size():
+        tok = pad_vocabulary(tok, int(config_overrides["vocab_size"]))
     tok.save(str(out_dir / "tokenizer.json"))
     ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS + TOOL_TOKENS}
     tokenizer_config = {

@@ -237,7 +237,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ortserve.server.settings import ServerSettings
 
     flags: tuple[str, ...] = ("host", "port", "device", "api_key", "models_dir", "threads", "num_parallel")
-    flags += ("prefill_chunk",)
+    flags += ("prefill_chunk", "batch_decode")
     flags += ("prompt_cache_bytes", "log_level")
     overrides = {name: getattr(args, name) for name in flags}
     if args.no_bootstrap:
@@ -366,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads per model (default: the physical cores)")
     p.add_argument("--num-parallel", type=int, help="requests generating at once per chat model (default 4)")
     p.add_argument("--prefill-chunk", type=int, help="prompt tokens per scheduler step (default 128)")
+    p.add_argument(
+        "--batch-decode",
+        action=argparse.BooleanOptionalAction,
+        help="on a CPU, decode every request's next token in one call (default on)",
+    )
     p.add_argument(
         "--prompt-cache-bytes",
         type=int,

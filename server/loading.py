@@ -49,6 +49,7 @@ def default_loader(task: str, settings: ServerSettings) -> Loader:
             prefill_chunk=settings.prefill_chunk,
             memory_limit=settings.runner_memory_limit,
             prompt_cache_bytes=settings.prompt_cache_bytes,
+            batched=settings.batch_decode,
         )
     return functools.partial(load, **running)
 

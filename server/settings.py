@@ -116,6 +116,11 @@ class ServerSettings(BaseModel):
         "prefill (llama-server's cache_prompt); the least recently used goes first; default: 1 GiB, at most a "
         "quarter of the runner's memory limit; 0: off",
     )
+    batch_decode: bool = Field(
+        True,
+        description="on a CPU, decode the next token of every request of a chat model in one onnxruntime call "
+        "(aggregate speed grows with streams); false: one og.Generator per request",
+    )
     # ---- stored responses of /v1/responses (server/responses_store.py) ----
     responses_db: Path | None = Field(
         None, description="the SQLite file of stored responses; default: responses.db beside the store (in the home)"

@@ -33,6 +33,7 @@ async def load_generator(
     prefill_chunk: int | None = None,
     memory_limit: int | None = None,
     prompt_cache_bytes: int | None = None,
+    batched: bool = True,
 ) -> TextGenerator:
     """Start a runner process for `entry` and return once its model is loaded (the event loop keeps running).
 
@@ -40,7 +41,8 @@ async def load_generator(
     threads: intra-op threads (None: the physical cores); parallel: requests generating at once (None: 4);
     prefill_chunk: prompt tokens per scheduler step (None: 128); memory_limit: the runner's resident memory
     ceiling in bytes (None: twice the weights plus 2 GiB, see memory_watchdog.py; 0: none); prompt_cache_bytes:
-    KV of finished requests kept for a later prompt sharing their prefix (None: default_cache_bytes; 0: none).
+    KV of finished requests kept for a later prompt sharing their prefix (None: default_cache_bytes; 0: none);
+    batched: on a CPU, decode every request's next token in one call (False: one og.Generator per request).
     Nothing here reads the environment: the server passes its settings.
     Raises BackendError if the model cannot be loaded, NotSupportedError for a device not available here.
     """
@@ -64,6 +66,7 @@ async def load_generator(
         prefill_chunk=prefill_chunk or DEFAULT_PREFILL_CHUNK,
         memory_limit=memory_limit,
         prompt_cache_bytes=default_cache_bytes(memory_limit) if prompt_cache_bytes is None else prompt_cache_bytes,
+        batched=batched,
     )
     generator = RunnerGenerator(entry, options)
     await generator.start()

@@ -18,15 +18,13 @@ from typing import Any
 import numpy as np
 import onnxruntime_genai as og
 
-from ortserve.server.engine.generation import Finished, GenerationRequest, PromptLogprobs, Started, TextDelta
-from ortserve.server.engine.guidance import check_grammar, require_guidance
+from ortserve.server.engine.admission import Admitted
+from ortserve.server.engine.generation import Finished, PromptLogprobs, TextDelta
 from ortserve.server.engine.logits import LogitsProcessor, PromptReader
 from ortserve.server.engine.prompt_cache import CachedPrompt, Outgrown, PromptCache, PromptHit, options_key
-from ortserve.server.engine.prompts import grant_budget, read_prompt
 from ortserve.server.engine.runner_model import RunnerModel
 from ortserve.server.engine.sampling import search_options
 from ortserve.server.engine.token_events import TokenEvents
-from ortserve.server.errors import InvalidRequestError
 
 # A generator that may be kept gets this many times the room its request needs (up to the served context), so
 # that a chat's next turns, each longer than the last, still fit in it; once a chat outgrows it, the next one
@@ -43,30 +41,18 @@ class GeneratorRequest:
         self,
         rid: int,
         model: RunnerModel,
-        request: GenerationRequest,
+        admitted: Admitted,
         prefill_chunk: int,
         cache: PromptCache | None = None,
     ):
         self.rid = rid
         self.model = model
-        self.params = params = request.params
+        self.params = params = admitted.params
         # with images: the processor's tensors, read in one set_inputs (not chunked)
-        self.ids, prompt_text, self._images = read_prompt(model, request.prompt, params)
+        self.ids, self._images = admitted.ids, admitted.images
         self.prompt_tokens = len(self.ids)
-        self.budget = grant_budget(
-            self.prompt_tokens, params.max_tokens, model.context_length, chat=request.prompt.messages is not None
-        )
-        require_guidance(model, params)
-        if params.guidance is not None:
-            check_grammar(model, params.guidance)
-        bad = [t for t, _ in params.logit_bias if not 0 <= t < model.vocab_size]
-        if bad:
-            raise InvalidRequestError(
-                f"Invalid key in 'logit_bias': token id {bad[0]} is not in this model's vocabulary "
-                f"(ids 0 to {model.vocab_size - 1}).",
-                param="logit_bias",
-            )
-        self.started = Started(self.prompt_tokens, self.budget, prompt_text)
+        self.budget = admitted.budget
+        self.started = admitted.started
         self.prefill_chunk = prefill_chunk
         self.cursor = 0  # prompt tokens appended so far
         self.done = False
@@ -112,11 +98,11 @@ class GeneratorRequest:
             # a chat that outgrew its generator gets the whole context; any other request twice its need
             room = self.model.context_length if isinstance(hit, Outgrown) else ROOM_FACTOR * int(options["max_length"])
             options["max_length"] = min(self.model.context_length, room)
-        gp = og.GeneratorParams(self.model.og_model)
+        gp = og.GeneratorParams(self.model.og())
         gp.set_search_options(**options)
         if self.params.guidance is not None:
             gp.set_guidance(self.params.guidance.kind, self.params.guidance.data)
-        self.generator = og.Generator(self.model.og_model, gp)
+        self.generator = og.Generator(self.model.og(), gp)
         self.max_length = int(options["max_length"])
 
     def close(self) -> None:

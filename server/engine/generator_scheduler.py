@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime_genai as og
 
 from ortserve.server.engine import ipc
+from ortserve.server.engine.admission import admit
 from ortserve.server.engine.generator_request import GeneratorRequest
 from ortserve.server.engine.guidance import probe_guidance
 from ortserve.server.engine.prompt_cache import PromptCache
@@ -40,9 +41,9 @@ def measure_kv_bytes_per_token(model: RunnerModel, folder: Path) -> int:
     name = str(decoder.get("outputs", {}).get("present_key_names", "present.%d.key")).replace("%d", "0")
     max_length = 8
     try:
-        gp = og.GeneratorParams(model.og_model)
+        gp = og.GeneratorParams(model.og())
         gp.set_search_options(max_length=max_length)
-        generator = og.Generator(model.og_model, gp)
+        generator = og.Generator(model.og(), gp)
         generator.append_tokens(np.asarray([model.bos_id or 0], dtype=np.int32))
         key = generator.get_output(name)
     except Exception:  # noqa: BLE001 - an output og does not expose: keep the estimate
@@ -53,10 +54,10 @@ def measure_kv_bytes_per_token(model: RunnerModel, folder: Path) -> int:
 
 def generate_greedy(model: RunnerModel, prompt: np.ndarray, most: int, grammar: tuple[str, str]) -> list[int]:
     """Up to `most` greedy tokens under `grammar` (kind, data), on an og.Generator; stops at an end token."""
-    gp = og.GeneratorParams(model.og_model)
+    gp = og.GeneratorParams(model.og())
     gp.set_search_options(max_length=len(prompt) + most, do_sample=False)
     gp.set_guidance(*grammar)
-    generator = og.Generator(model.og_model, gp)
+    generator = og.Generator(model.og(), gp)
     generator.append_tokens(prompt)
     out: list[int] = []
     while not generator.is_done() and len(out) < most:
@@ -76,7 +77,9 @@ class GeneratorScheduler(RunnerLoop):
         self.prompt_cache = PromptCache(options.prompt_cache_bytes)
 
     def _new_request(self, rid: int, request: Any) -> GeneratorRequest:
-        return GeneratorRequest(rid, self.model, request, self.options.prefill_chunk, self.prompt_cache)
+        return GeneratorRequest(
+            rid, self.model, admit(self.model, request), self.options.prefill_chunk, self.prompt_cache
+        )
 
     def _drop(self, rid: int) -> None:
         for queue in (self.active, self.waiting):
@@ -97,7 +100,12 @@ class GeneratorScheduler(RunnerLoop):
         return True
 
     def _tick(self) -> None:
-        for accepted in list(self.active):
+        self._step(list(self.active))
+
+    def _step(self, requests: list[GeneratorRequest]) -> None:
+        """One unit of work for each of `requests`; the finished ones leave `active`."""
+        for accepted in requests:
+            events: list[Any]
             try:
                 events = accepted.step()
             except Exception as exc:  # onnxruntime failed on this request: fail it, keep the others

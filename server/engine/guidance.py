@@ -51,6 +51,9 @@ def require_guidance(model: RunnerModel, params: SamplingParams) -> None:
         return
     if params.min_tokens:  # og would suppress the end of sequence the finished grammar demands
         raise InvalidRequestError("min_tokens cannot be combined with constrained output.", param="min_tokens")
+    if model.guidance_probe is not None:  # put off at load (the batched path's lazy og.Model): run it now
+        probe, model.guidance_probe = model.guidance_probe, None
+        model.guidance_error = probe()
     if model.guidance_error is not None:
         raise NotSupportedError(
             f"Constrained decoding is not available on this server ({model.guidance_error}), so "
@@ -72,11 +75,11 @@ def grammar_error(model: RunnerModel, kind: str, data: str) -> str | None:
     if key in model.grammar_errors:
         model.grammar_errors.move_to_end(key)
         return model.grammar_errors[key]
-    gp = og.GeneratorParams(model.og_model)
+    gp = og.GeneratorParams(model.og())
     gp.set_search_options(max_length=1)  # never run: creating the generator compiles the grammar
     try:
         gp.set_guidance(kind, data)
-        og.Generator(model.og_model, gp)
+        og.Generator(model.og(), gp)
         error = None
     except RuntimeError as exc:
         error = grammar_reason(exc)

@@ -17,9 +17,10 @@ from ortserve.server.engine import ipc
 from ortserve.server.engine.generation import TextDelta
 
 # Text from fast models is sent at most this often, merged per request; Started, Finished,
-# errors and each request's first text go out at once. 5 ms is below what a reader notices
-# and spares a server wake-up per token for models faster than 200 tokens/s.
-FLUSH_INTERVAL = 0.005
+# errors and each request's first text go out at once. 20 ms (50 updates a second) is below what
+# a reader notices, and spares the server (and the client) a message per token: with 4 streams
+# batched, aggregate throughput over HTTP rose ~6% against 5 ms, one stream's ~8% (bench_generation).
+FLUSH_INTERVAL = 0.02
 
 
 class RunnerLoop:

@@ -2,8 +2,9 @@
 
 One runner process per loaded chat model. Why a process: `og.Generator.append_tokens` holds the GIL for
 the whole prefill, so inside the server process it would stall the event loop. Here it stalls nobody.
-A paged-attention model is served by og.Engine (engine_scheduler.py); every other model by our own
-scheduler over one og.Generator per request (generator_scheduler.py).
+A paged-attention model is served by og.Engine (engine_scheduler.py); a model on the CPU by our batched
+decoder (batched_scheduler.py); every other model by our own scheduler over one og.Generator per request
+(generator_scheduler.py).
 
 The server process imports this module for `main`, so it imports nothing heavy at import time; the
 runner imports onnxruntime-genai (through the scheduler's module) in `main`.
@@ -27,9 +28,12 @@ def main(folder: str, options: ipc.RunnerOptions, requests: Any, events: Any) ->
     if engine_scheduler.uses_engine(Path(folder)):
         load, scheduler = engine_scheduler.load, engine_scheduler.EngineScheduler
     else:
-        from ortserve.server.engine import generator_scheduler
+        from ortserve.server.engine import batched_scheduler, generator_scheduler
 
-        load, scheduler = generator_scheduler.load, generator_scheduler.GeneratorScheduler  # type: ignore[assignment]
+        if batched_scheduler.batched_unavailable(Path(folder), options) is None:
+            load, scheduler = batched_scheduler.load, batched_scheduler.BatchedScheduler  # type: ignore[assignment]
+        else:
+            load, scheduler = generator_scheduler.load, generator_scheduler.GeneratorScheduler  # type: ignore[assignment]
     try:
         model, info = load(Path(folder), options)
     except Exception as exc:  # a broken model must not look like a crash: say why

@@ -48,7 +48,7 @@ def find_fim_tokens(to_token_id: Any) -> tuple[str, str, str] | None:
 class RunnerModel:
     """What every request of a runner shares: the og.Model, its tokenizers and facts from genai_config.json."""
 
-    og_model: Any  # og.Model
+    og_model: Any  # og.Model; None until first needed when loaded lazily (see `og`)
     tokenizer: Any  # og.Tokenizer, special tokens skipped when decoding output
     raw_tokenizer: Any  # og.Tokenizer that keeps special tokens (echoing a prompt given as ids)
     context_length: int  # served context (num_ctx), <= the model's
@@ -64,10 +64,21 @@ class RunnerModel:
     processor: Any = None  # og.MultiModalProcessor for models with a vision section (images in chats)
     model_type: str = ""  # onnxruntime-genai's model type (picks the image marker its processor reads)
     kv_bytes_per_token: int = 0  # KV cache bytes per token of a generator's max_length (the prompt cache's measure)
+    og_config: Any = None  # og.Config the og.Model is made from, when it is made lazily
+    guidance_probe: Any = None  # runs the start-up grammar probe when it was put off (lazy og.Model); then None
 
     def __post_init__(self) -> None:
         if self.speller is None:
             self.speller = TokenSpeller(self.hf_tokenizer, self.raw_tokenizer.decode)
+
+    def og(self) -> Any:
+        """The og.Model (made now when it was put off: the batched path needs it only for the requests it leaves to
+        og.Generator, and until then the process holds one copy of the weights, not two)."""
+        if self.og_model is None:
+            import onnxruntime_genai as og
+
+            self.og_model = og.Model(self.og_config)
+        return self.og_model
 
     def token_id(self, text: str) -> int | None:
         """The id of the token spelled exactly `text`, if there is one."""
@@ -104,15 +115,16 @@ def read_genai_config(folder: Path) -> dict:
     return json.loads((Path(folder) / "genai_config.json").read_text(encoding="utf-8"))
 
 
-def load_runner_model(folder: Path, options: ipc.RunnerOptions) -> RunnerModel:
-    """Load `folder`'s model on `options.device` (in the runner process). The guidance probe is the caller's."""
+def load_runner_model(folder: Path, options: ipc.RunnerOptions, *, lazy: bool = False) -> RunnerModel:
+    """Load `folder`'s model on `options.device` (in the runner process). The guidance probe is the caller's.
+    `lazy`: the og.Model is made on first use (`RunnerModel.og`); a model with a vision section never is."""
     import onnxruntime_genai as og
 
     spec = read_genai_config(folder)["model"]
     config = og.Config(str(folder))
     devices.configure(config, options.device, options.threads, og)
-    model = og.Model(config)
-    tokenizer, raw_tokenizer = og.Tokenizer(model), og.Tokenizer(model)
+    model = None if lazy and not spec.get("vision") else og.Model(config)
+    tokenizer, raw_tokenizer = og.Tokenizer(config), og.Tokenizer(config)
     raw_tokenizer.update_options(skip_special_tokens=False)
 
     model_ctx = int(spec["context_length"])
@@ -140,5 +152,6 @@ def load_runner_model(folder: Path, options: ipc.RunnerOptions) -> RunnerModel:
         model_type=str(spec.get("type", "")),
         kv_bytes_per_token=kv_bytes_per_token(spec.get("decoder", {})),
         # images go through onnxruntime-genai's multimodal processor (vision encoder + embeddings at prefill)
-        processor=model.create_multimodal_processor() if spec.get("vision") else None,
+        processor=model.create_multimodal_processor() if model is not None and spec.get("vision") else None,
+        og_config=config,
     )

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ortserve.server.engine import ipc, load_generator
+from ortserve.server.engine.admission import admit
 from ortserve.server.engine.generation import (
     Finished,
     GenerationRequest,
@@ -53,7 +54,9 @@ def reference(checkpoints):
 
 
 def run(loaded, prompt: Prompt, chunk: int, wrap=None, **params) -> tuple[GeneratorRequest, list]:
-    accepted = GeneratorRequest(1, loaded, GenerationRequest("r", prompt, SamplingParams(**params)), chunk)
+    accepted = GeneratorRequest(
+        1, loaded, admit(loaded, GenerationRequest("r", prompt, SamplingParams(**params))), chunk
+    )
     accepted.start()
     if wrap is not None:
         accepted.generator = wrap(accepted.generator)

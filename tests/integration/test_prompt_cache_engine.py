@@ -1,4 +1,5 @@
-"""Prompt reuse across turns on the og.Generator path (tiny random Llama, fp32, in its runner process).
+"""Prompt reuse across turns on both CPU paths (tiny random Llama, fp32, in its runner process): the batched
+decoder's kept rows and the og.Generator path's kept generators.
 
 A request served from the prompt cache must give exactly the tokens of the same request on a runner that
 keeps nothing (greedy, fp32); `cached_tokens` says how many prompt tokens it did not prefill.
@@ -21,16 +22,21 @@ SYSTEM = {"role": "system", "content": "You are a careful assistant. Answer brie
 TURNS = ["What is the weather in Paris today?", "And tomorrow, will it rain?", "Thank you, what about Lyon then?"]
 
 
+@pytest.fixture(scope="module", params=["batched", "generator"])
+def batched(request) -> bool:
+    return request.param == "batched"
+
+
 @pytest.fixture(scope="module")
-async def cached(chat_store):
-    gen = await load_generator(chat_store.get("tiny-llama"), prefill_chunk=16)
+async def cached(chat_store, batched):
+    gen = await load_generator(chat_store.get("tiny-llama"), prefill_chunk=16, batched=batched)
     yield gen
     await gen.close()
 
 
 @pytest.fixture(scope="module")
-async def cold(chat_store):
-    gen = await load_generator(chat_store.get("tiny-llama"), prefill_chunk=16, prompt_cache_bytes=0)
+async def cold(chat_store, batched):
+    gen = await load_generator(chat_store.get("tiny-llama"), prefill_chunk=16, prompt_cache_bytes=0, batched=batched)
     yield gen
     await gen.close()
 
@@ -79,6 +85,7 @@ async def test_logits_processing_and_penalties_on_a_reused_generator(cached, col
         assert reused[-1][2] > 0
 
 
+@pytest.mark.parametrize("batched", ["generator"], indirect=True)  # the og.Generator path's rules
 async def test_what_skips_the_cache(cached, cold):
     long = "The quick brown fox jumps over the lazy dog. " * 8
     first = await run(cached, text(long, max_tokens=4))
@@ -109,3 +116,24 @@ async def test_concurrent_requests_share_a_system_prompt(cached, cold):
     solo = [await run(cold, chat(m, max_tokens=8)) for m in shared]
     assert [ids_of(r[1]) for r in together] == [ids_of(r[1]) for r in solo]
     assert sum(r[2].cached_tokens > 0 for r in together) >= 1  # one generator, taken by one request at a time
+
+
+@pytest.mark.parametrize("batched", ["batched"], indirect=True)  # the batched path's rules
+async def test_what_the_batched_path_reuses(cached, cold):
+    long = "The quick brown fox jumps over the lazy dog. " * 8
+    first = await run(cached, text(long, max_tokens=4))
+    again = await run(cached, text(long, max_tokens=4))
+    assert again[2].cached_tokens == again[0].prompt_tokens - 1 and ids_of(again[1]) == ids_of(first[1])
+    # sampling lives in the request, not in the KV: sampled and seeded requests reuse it too, and a seed repeats
+    assert (await run(cached, text(long, max_tokens=4, temperature=0.7)))[2].cached_tokens > 0
+    seeded = [await run(cached, text(long, max_tokens=8, temperature=0.7, seed=3)) for _ in range(2)]
+    assert all(s[2].cached_tokens > 0 for s in seeded) and ids_of(seeded[0][1]) == ids_of(seeded[1][1])
+    # prompt logprobs run on an og.Generator (every prompt position's logits): no kept row serves them
+    echoed = [e async for e in cached.generate(text(long, max_tokens=2, prompt_logprobs=1))]
+    assert isinstance(echoed[1], PromptLogprobs) and echoed[-1].cached_tokens == 0
+    # a budget larger than the first request's: the row grows, the tokens are those of a cold run
+    bigger = await run(cached, text(long, max_tokens=400))
+    fresh = await run(cold, text(long, max_tokens=400))
+    assert bigger[2].cached_tokens > 0 and ids_of(bigger[1]) == ids_of(fresh[1])
+    stats = await cached.stats()
+    assert stats["rows_kept"] >= 1 and stats["kv_capacity"] >= bigger[0].prompt_tokens + 399

@@ -82,5 +82,6 @@ def test_the_running_settings_reach_the_model_loaders():
         "prefill_chunk": 64,
         "memory_limit": None,
         "prompt_cache_bytes": None,  # load_generator's default_cache_bytes
+        "batched": True,
     }
     assert embedding.func is load_embedder and embedding.keywords == {"threads": 3}
