@@ -21,7 +21,7 @@ from ortserve.server.chat.tool_parsers import ToolParser, select_tool_parser
 @dataclass(frozen=True)
 class ChatProfile:
     tool_parser: type[ToolParser]
-    special_tokens: dict[str, int] = field(default_factory=dict)  # the parser's markers that are special tokens
+    special_tokens: dict[str, int] = field(default_factory=dict)  # the parser's and reasoning markers that are special
     template: str | None = None
     reasoning: ReasoningMarkers | None = None  # a reasoning model's markers (chat/reasoning.py)
 
@@ -52,7 +52,9 @@ def _profile(folder: str, family: str | None, _version: Any) -> ChatProfile:
     path = Path(folder)
     template = read_chat_template(path)
     parser = select_tool_parser(template, family)
-    return ChatProfile(parser, special_tokens(path, parser.special_texts()), template, find_reasoning_markers(template))
+    markers = find_reasoning_markers(template)
+    texts = parser.special_texts() + ((markers.open, markers.close) if markers else ())
+    return ChatProfile(parser, special_tokens(path, texts), template, markers)
 
 
 def chat_profile(folder: Path, manifest: dict[str, Any]) -> ChatProfile:

@@ -8,7 +8,7 @@ Imported only by the runner process (it imports onnxruntime-genai through prompt
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,9 @@ def admit(model: RunnerModel, request: GenerationRequest) -> Admitted:
     budget = grant_budget(len(ids), params.max_tokens, model.context_length, chat=chat)
     require_guidance(model, params)
     if params.guidance is not None:
-        check_grammar(model, params.guidance)
+        guidance = params.guidance.for_prompt(prompt_text)  # a reasoning model's form for this prompt
+        params = replace(params, guidance=guidance)
+        check_grammar(model, guidance)
     bad = [t for t, _ in params.logit_bias if not 0 <= t < model.vocab_size]
     if bad:
         raise InvalidRequestError(

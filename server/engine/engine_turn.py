@@ -12,7 +12,7 @@ Imported only by the runner process (onnxruntime-genai is imported when a turn s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from ortserve.server.engine import ipc
@@ -104,6 +104,8 @@ class EngineTurn:
             self.prompt_tokens, self.params.max_tokens, model.context_length, chat=request.prompt.messages is not None
         )
         require_guidance(model, self.params)  # a grammar that does not compile fails when the turn begins
+        if self.params.guidance is not None:
+            self.params = replace(self.params, guidance=self.params.guidance.for_prompt(prompt_text))
         self.started = Started(self.prompt_tokens, self.budget, prompt_text)
         self.request: Any = None  # og.Request once started
         self.key = 0  # id() of that og.Request: how the Engine's events name their turn

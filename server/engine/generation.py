@@ -9,9 +9,10 @@ talks to it in the types below. Implementations are named for their backend
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
+from ortserve.server.chat.reasoning import ReasoningMarkers, prompt_opens_reasoning
 from ortserve.server.errors import APIError
 
 
@@ -39,6 +40,24 @@ class Guidance:
     data: str
     param: str
     parts: tuple[GuidancePart, ...] = ()
+    # a reasoning model's grammar (chat/reasoning_grammar.py): `data` lets the reply open its reasoning block,
+    # `opened` is the grammar for a prompt that opened the block itself; the runner picks with `for_prompt`
+    opened: OpenedReasoning | None = None
+
+    def for_prompt(self, prompt_text: str | None) -> Guidance:
+        """The grammar for this rendered prompt (a reasoning model's reply starts inside a block the prompt opened)."""
+        if self.opened is None:
+            return self
+        inside = prompt_opens_reasoning(prompt_text, self.opened.markers)
+        return replace(self, data=self.opened.data if inside else self.data, opened=None)
+
+
+@dataclass(frozen=True)
+class OpenedReasoning:
+    """A reasoning model's grammar for a prompt that ends inside an open reasoning block."""
+
+    markers: ReasoningMarkers
+    data: str
 
 
 @dataclass(frozen=True)

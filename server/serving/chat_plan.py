@@ -1,6 +1,7 @@
 """The chat planner: a chat request turned into a `ChatPlan`: the prompt as the model's template wants it
 (the name's SYSTEM, images), the sampling parameters (the name's defaults), the grammar that constrains the
-reply, and how tool calls are read back out of it. Completions use its guidance checks too."""
+reply (a reasoning model's answer, after its reasoning), and how tool calls are read back out of it.
+Completions use its guidance checks too."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ortserve.server.chat.reasoning import (
     prompt_opens_reasoning,
     split_reasoning,
 )
+from ortserve.server.chat.reasoning_grammar import reasoning_guidance, reasoning_limit
 from ortserve.server.chat.templates import chat_profile
 from ortserve.server.chat.tool_parsers import ToolParser
 from ortserve.server.chat.tool_stream import (
@@ -151,11 +153,11 @@ async def plan_chat(
     require_guidance(generator, guidance)
     markers = profile.reasoning
     keep = (parser.special_texts() if tools else ()) + ((markers.open, markers.close) if markers else ())
-    params = replace(
-        fit_vocabulary(request.to_sampling_params(config.defaults), entry),
-        guidance=guidance,
-        keep_special=keep,
-    )
+    params = fit_vocabulary(request.to_sampling_params(config.defaults), entry)
+    if guidance is not None and markers is not None and not (markers.switch and request.thinking() is False):
+        limit = reasoning_limit(params.max_tokens, generator.context_length)  # the grammar applies to the answer
+        guidance = reasoning_guidance(guidance, markers, special=profile.special_tokens, max_chars=limit)
+    params = replace(params, guidance=guidance, keep_special=keep)
     template_vars = request.template_vars(markers.switch if markers else None)
     images: tuple[bytes, ...] = ()
     if image_parts:

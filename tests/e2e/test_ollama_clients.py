@@ -1,6 +1,6 @@
 """Ollama's native API against a real `ortserve serve`, driven by the official `ollama` Python library and
 LangChain's ChatOllama / OllamaEmbeddings with only the host changed; and the reasoning split on /v1 and /api
-with the tiny Qwen3-shaped reasoning model (tests/e2e/reasoning_fixture.py).
+with the tiny Qwen3-shaped reasoning model (tests/reasoning_fixture.py).
 
 The models have random weights: tests check shapes, counts, grammars and the split, never wording. The
 examples follow the clients' READMEs (`chat(model=..., messages=[...])`, `for part in chat(..., stream=True)`).
@@ -19,7 +19,7 @@ import ollama
 import pytest
 
 from tests.e2e.conftest import CHAT_MODEL, start_server, stop_server_cleanly
-from tests.e2e.reasoning_fixture import add_reasoning_model
+from tests.reasoning_fixture import add_reasoning_model
 
 THINKER = "tiny-think"
 EMBEDDER = "all-minilm"
@@ -187,6 +187,34 @@ def test_reasoning_on_v1(ollama_server):
             **kwargs, extra_body={"chat_template_kwargs": {"enable_thinking": False}}
         )
         assert vllm.choices[0].message.content == off.choices[0].message.content
+
+
+def test_format_applies_to_the_answer_after_thinking(client, ollama_server):
+    """The tiny model never closes its reasoning: the grammar closes it (at num_predict characters)."""
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99}},
+        "required": ["n"],
+    }
+    options = {"num_predict": 200, "seed": 3}
+    on = client.chat(model=THINKER, messages=ASK, format=schema, think=True, options=options)
+    assert on.done_reason == "stop" and on.message.thinking and 0 <= json.loads(on.message.content)["n"] <= 99
+    parts = list(client.chat(model=THINKER, messages=ASK, format=schema, think=True, options=options, stream=True))
+    assert "".join(p.message.thinking or "" for p in parts) == on.message.thinking
+    assert "".join(p.message.content for p in parts) == on.message.content
+    off = client.chat(model=THINKER, messages=ASK, format="json", think=False, options=options)
+    assert off.message.thinking is None and isinstance(json.loads(off.message.content), dict)
+    with ollama_server.client(max_retries=0, timeout=120) as openai_client:
+        kwargs = {"model": THINKER, "messages": ASK, "max_tokens": 200, "seed": 3}
+        fmt = {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}
+        v1 = openai_client.chat.completions.create(**kwargs, response_format=fmt).choices[0].message
+        assert v1.reasoning_content and 0 <= json.loads(v1.content)["n"] <= 99
+        tool = {"type": "function", "function": {"name": "pick", "parameters": schema}}
+        called = openai_client.chat.completions.create(
+            **kwargs, tools=[tool], tool_choice="required", parallel_tool_calls=False
+        )
+        [call] = called.choices[0].message.tool_calls
+        assert called.choices[0].message.reasoning_content and "n" in json.loads(call.function.arguments)
 
 
 # ---- LangChain -----------------------------------------------------------------------------------------
