@@ -4,6 +4,7 @@ message, watch the streamed reply and its tokens/s, stop a long reply; a screens
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,10 @@ def browser():
         browser.close()
 
 
+def longer(body: str | None) -> str:
+    return json.dumps({**json.loads(body or "{}"), "min_tokens": 1500})
+
+
 def test_chat_in_a_browser(server, browser):
     page = browser.new_page()
     page.goto(f"{server.base_url}/chat")
@@ -37,7 +42,10 @@ def test_chat_in_a_browser(server, browser):
     assert reply.locator(".content").inner_text().strip()  # streamed text arrived
     expect(page.locator("#stats")).to_contain_text("tokens/s")
 
-    page.fill("#input", "Now a very long story, please.")  # no max_tokens: runs to the end of the context
+    # no max_tokens: runs to the end of the context, unless the random model ends it; the page's request is
+    # given a min_tokens on its way (the browser's own routing) so that it is still running when Stop is pressed
+    page.route("**/v1/chat/completions", lambda route: route.continue_(post_data=longer(route.request.post_data)))
+    page.fill("#input", "Now a very long story, please.")
     page.click("#send")
     expect(page.locator("#send")).to_have_text("Stop")
     second = page.locator(".msg.assistant").last

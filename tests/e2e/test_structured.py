@@ -64,7 +64,8 @@ def test_without_json_mode_the_same_requests_are_not_json(client):
         client.chat.completions.create(model=CHAT_MODEL, messages=ASK, seed=seed, max_tokens=40).choices[0]
         for seed in SEEDS
     ]
-    assert not any(is_json_prefix(r.message.content) for r in replies)
+    # random text is rarely a JSON prefix (a lone number can be): at most one of the eight
+    assert sum(is_json_prefix(r.message.content) for r in replies) <= 1, [r.message.content for r in replies]
 
 
 @pytest.mark.parametrize("model", sorted(CHAT_MODELS))

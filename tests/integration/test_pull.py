@@ -158,7 +158,16 @@ def test_ctrl_c_during_the_download_adds_nothing(local_hub, home):
     local_hub.stall[weights] = release = threading.Event()
     command, environment = cli_command(home, local_hub.url, "pull", CHAT_REPO)
     before = len(local_hub.requests)
-    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal delivers it: a runner (tox) may start the tests with SIGINT ignored, and a child
+    # inherits that, so the pull would never see the signal
+    process = subprocess.Popen(
+        command,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 60
         while not any(m == "GET" and p.endswith(weights) for m, p, _ in local_hub.requests[before:]):
@@ -169,6 +178,9 @@ def test_ctrl_c_during_the_download_adds_nothing(local_hub, home):
     finally:
         release.set()
         del local_hub.stall[weights]
+        if process.poll() is None:  # failed: do not leave it (and its pipes) behind for later tests
+            process.kill()
+            process.communicate()
     assert process.returncode == 130 and "interrupted (the next pull resumes" in stderr.splitlines()[-1], stderr
     assert_nothing_added(home)
 
