@@ -85,8 +85,13 @@ def test_sigterm_lets_streams_finish_or_end_them_with_an_error_event(server_home
                 "/v1/chat/completions",
                 json={"model": CHAT_MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]},
             )
-            # 8 short streams first (they finish at once), then 8 that outlive the grace
-            tasks = [asyncio.ensure_future(stream(client, 4 if i < 8 else 1900, started)) for i in range(16)]
+            # 8 short streams first (they finish at once), then 8 that outlive the grace. A stream's 200 comes once
+            # the runner has its request, and the runner starts requests in arrival order: the long ones are
+            # sent after every short one has its 200, or a long one could take the one place ahead of a short one
+            tasks = [asyncio.ensure_future(stream(client, 4, started)) for _ in range(8)]
+            while len(started) < 8:
+                await asyncio.sleep(0.02)
+            tasks += [asyncio.ensure_future(stream(client, 1900, started)) for _ in range(8)]
             while len(started) < 16:
                 await asyncio.sleep(0.02)
             runners.update(children(server.process.pid))
