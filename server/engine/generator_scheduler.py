@@ -44,7 +44,11 @@ def measure_kv_bytes_per_token(model: RunnerModel, folder: Path) -> int:
         gp = og.GeneratorParams(model.og())
         gp.set_search_options(max_length=max_length)
         generator = og.Generator(model.og(), gp)
-        generator.append_tokens(np.asarray([model.bos_id or 0], dtype=np.int32))
+        # a word's tokens, not a lone id 0: Qwen2.5-VL's pipeline masks id 0 out as padding, and GQA then fails
+        # (onnxruntime logs the error to stderr on every load)
+        generator.append_tokens(
+            np.asarray(list(model.tokenizer.encode("Hi"))[:4] or [model.bos_id or 0], dtype=np.int32)
+        )
         key = generator.get_output(name)
     except Exception:  # noqa: BLE001 - an output og does not expose: keep the estimate
         return 0

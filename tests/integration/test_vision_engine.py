@@ -56,6 +56,17 @@ async def vision_generator(vision_store_home):
     await gen.close()
 
 
+async def test_loading_the_model_logs_no_onnxruntime_error(vision_store_home, capfd):
+    """The runner's start-up measurements run clean (a lone token id 0, padding to Qwen2.5-VL, made GQA fail and
+    onnxruntime print an error on every load of a vision model)."""
+    from ortserve.core.store import ModelStore
+
+    gen = await load_generator(ModelStore(vision_store_home / "models").get("tiny-vlm"), prefill_chunk=16)
+    await gen.close()
+    err = capfd.readouterr().err
+    assert "[E:onnxruntime" not in err, err[-2000:]
+
+
 async def test_image_chat_equals_transformers_greedy(vision_generator, vlm_reference):
     image = png("stripes")
     req = request(image_chat(), [image], max_tokens=16, temperature=0)
