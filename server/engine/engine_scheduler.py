@@ -29,6 +29,7 @@ from ortserve.server.engine.guidance import probe_guidance
 from ortserve.server.engine.runner_loop import RunnerLoop
 from ortserve.server.engine.runner_model import load_runner_model, read_genai_config
 from ortserve.server.errors import NotSupportedError
+from ortserve.server.gpu_memory import engine_overlay
 
 
 def uses_engine(folder: Path) -> bool:
@@ -44,13 +45,16 @@ def load(folder: Path, options: ipc.RunnerOptions) -> tuple[EngineModel, ipc.Run
     """Load a model for the Engine path (in the runner process); the RunnerInfo reports the device it runs on."""
     import onnxruntime_genai as og
 
-    dynamic = "dynamic_batching" in (read_genai_config(folder).get("engine") or {})
+    genai = read_genai_config(folder)
+    dynamic = "dynamic_batching" in (genai.get("engine") or {})
     if dynamic and options.device != "cuda":
         raise NotSupportedError(
             f"this model was built with paged attention for CUDA and runs only with --device cuda "
             f"(asked: {options.device}); convert it again with --device {options.device} to run it there"
         )
-    model = load_runner_model(folder, options)
+    # the paged KV pool: the server's share of the GPU budget, else the builder's factor of the free memory
+    overlay = engine_overlay(genai, options.kv_cache_bytes) if dynamic else None
+    model = load_runner_model(folder, options, overlay=overlay)
     engine = og.Engine(model.og_model)
     capacity = max(1024, 4 * int(engine.get_capabilities().configured_max_batch_size or 0))
     em = EngineModel(model, engine, engine.create_event_buffer(capacity), dynamic)
