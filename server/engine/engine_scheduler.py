@@ -56,7 +56,9 @@ def load(folder: Path, options: ipc.RunnerOptions) -> tuple[EngineModel, ipc.Run
     overlay = engine_overlay(genai, options.kv_cache_bytes) if dynamic else None
     model = load_runner_model(folder, options, overlay=overlay)
     engine = og.Engine(model.og_model)
-    capacity = max(1024, 4 * int(engine.get_capabilities().configured_max_batch_size or 0))
+    capabilities = engine.get_capabilities()
+    model.context_length = session_context(model.context_length, capabilities)
+    capacity = max(1024, 4 * int(capabilities.configured_max_batch_size or 0))
     em = EngineModel(model, engine, engine.create_event_buffer(capacity), dynamic)
     # also the Engine's warm-up (its first run is the slow one)
     model.guidance_error = probe_guidance(
@@ -64,6 +66,22 @@ def load(folder: Path, options: ipc.RunnerOptions) -> tuple[EngineModel, ipc.Run
     )
     running = str(getattr(model.og_model, "device_type", options.device)).lower()
     return em, model.info(options, running if running in devices.PROVIDERS else options.device)
+
+
+def session_context(context: int, capabilities: Any) -> int:
+    """The context a request may use on this Engine: the served context, or less when the Engine says a
+    request can be no longer (`max_request_length`: its KV pool or block table holds fewer tokens; 0 on an
+    Engine that sets no bound, as the CPU's static one). A request's session is prompt + budget within it
+    (engine_turn.py), so one that would outgrow the pool is told so up front (400) or ends as "length",
+    never fails half-way as REQUEST_UNSERVICEABLE.
+
+    How the paged Engine allocates (read in onnxruntime-genai's source, src/engine/scheduler.cpp and
+    paged_key_value_cache.cpp; 0.18's library has the same planner): the KV blocks a request holds follow
+    its live sequence (the whole prompt when it is admitted, then one block per `block_size` tokens
+    generated), not `max_session_tokens`, so a session sized to the whole context reserves nothing more
+    than a short one; requests that do not fit now wait in the Engine (CAPACITY_DEFERRED)."""
+    longest = int(getattr(capabilities, "max_request_length", 0) or 0)
+    return min(context, longest) if longest > 0 else context
 
 
 def generate_greedy(em: EngineModel, prompt: np.ndarray, most: int, grammar: tuple[str, str]) -> list[int]:

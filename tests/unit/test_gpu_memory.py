@@ -85,3 +85,17 @@ def test_the_overlay_sets_the_engine_block_count_of_a_paged_model_only(kv):
     else:
         assert overlay == {"engine": {"dynamic_batching": {"num_blocks": 100}}}  # 8 MiB per block of every layer
     assert engine_overlay(LLAMA_1B, 10 * GiB) is None  # not paged: og.Generator sizes its own cache
+
+
+def test_a_request_may_use_the_served_context_or_less_when_the_engine_takes_no_longer_ones():
+    """og.EngineCapabilities.max_request_length (a stand-in: the paged Engine runs only on a GPU) caps the
+    context a request may use, so a session never asks for more than the KV pool holds; 0 sets no bound (the
+    CPU's static Engine answers 0, seen here)."""
+    from types import SimpleNamespace
+
+    from ortserve.server.engine.engine_scheduler import session_context
+
+    assert session_context(4096, SimpleNamespace(max_request_length=0)) == 4096
+    assert session_context(4096, SimpleNamespace(max_request_length=1536)) == 1536
+    assert session_context(4096, SimpleNamespace(max_request_length=131072)) == 4096
+    assert session_context(4096, SimpleNamespace()) == 4096  # an og without the field
