@@ -10,7 +10,8 @@ A model on the GPU takes (an estimate, stated as such in /api/ps):
   that moment, so the first model starves every later one. A non-paged CUDA model (og.Generator) holds a
   full-context KV buffer per request generating (`generator_kv_bytes`).
 
-The budget (`gpu_memory_budget`, by default 90% of the GPU's memory) is shared by up to
+The budget (`gpu_memory_budget`, by default 90% of the GPU's memory, or less if other programs hold it) is
+shared by up to
 `max_loaded_models` models: each paged model's KV pool is its equal slice of the budget less its weights
 and overhead, at least one full-context session (so any request that fits the context can run) and at
 most `max_batch_size` of them (what the Engine could ever use). A model that needs more than its slice
@@ -26,9 +27,13 @@ CUDA_OVERHEAD = 512 * 1024 * 1024  # per model on the GPU: CUDA context, cuBLAS 
 BUDGET_SHARE = 0.9  # of the GPU's memory, when no budget is set: the rest for the driver and other programs
 
 
-def default_budget(total_bytes: int | None) -> int:
-    """The budget when none is set: 90% of the GPU's memory; 0 (no budget) when it is unknown."""
-    return int(total_bytes * BUDGET_SHARE) if total_bytes else 0
+def default_budget(memory: tuple[int, int] | None) -> int:
+    """The budget when none is set, from the GPU's (total, free) bytes before the first load: 90% of its
+    memory, or what other programs leave free if that is less; 0 (no budget) when it is unknown."""
+    if not memory or not memory[0]:
+        return 0
+    total, free = memory
+    return min(int(total * BUDGET_SHARE), free)
 
 
 @dataclass(frozen=True)

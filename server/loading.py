@@ -59,20 +59,22 @@ def default_loader(task: str, settings: ServerSettings) -> Loader:
     return functools.partial(load, **running)
 
 
-def gpu_total_bytes() -> int | None:
-    """The memory of the first NVIDIA GPU as `nvidia-smi` reports it; None when there is none to ask."""
+def gpu_memory_bytes() -> tuple[int, int] | None:
+    """The (total, free) memory of the first NVIDIA GPU as `nvidia-smi` reports it; None when there is none
+    to ask."""
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
     try:
         out = subprocess.run(
-            [exe, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            [exe, "--query-gpu=memory.total,memory.free", "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=10,
             check=True,
         ).stdout
-        return int(float(out.splitlines()[0].strip()) * 1024 * 1024)  # MiB
+        total, free = (int(float(field) * 1024 * 1024) for field in out.splitlines()[0].split(","))  # MiB
+        return total, free
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
 

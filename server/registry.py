@@ -62,7 +62,7 @@ from ortserve.server.loading import (
     default_loader,
     expected_on_gpu,
     gpu_footprint,
-    gpu_total_bytes,
+    gpu_memory_bytes,
 )
 from ortserve.server.residency import Limits, Usage, choose_keep_alive, expired, to_unload
 from ortserve.server.settings import ServerSettings
@@ -179,10 +179,10 @@ class Registry:
         The budget, when not set, is read from the GPU once (nvidia-smi, off the event loop)."""
         if not self._gpu_budget_read:
             self._gpu_budget_read = True
-            budget = default_budget(await asyncio.to_thread(gpu_total_bytes))
+            budget = default_budget(await asyncio.to_thread(gpu_memory_bytes))
             self._limits = replace(self._limits, max_vram=budget)
             if budget:
-                log.info("GPU memory budget for loaded models: %d bytes (90%% of the GPU's)", budget)
+                log.info("GPU memory budget for loaded models: %d bytes (gpu_memory_budget sets another)", budget)
         slice_bytes = budget_slice(self._limits.max_vram, self.settings.max_loaded_models)
         gpu = await asyncio.to_thread(
             gpu_footprint,
@@ -314,7 +314,15 @@ class Registry:
             closing = self._drop(resident)
             if closing is not None:
                 freed.append(closing)
-        if incoming and self._limits.exceeded(self._usages().values(), 1, size, vram):
+        if incoming and self._limits.max_vram and vram > self._limits.max_vram:
+            log.warning(
+                "model '%s' is estimated to take %d bytes of GPU memory, more than gpu_memory_budget (%d): "
+                "loading it anyway",
+                incoming,
+                vram,
+                self._limits.max_vram,
+            )
+        elif incoming and self._limits.exceeded(self._usages().values(), 1, size, vram):
             log.warning(
                 "loading model '%s' over the limits (max_loaded_models=%d, max_loaded_bytes=%d, "
                 "gpu_memory_budget=%d): every loaded model has requests in flight",

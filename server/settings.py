@@ -68,7 +68,8 @@ class ServerSettings(BaseModel):
         ge=0,
         description="bytes of GPU memory the loaded models may take in all (weights, KV cache, CUDA context: "
         "server/gpu_memory.py's estimate); the least recently used idle models are unloaded to fit, and each "
-        "paged model's KV cache is sized to its share; default: 90% of the GPU's memory (nvidia-smi); "
+        "paged model's KV cache is sized to its share; default: 90% of the GPU's memory (nvidia-smi), or what "
+        "other programs leave free if less; "
         "0: no budget (a paged model takes the builder's share of the free memory)",
     )
     # ---- images in chat (issue 7) ----

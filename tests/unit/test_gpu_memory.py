@@ -72,7 +72,9 @@ def test_a_footprint_is_weights_overhead_and_kv():
 
 
 def test_the_budget_is_shared_equally_by_the_models_the_server_keeps():
-    assert default_budget(80 * GiB) == int(72 * GiB) and default_budget(None) == 0 and default_budget(0) == 0
+    assert default_budget((80 * GiB, 79 * GiB)) == int(72 * GiB)  # 90% of the GPU
+    assert default_budget((80 * GiB, 20 * GiB)) == 20 * GiB  # or what other programs leave free
+    assert default_budget(None) == 0 and default_budget((0, 0)) == 0  # unknown: no budget
     assert budget_slice(72 * GiB, 3) == 24 * GiB
     assert budget_slice(72 * GiB, 0) == 72 * GiB  # no limit on models: one may take it all
 

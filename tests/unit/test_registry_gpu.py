@@ -7,6 +7,8 @@ The engines are fakes (no GPU here): they say they run on the device the model w
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import pytest
 
@@ -106,3 +108,29 @@ async def test_no_budget_leaves_the_kv_pool_to_the_model_and_limits_nothing(stor
     assert sorted(registry.loaded()) == ["a", "b", "c"]
     assert loads.kv == {"a": 0, "b": 0, "c": 0}  # the builder's gpu_utilization_factor decides
     assert all(m["size_vram"] == weights(store, m["name"]) + CUDA_OVERHEAD for m in ps(registry))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a shell script stands in for nvidia-smi")
+async def test_without_a_setting_the_budget_is_read_from_nvidia_smi(store, clock, monkeypatch, tmp_path):
+    """A stand-in `nvidia-smi` first on PATH (a real process) reports a GPU of 1200 MiB with 1100 free: the
+    budget is 90% of it, 1080 MiB, room for two models of ~512 MiB each."""
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho '1200, 1100'\n", encoding="utf-8")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    loads = GpuLoads()
+    registry = make(store, loads, max_loaded_models=4)
+    for name in ("a", "b", "c"):
+        await use(registry, name)
+        clock.now += 1
+    assert sorted(registry.loaded()) == ["b", "c"]
+
+
+async def test_without_nvidia_smi_there_is_no_budget(store, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing to ask
+    loads = GpuLoads()
+    registry = make(store, loads, max_loaded_models=4)
+    for name in ("a", "b", "c"):
+        await use(registry, name)
+    assert sorted(registry.loaded()) == ["a", "b", "c"] and loads.kv == {"a": 0, "b": 0, "c": 0}
