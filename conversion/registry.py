@@ -56,7 +56,7 @@ _MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("embedding", "coreml"): ("fp32", "fp16"),
 }
 
-_WHY = {
+_WHY: dict[tuple[str, ...], str] = {
     ("chat", "coreml"): "onnxruntime-genai's models (GroupQueryAttention, MatMulNBits) do not run on CoreML; "
     "on a Mac convert chat models with --device cpu (they are served on the CPU)",
     ("chat", "cuda", "fp32"): "the builder's fp32 CUDA model does not load in onnxruntime-genai 0.18 (\"Graph output "
