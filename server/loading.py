@@ -112,7 +112,6 @@ class Resident:
     entry: ModelEntry  # the entry it was loaded for (its task, folder and manifest)
     usage: Usage
     names: dict[str, None] = field(default_factory=dict)  # the names it serves, most recently used last
-    gpu: Footprint = field(default_factory=lambda: Footprint(0))  # what it takes if it runs on the GPU
     retired: bool = False  # forgotten by the registry: closed once its requests are done
 
     @property

@@ -91,6 +91,7 @@ class Registry:
         self._keep_alive = parse_duration(settings.keep_alive)  # a bad server setting fails at start
         self._limits = Limits(settings.max_loaded_models, settings.max_loaded_bytes, settings.gpu_memory_budget or 0)
         self._gpu_budget_read = settings.gpu_memory_budget is not None  # else read from the GPU at the first load
+        self._gpu_budget_reading = asyncio.Lock()  # concurrent first loads wait for the one read
         self._wake = asyncio.Event()
         self._reaper: asyncio.Task | None = None
 
@@ -178,11 +179,13 @@ class Registry:
         """What `entry` would take on the GPU, and its expected share of the budget now (0: expected on the CPU).
         The budget, when not set, is read from the GPU once (nvidia-smi, off the event loop)."""
         if not self._gpu_budget_read:
-            self._gpu_budget_read = True
-            budget = default_budget(await asyncio.to_thread(gpu_memory_bytes))
-            self._limits = replace(self._limits, max_vram=budget)
-            if budget:
-                log.info("GPU memory budget for loaded models: %d bytes (gpu_memory_budget sets another)", budget)
+            async with self._gpu_budget_reading:
+                if not self._gpu_budget_read:
+                    budget = default_budget(await asyncio.to_thread(gpu_memory_bytes))
+                    self._limits = replace(self._limits, max_vram=budget)
+                    self._gpu_budget_read = True
+                    if budget:
+                        log.info("GPU memory budget for loaded models: %d bytes (gpu_memory_budget to change)", budget)
         slice_bytes = budget_slice(self._limits.max_vram, self.settings.max_loaded_models)
         gpu = await asyncio.to_thread(
             gpu_footprint,
@@ -248,7 +251,7 @@ class Registry:
             after = self._make_room(size, entry.name, vram)
             after += [t for t, folder in self._closing.items() if folder == key[0]]
             usage = Usage(size=size, vram=vram)
-            resident = Resident(key, asyncio.ensure_future(self._load(entry, after, usage, gpu)), entry, usage, gpu=gpu)
+            resident = Resident(key, asyncio.ensure_future(self._load(entry, after, usage, gpu)), entry, usage)
             self._loaded[key] = resident
             self._forget_failed(resident)
         resident.serve(entry.name)
