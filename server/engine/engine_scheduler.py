@@ -75,11 +75,12 @@ def session_context(context: int, capabilities: Any) -> int:
     (engine_turn.py), so one that would outgrow the pool is told so up front (400) or ends as "length",
     never fails half-way as REQUEST_UNSERVICEABLE.
 
-    How the paged Engine allocates (read in onnxruntime-genai's source, src/engine/scheduler.cpp and
-    paged_key_value_cache.cpp; 0.18's library has the same planner): the KV blocks a request holds follow
-    its live sequence (the whole prompt when it is admitted, then one block per `block_size` tokens
-    generated), not `max_session_tokens`, so a session sized to the whole context reserves nothing more
-    than a short one; requests that do not fit now wait in the Engine (CAPACITY_DEFERRED)."""
+    How the paged Engine allocates (read in onnxruntime-genai's source at 0.16-dev, src/engine/scheduler.cpp
+    and paged_key_value_cache.cpp; 0.18's library carries the same planner's symbols): the KV blocks a
+    request holds follow its live sequence (the whole prompt when it is admitted, then one block per
+    `block_size` tokens generated), not `max_session_tokens`, so a session sized to the whole context
+    reserves nothing more than a short one; requests that do not fit now wait in the Engine. Not yet seen
+    on a GPU."""
     longest = int(getattr(capabilities, "max_request_length", 0) or 0)
     return min(context, longest) if longest > 0 else context
 
