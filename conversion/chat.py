@@ -6,6 +6,7 @@ if/elif chain. We pass it the options that matter and check its output.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from ortserve.conversion.common import ConversionError, Progress
+from ortserve.conversion.common import ConversionError, Progress, ValidationFailedError
 from ortserve.conversion.registry import chat_architecture
 from ortserve.conversion.source import read_config
 
@@ -27,8 +28,6 @@ _PAGED = {"use_paged_attention": "true"}
 _EXTRA_OPTIONS: dict[tuple[str, str], dict[str, object]] = {
     ("int4", "cpu"): {"block_size": 32, "accuracy_level": 4},
     ("int8", "cpu"): {"block_size": 32, "accuracy_level": 4},
-    ("int4", "cuda"): {"block_size": 32, **_PAGED},
-    ("int8", "cuda"): {"block_size": 32, **_PAGED},
     ("fp16", "cuda"): {**_PAGED},
     ("int4", "dml"): {"block_size": 32},
 }
@@ -155,7 +154,9 @@ def convert_chat(
 def _validate_paged(src: Path, out: Path, config: dict, *, precision: str, device: str, progress: Progress) -> dict:
     """og.Generator (which validation reads logits through) cannot run a paged-attention model, and og.Engine
     exposes no logits. So on a machine with CUDA the same build is made again without paged attention (the
-    same weights, quantized the same way; only the attention operator differs) and that one is validated."""
+    same weights, quantized the same way; only the attention operator differs) and that one is validated
+    against PyTorch; then the paged build itself must give the twin's greedy tokens through og.Engine
+    (`_paged_tokens_match`), so a paged-only failure shows here, not first in `serve`."""
     import onnxruntime_genai as og
 
     from ortserve.conversion.validate_chat import validate_chat
@@ -174,6 +175,63 @@ def _validate_paged(src: Path, out: Path, config: dict, *, precision: str, devic
         run_builder(src, twin, precision, device, progress, paged=False)
         _fix_genai_config(config, twin)
         figures = validate_chat(src, twin, precision=precision, device=device, progress=progress)
+        figures["paged_greedy_tokens"] = _paged_tokens_match(out, twin)
     finally:
         shutil.rmtree(twin, ignore_errors=True)
-    return {**figures, "build_checked": "the same build without paged attention"}
+    return {**figures, "build_checked": "the same build without paged attention, then the paged build's tokens"}
+
+
+_PAGED_PROMPT = "The quick brown fox jumps over the lazy dog. Then the fox"
+_PAGED_TOKENS = 16
+
+
+def _paged_tokens_match(paged: Path, twin: Path) -> str:
+    """The paged build's greedy tokens through og.Engine against the unpaged twin's through og.Generator, for
+    one prompt; "n/n" when they agree, else ValidationFailedError.
+
+    NOT RUN HERE: it needs a CUDA GPU (a paged model loads only there), which the machines this was written
+    on do not have. Written from onnxruntime-genai 0.18's Engine API as server/engine/engine_scheduler.py
+    uses it; bench/gpu_check or the first `convert --device cuda` on a GPU is its first run."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(twin))
+    ids = [int(t) for t in og.Tokenizer(model).encode(_PAGED_PROMPT)]
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(ids) + _PAGED_TOKENS)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    expected: list[int] = []
+    while not generator.is_done() and len(expected) < _PAGED_TOKENS:
+        generator.generate_next_token()
+        expected.append(int(generator.get_next_tokens()[0]))
+    del generator, model  # one model on the GPU at a time
+
+    engine = og.Engine(og.Model(str(paged)))
+    request_options = og.RequestOptions()
+    request_options.set_max_session_tokens(len(ids) + _PAGED_TOKENS)
+    request = engine.create_request(options=request_options)
+    got: list[int] = []
+    try:
+        turn = og.TurnOptions(request)
+        turn.set_max_generated_tokens(_PAGED_TOKENS)
+        turn.set_do_sample(False)
+        request.begin_turn(ids, turn)
+        buffer = engine.create_event_buffer(1024)
+        while engine.has_pending_requests():
+            events = engine.run(buffer)
+            for i in range(len(events)):
+                flags = events[i].flags
+                if int(getattr(flags, "value", flags)) & 1 and events[i].token is not None:  # og.EngineEventFlags.TOKEN
+                    got.append(int(events[i].token))
+    finally:
+        request.close()
+    same = sum(1 for _ in itertools.takewhile(lambda pair: pair[0] == pair[1], zip(got, expected, strict=False)))
+    figure = f"{same}/{len(expected)}"
+    if got[: len(expected)] != expected:
+        raise ValidationFailedError(
+            f"the paged-attention build's greedy tokens (og.Engine) differ from the same build without paged "
+            f"attention after {same} of {len(expected)}, so og.Engine would not serve what was validated; "
+            "`ortserve pull` a ready CUDA build instead",
+            {"paged_greedy_tokens": figure},
+        )
+    return figure

@@ -46,8 +46,9 @@ register_chat(*VISION_ARCHITECTURES, family="hermes")
 # (task, device) -> precisions that build AND load there, best first (the default).
 _MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("chat", "cpu"): ("int4", "int8", "fp32"),
-    # measured on an H100: the builder's cuda+fp32 output fails to load ("present.0.key does not exist")
-    ("chat", "cuda"): ("int4", "fp16", "int8"),
+    # measured on an H100: the builder's cuda+fp32 output fails to load ("present.0.key does not exist");
+    # CUDA builds use paged attention (og.Engine), which the builder documents for fp16/bf16 only
+    ("chat", "cuda"): ("fp16",),
     ("chat", "dml"): ("int4", "fp16"),
     ("embedding", "cpu"): ("fp32", "int8"),
     ("embedding", "cuda"): ("fp16", "fp32"),
@@ -55,13 +56,20 @@ _MATRIX: dict[tuple[str, str], tuple[str, ...]] = {
     ("embedding", "coreml"): ("fp32", "fp16"),
 }
 
-_WHY = {
+_WHY: dict[tuple[str, ...], str] = {
     ("chat", "coreml"): "onnxruntime-genai's models (GroupQueryAttention, MatMulNBits) do not run on CoreML; "
     "on a Mac convert chat models with --device cpu (they are served on the CPU)",
     ("chat", "cuda", "fp32"): "the builder's fp32 CUDA model does not load in onnxruntime-genai 0.18 (\"Graph output "
     '(present.0.key) does not exist", seen on an H100), and paged attention needs fp16 '
-    "activations; use fp16 or int4 (the default)",
+    "activations; use fp16 (the default)",
     ("chat", "cpu", "fp16"): "fp16 has no fast CPU kernels; use int4 (fastest) or fp32 (exact) on cpu",
+    **{
+        ("chat", "cuda", precision): "CUDA chat models are built with paged attention (og.Engine's continuous "
+        "batching), which the onnxruntime-genai builder supports for fp16/bf16 only, and a paged "
+        f"{precision} build has not been shown to work; use --precision fp16 (the CUDA default), or "
+        f"`ortserve pull` a ready {precision} CUDA build (not paged: served one og.Generator per request)"
+        for precision in ("int4", "int8")
+    },
 }
 
 

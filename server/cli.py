@@ -197,13 +197,16 @@ def cmd_ps(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(models, indent=2))
         return 0
-    rows = [("NAME", "TASK", "SIZE", "DEVICE", "UNTIL")]
+    rows = [("NAME", "TASK", "SIZE", "GPU", "DEVICE", "UNTIL")]  # GPU: its GPU memory estimate (size_vram)
     for m in models:
         left = m.get("expires_in")
         until = "forever" if left is None else f"{format_duration(left)} from now"
         if m.get("requests"):
             until = f"in use; then {format_duration(left) if left is not None else 'forever'}"
-        rows.append((m["name"], str(m.get("task", "?")), _human(m.get("size", 0)), str(m.get("device", "cpu")), until))
+        vram = _human(m["size_vram"]) if m.get("size_vram") else "-"
+        rows.append(
+            (m["name"], str(m.get("task", "?")), _human(m.get("size", 0)), vram, str(m.get("device", "cpu")), until)
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

@@ -1,5 +1,6 @@
-"""Loading a stored model into an engine: the loader of each task, a load's memory estimate, what a load
-depends on (`LoadKey`), and one load held in memory (`Resident`), up to closing it.
+"""Loading a stored model into an engine: the loader of each task, a load's GPU memory estimate (the facts
+server/gpu_memory.py computes on: the model's KV shape, the GPU's memory), what a load depends on
+(`LoadKey`), and one load held in memory (`Resident`), up to closing it.
 
 The registry (server/registry.py) decides when to load, who shares a load and when to close it; this
 module is only how.
@@ -10,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib
+import json
 import logging
+import shutil
+import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -19,6 +23,7 @@ from ortserve.core.store import ModelEntry
 from ortserve.server.engine.embedder import Embedder
 from ortserve.server.engine.generation import TextGenerator
 from ortserve.server.errors import InvalidRequestError
+from ortserve.server.gpu_memory import Footprint, KvLayout, footprint
 from ortserve.server.residency import Usage
 from ortserve.server.settings import ServerSettings
 
@@ -52,6 +57,49 @@ def default_loader(task: str, settings: ServerSettings) -> Loader:
             batched=settings.batch_decode,
         )
     return functools.partial(load, **running)
+
+
+def gpu_memory_bytes() -> tuple[int, int] | None:
+    """The (total, free) memory of the first NVIDIA GPU as `nvidia-smi` reports it; None when there is none
+    to ask."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=memory.total,memory.free", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        total, free = (int(float(field) * 1024 * 1024) for field in out.splitlines()[0].split(","))  # MiB
+        return total, free
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def expected_on_gpu(entry: ModelEntry, device: str) -> bool:
+    """Whether a model is expected to load on the GPU before it loads: asked for CUDA, or `auto` for a model
+    built for CUDA (an embedding model that `auto` puts on the GPU is counted once loaded)."""
+    return device == "cuda" or (device == "auto" and entry.manifest.get("device") == "cuda")
+
+
+def gpu_footprint(
+    entry: ModelEntry, weights: int, *, num_ctx: int | None, parallel: int, slice_bytes: int
+) -> Footprint:
+    """What `entry` takes if it runs on the GPU (server/gpu_memory.py): its KV shape and context are read from
+    its genai_config.json (chat models); a file that cannot be read counts the weights alone."""
+    if entry.task != "chat":
+        return footprint(weights, layout=None, context=0, parallel=parallel, slice_bytes=slice_bytes)
+    try:
+        genai = json.loads((entry.folder / "genai_config.json").read_text(encoding="utf-8"))
+        layout = KvLayout.from_genai(genai)
+        model_ctx = int(genai["model"]["context_length"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return footprint(weights, layout=None, context=0, parallel=parallel, slice_bytes=slice_bytes)
+    context = min(num_ctx, model_ctx) if num_ctx else model_ctx
+    return footprint(weights, layout=layout, context=context, parallel=parallel, slice_bytes=slice_bytes)
 
 
 @dataclass(eq=False)
@@ -109,6 +157,7 @@ class ResidentModel:
     task: str
     device: str
     size: int  # bytes of its files on disk
+    size_vram: int  # estimated bytes of GPU memory (server/gpu_memory.py); 0 on the CPU
     expires_in: float | None  # seconds of keep-alive left (the full time while in use); None: kept forever
     context_length: int | None
     requests: int  # in flight

@@ -84,6 +84,9 @@ class _LoadedModels(Collector):
         in_flight = GaugeMetricFamily("ortserve_requests_in_flight", "Requests running or queued", labels=["model"])
         queued = GaugeMetricFamily("ortserve_queue_depth", "Requests waiting for a place", labels=["model"])
         memory = GaugeMetricFamily("ortserve_model_resident_bytes", "Memory a loaded model holds", labels=["model"])
+        gpu = GaugeMetricFamily(
+            "ortserve_model_gpu_bytes", "GPU memory a loaded model is estimated to take (size_vram)", labels=["model"]
+        )
         restarts = CounterMetricFamily("ortserve_runner_restarts", "Runner processes started again", labels=["model"])
         batches = HistogramMetricFamily(
             "ortserve_embedding_batch_size",
@@ -96,6 +99,7 @@ class _LoadedModels(Collector):
             waiting = max(0, model.requests - self.num_parallel) if model.task == "chat" else 0
             queued.add_metric(label, waiting)
             memory.add_metric(label, _resident_bytes(model))
+            gpu.add_metric(label, model.size_vram)
             restarts.add_metric(label, model.restarts)
             if model.task == "embedding":
                 buckets = [
@@ -104,7 +108,7 @@ class _LoadedModels(Collector):
                 buckets.append(("+Inf", sum(model.batch_sizes.values())))
                 rows = sum(size * n for size, n in model.batch_sizes.items())
                 batches.add_metric(label, buckets, float(rows))
-        yield from (in_flight, queued, memory, restarts, batches)
+        yield from (in_flight, queued, memory, gpu, restarts, batches)
 
 
 def _resident_bytes(model: ResidentModel) -> float:

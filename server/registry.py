@@ -23,7 +23,8 @@ leaves a load that other names share. One set of weights is never loaded twice
 at once: a reload waits until a previous load of its folder has closed.
 
 When to unload (keep-alive, and the least recently used first under
-`max_loaded_models` / `max_loaded_bytes`) is decided by server/residency.py;
+`max_loaded_models` / `max_loaded_bytes` / `gpu_memory_budget`) is decided by server/residency.py,
+and what a model takes on the GPU (and the KV cache a paged model is given) by server/gpu_memory.py;
 this module acts on its decisions: the reaper task (`start()`/`close()`, run by
 the app's lifecycle) and closing engines. What it reports are plain records
 (`loading.ServedName`, `loading.ResidentModel`); the serving layer turns them into protocol shapes.
@@ -34,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import cast
 
 from ortserve.core.durations import parse_duration
@@ -48,6 +50,7 @@ from ortserve.server.errors import (
     OverloadedError,
     ServerBusyError,
 )
+from ortserve.server.gpu_memory import Footprint, budget_slice, default_budget
 from ortserve.server.loading import (
     Engine,
     Lease,
@@ -57,6 +60,9 @@ from ortserve.server.loading import (
     ResidentModel,
     ServedName,
     default_loader,
+    expected_on_gpu,
+    gpu_footprint,
+    gpu_memory_bytes,
 )
 from ortserve.server.residency import Limits, Usage, choose_keep_alive, expired, to_unload
 from ortserve.server.settings import ServerSettings
@@ -83,7 +89,9 @@ class Registry:
         self._checks: set[asyncio.Task] = set()  # are an idle model's names still in the store?
         self._closed = False
         self._keep_alive = parse_duration(settings.keep_alive)  # a bad server setting fails at start
-        self._limits = Limits(settings.max_loaded_models, settings.max_loaded_bytes)
+        self._limits = Limits(settings.max_loaded_models, settings.max_loaded_bytes, settings.gpu_memory_budget or 0)
+        self._gpu_budget_read = settings.gpu_memory_budget is not None  # else read from the GPU at the first load
+        self._gpu_budget_reading = asyncio.Lock()  # concurrent first loads wait for the one read
         self._wake = asyncio.Event()
         self._reaper: asyncio.Task | None = None
 
@@ -167,18 +175,44 @@ class Registry:
                 log.warning("model '%s': %s; using the server's keep_alive", entry.name, exc)
         return choose_keep_alive(asked, configured, self._keep_alive)
 
-    async def _load(self, entry: ModelEntry, after: list[asyncio.Task]) -> Engine:
+    async def _gpu_footprint(self, entry: ModelEntry, size: int) -> tuple[int, Footprint]:
+        """What `entry` would take on the GPU, and its expected share of the budget now (0: expected on the CPU).
+        The budget, when not set, is read from the GPU once (nvidia-smi, off the event loop)."""
+        if not self._gpu_budget_read:
+            async with self._gpu_budget_reading:
+                if not self._gpu_budget_read:
+                    budget = default_budget(await asyncio.to_thread(gpu_memory_bytes))
+                    self._limits = replace(self._limits, max_vram=budget)
+                    self._gpu_budget_read = True
+                    if budget:
+                        log.info("GPU memory budget for loaded models: %d bytes (gpu_memory_budget to change)", budget)
+        slice_bytes = budget_slice(self._limits.max_vram, self.settings.max_loaded_models)
+        gpu = await asyncio.to_thread(
+            gpu_footprint,
+            entry,
+            size,
+            num_ctx=self._num_ctx(entry),
+            parallel=self.settings.num_parallel,
+            slice_bytes=slice_bytes,
+        )
+        return (gpu.vram if expected_on_gpu(entry, self._device(entry)) else 0), gpu
+
+    async def _load(self, entry: ModelEntry, after: list[asyncio.Task], usage: Usage, gpu: Footprint) -> Engine:
         if after:  # models unloaded to make room, or a previous load of these weights: let them free their memory
             await asyncio.wait(after)
         loader = self._loaders.get(entry.task) or default_loader(entry.task, self.settings)
         log.info("loading model '%s' from %s", entry.name, entry.folder)
+        # a paged model's KV pool, sized to its share of the GPU budget (passed only when there is one)
+        kv = {"kv_cache_bytes": gpu.kv_cache_bytes} if usage.vram and gpu.kv_cache_bytes else {}
         try:
-            return await loader(entry, num_ctx=self._num_ctx(entry), device=self._device(entry))
+            engine = await loader(entry, num_ctx=self._num_ctx(entry), device=self._device(entry), **kv)
         except APIError:
             raise
         except Exception as exc:
             log.exception("loading model '%s' failed", entry.name)
             raise BackendError(f"The model '{entry.name}' could not be loaded: {exc}") from exc
+        usage.vram = gpu.vram if getattr(engine, "device", None) == "cuda" else 0  # where it really runs
+        return engine
 
     def _forget_failed(self, resident: Resident) -> None:
         def done(task: asyncio.Task) -> None:
@@ -206,6 +240,7 @@ class Registry:
         resident = self._loaded.get(key)
         if resident is None:
             size = await asyncio.to_thread(weights_size, entry.folder)  # a walk over files: off the event loop
+            vram, gpu = await self._gpu_footprint(entry, size)
             resident = self._loaded.get(key)  # a concurrent first request may have started the load
         if self._closed:
             raise OverloadedError("The server is shutting down.")
@@ -213,9 +248,10 @@ class Registry:
         self._check_queue(model, resident)
         if resident is None:
             # wait for models unloaded to make room, and for a previous load of these weights if still closing
-            after = self._make_room(size, entry.name)
+            after = self._make_room(size, entry.name, vram)
             after += [t for t, folder in self._closing.items() if folder == key[0]]
-            resident = Resident(key, asyncio.ensure_future(self._load(entry, after)), entry, Usage(size=size))
+            usage = Usage(size=size, vram=vram)
+            resident = Resident(key, asyncio.ensure_future(self._load(entry, after, usage, gpu)), entry, usage)
             self._loaded[key] = resident
             self._forget_failed(resident)
         resident.serve(entry.name)
@@ -271,23 +307,32 @@ class Registry:
     def _usages(self) -> dict[LoadKey, Usage]:
         return {key: resident.usage for key, resident in self._loaded.items()}
 
-    def _make_room(self, size: int = 0, incoming: str | None = None) -> list[asyncio.Task]:
+    def _make_room(self, size: int = 0, incoming: str | None = None, vram: int = 0) -> list[asyncio.Task]:
         """Unload idle models, least recently used first, until the limits hold (with the incoming model
         counted); returns the closing tasks. Busy models stay: then the limits are exceeded for a while."""
         freed: list[asyncio.Task] = []
-        for key in to_unload(self._usages(), self._limits, size if incoming else None):
+        for key in to_unload(self._usages(), self._limits, size if incoming else None, vram):
             resident = self._loaded[key]
             log.info("unloading model '%s' to make room%s", resident.label, f" for '{incoming}'" if incoming else "")
             closing = self._drop(resident)
             if closing is not None:
                 freed.append(closing)
-        if incoming and self._limits.exceeded(self._usages().values(), 1, size):
+        if incoming and self._limits.max_vram and vram > self._limits.max_vram:
             log.warning(
-                "loading model '%s' over the limits (max_loaded_models=%d, max_loaded_bytes=%d): "
-                "every loaded model has requests in flight",
+                "model '%s' is estimated to take %d bytes of GPU memory, more than gpu_memory_budget (%d): "
+                "loading it anyway",
+                incoming,
+                vram,
+                self._limits.max_vram,
+            )
+        elif incoming and self._limits.exceeded(self._usages().values(), 1, size, vram):
+            log.warning(
+                "loading model '%s' over the limits (max_loaded_models=%d, max_loaded_bytes=%d, "
+                "gpu_memory_budget=%d): every loaded model has requests in flight",
                 incoming,
                 self.settings.max_loaded_models,
                 self.settings.max_loaded_bytes,
+                self._limits.max_vram,
             )
         return freed
 
@@ -392,12 +437,15 @@ class Registry:
             if not resident.ready or not resident.names:
                 continue
             engine = resident.task.result()
+            device = getattr(engine, "device", None) or "cpu"
             models.append(
                 ResidentModel(
                     names=tuple(reversed(resident.names)),
                     task=resident.entry.task,
-                    device=getattr(engine, "device", None) or "cpu",
+                    device=device,
                     size=resident.usage.size,
+                    # the GPU estimate; on another accelerator (DirectML, CoreML) its weights
+                    size_vram=resident.usage.vram or (0 if device == "cpu" else resident.usage.size),
                     expires_in=resident.usage.expires_in(now),
                     context_length=getattr(engine, "context_length", None),
                     requests=resident.usage.users,

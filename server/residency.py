@@ -13,8 +13,9 @@ share one loaded model: its keep-alive is the one of the *last request* to start
 request sent (as in Ollama, where every request resets the model's timer). Not the longest ever asked: a
 request that says keep_alive 0 (or "8s") means it, and the next request can always ask for more.
 
-Limits: at most `max_models` models and `max_bytes` of weights loaded at once (0: no limit). Loading one
-more first unloads the least recently used idle models until it fits (`to_unload`). A model with requests in
+Limits: at most `max_models` models, `max_bytes` of weights and `max_vram` of GPU memory (each model's
+estimate, server/gpu_memory.py) loaded at once (0: no limit). Loading one more first unloads the least
+recently used idle models until it fits (`to_unload`). A model with requests in
 flight is never chosen: when every loaded model is busy the newcomer is loaded over the limits, and the
 limits are restored (`to_unload` with nothing incoming) as soon as models go idle.
 """
@@ -22,7 +23,7 @@ limits are restored (`to_unload` with nothing incoming) as soon as models go idl
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from ortserve.core.durations import FOREVER  # a keep-alive (and a deadline) that never comes: math.inf
@@ -44,6 +45,7 @@ class Usage:
     """How one loaded model is used: what the keep-alive and eviction decisions read."""
 
     size: int = 0  # estimated bytes (its weights on disk)
+    vram: int = 0  # estimated bytes of GPU memory (0: not on a GPU)
     users: int = 0  # requests holding it now (a load in progress counts its waiting requests)
     keep_alive: float = 0.0  # seconds it stays after its last request (FOREVER: no deadline)
     last_used: float = 0.0  # when a request last started or ended (the LRU order)
@@ -80,25 +82,40 @@ class Usage:
 class Limits:
     max_models: int = 0  # 0: no limit
     max_bytes: int = 0  # 0: no limit
+    max_vram: int = 0  # bytes of GPU memory; 0: no limit
 
-    def exceeded(self, loaded: Iterable[Usage], extra_models: int = 0, extra_bytes: int = 0) -> bool:
-        """Whether `loaded`, plus `extra_models` models of `extra_bytes` in all, break a limit."""
+    def exceeded(
+        self, loaded: Iterable[Usage], extra_models: int = 0, extra_bytes: int = 0, extra_vram: int = 0
+    ) -> bool:
+        """Whether `loaded`, plus `extra_models` models of `extra_bytes` (`extra_vram` on the GPU) in all, break
+        a limit."""
         usages = list(loaded)
         models = len(usages) + extra_models
         size = sum(u.size for u in usages) + extra_bytes
-        return bool((self.max_models and models > self.max_models) or (self.max_bytes and size > self.max_bytes))
+        vram = sum(u.vram for u in usages) + extra_vram
+        return bool(
+            (self.max_models and models > self.max_models)
+            or (self.max_bytes and size > self.max_bytes)
+            or (self.max_vram and vram > self.max_vram)
+        )
 
 
-def to_unload(loaded: Mapping[K, Usage], limits: Limits, incoming_bytes: int | None = None) -> list[K]:
+def to_unload(
+    loaded: Mapping[K, Usage], limits: Limits, incoming_bytes: int | None = None, incoming_vram: int = 0
+) -> list[K]:
     """The idle models to unload, least recently used first, so that the limits hold with one incoming model of
-    `incoming_bytes` (None: nothing incoming, e.g. models loaded over the limits while all were busy). Busy
-    models are never chosen, so the limits may still be exceeded afterwards (`Limits.exceeded` says)."""
-    extra_models, extra_bytes = (0, 0) if incoming_bytes is None else (1, incoming_bytes)
+    `incoming_bytes` and `incoming_vram` (None: nothing incoming, e.g. models loaded over the limits while all
+    were busy). Busy models are never chosen, so the limits may still be exceeded afterwards
+    (`Limits.exceeded` says)."""
+    extra = (0, 0, 0) if incoming_bytes is None else (1, incoming_bytes, incoming_vram)
+    off_gpu = replace(limits, max_vram=0)  # the limits that unloading a model off the GPU can help
     remaining = dict(loaded)
     chosen: list[K] = []
-    for key, _usage in sorted(((k, u) for k, u in loaded.items() if u.idle), key=lambda item: item[1].last_used):
-        if not limits.exceeded(remaining.values(), extra_models, extra_bytes):
+    for key, usage in sorted(((k, u) for k, u in loaded.items() if u.idle), key=lambda item: item[1].last_used):
+        if not limits.exceeded(remaining.values(), *extra):
             break
+        if not usage.vram and not off_gpu.exceeded(remaining.values(), *extra):
+            continue  # only the GPU budget is broken: a model on the CPU frees none of it
         del remaining[key]
         chosen.append(key)
     return chosen

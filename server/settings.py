@@ -63,6 +63,15 @@ class ServerSettings(BaseModel):
         3, ge=0, description="models loaded at once; the least recently used is unloaded first; 0: no limit"
     )
     max_loaded_bytes: int = Field(0, ge=0, description="memory budget for loaded models' weights; 0: no budget")
+    gpu_memory_budget: int | None = Field(
+        None,
+        ge=0,
+        description="bytes of GPU memory the loaded models may take in all (weights, KV cache, CUDA context: "
+        "server/gpu_memory.py's estimate); the least recently used idle models are unloaded to fit, and each "
+        "paged model's KV cache is sized to its share; default: 90% of the GPU's memory (nvidia-smi), or what "
+        "other programs leave free if less; "
+        "0: no budget (a paged model takes the builder's share of the free memory)",
+    )
     # ---- images in chat (issue 7) ----
     image_fetch_allow: list[str] = Field(
         default_factory=list,

@@ -34,6 +34,7 @@ async def load_generator(
     memory_limit: int | None = None,
     prompt_cache_bytes: int | None = None,
     batched: bool = True,
+    kv_cache_bytes: int = 0,
 ) -> TextGenerator:
     """Start a runner process for `entry` and return once its model is loaded (the event loop keeps running).
 
@@ -42,7 +43,9 @@ async def load_generator(
     prefill_chunk: prompt tokens per scheduler step (None: 128); memory_limit: the runner's resident memory
     ceiling in bytes (None: twice the weights plus 2 GiB, see memory_watchdog.py; 0: none); prompt_cache_bytes:
     KV of finished requests kept for a later prompt sharing their prefix (None: default_cache_bytes; 0: none);
-    batched: on a CPU, decode every request's next token in one call (False: one og.Generator per request).
+    batched: on a CPU, decode every request's next token in one call (False: one og.Generator per request);
+    kv_cache_bytes: a paged model's KV pool on the GPU (the registry's share of gpu_memory_budget; 0: the
+    builder's gpu_utilization_factor of the free memory).
     Nothing here reads the environment: the server passes its settings.
     Raises BackendError if the model cannot be loaded, NotSupportedError for a device not available here.
     """
@@ -67,6 +70,7 @@ async def load_generator(
         memory_limit=memory_limit,
         prompt_cache_bytes=default_cache_bytes(memory_limit) if prompt_cache_bytes is None else prompt_cache_bytes,
         batched=batched,
+        kv_cache_bytes=kv_cache_bytes,
     )
     generator = RunnerGenerator(entry, options)
     await generator.start()

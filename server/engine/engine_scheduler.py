@@ -29,6 +29,7 @@ from ortserve.server.engine.guidance import probe_guidance
 from ortserve.server.engine.runner_loop import RunnerLoop
 from ortserve.server.engine.runner_model import load_runner_model, read_genai_config
 from ortserve.server.errors import NotSupportedError
+from ortserve.server.gpu_memory import engine_overlay
 
 
 def uses_engine(folder: Path) -> bool:
@@ -44,15 +45,20 @@ def load(folder: Path, options: ipc.RunnerOptions) -> tuple[EngineModel, ipc.Run
     """Load a model for the Engine path (in the runner process); the RunnerInfo reports the device it runs on."""
     import onnxruntime_genai as og
 
-    dynamic = "dynamic_batching" in (read_genai_config(folder).get("engine") or {})
+    genai = read_genai_config(folder)
+    dynamic = "dynamic_batching" in (genai.get("engine") or {})
     if dynamic and options.device != "cuda":
         raise NotSupportedError(
             f"this model was built with paged attention for CUDA and runs only with --device cuda "
             f"(asked: {options.device}); convert it again with --device {options.device} to run it there"
         )
-    model = load_runner_model(folder, options)
+    # the paged KV pool: the server's share of the GPU budget, else the builder's factor of the free memory
+    overlay = engine_overlay(genai, options.kv_cache_bytes) if dynamic else None
+    model = load_runner_model(folder, options, overlay=overlay)
     engine = og.Engine(model.og_model)
-    capacity = max(1024, 4 * int(engine.get_capabilities().configured_max_batch_size or 0))
+    capabilities = engine.get_capabilities()
+    model.context_length = session_context(model.context_length, capabilities)
+    capacity = max(1024, 4 * int(capabilities.configured_max_batch_size or 0))
     em = EngineModel(model, engine, engine.create_event_buffer(capacity), dynamic)
     # also the Engine's warm-up (its first run is the slow one)
     model.guidance_error = probe_guidance(
@@ -60,6 +66,23 @@ def load(folder: Path, options: ipc.RunnerOptions) -> tuple[EngineModel, ipc.Run
     )
     running = str(getattr(model.og_model, "device_type", options.device)).lower()
     return em, model.info(options, running if running in devices.PROVIDERS else options.device)
+
+
+def session_context(context: int, capabilities: Any) -> int:
+    """The context a request may use on this Engine: the served context, or less when the Engine says a
+    request can be no longer (`max_request_length`: its KV pool or block table holds fewer tokens; 0 on an
+    Engine that sets no bound, as the CPU's static one). A request's session is prompt + budget within it
+    (engine_turn.py), so one that would outgrow the pool is told so up front (400) or ends as "length",
+    never fails half-way as REQUEST_UNSERVICEABLE.
+
+    How the paged Engine allocates (read in onnxruntime-genai's source at 0.16-dev, src/engine/scheduler.cpp
+    and paged_key_value_cache.cpp; 0.18's library carries the same planner's symbols): the KV blocks a
+    request holds follow its live sequence (the whole prompt when it is admitted, then one block per
+    `block_size` tokens generated), not `max_session_tokens`, so a session sized to the whole context
+    reserves nothing more than a short one; requests that do not fit now wait in the Engine. Not yet seen
+    on a GPU."""
+    longest = int(getattr(capabilities, "max_request_length", 0) or 0)
+    return min(context, longest) if longest > 0 else context
 
 
 def generate_greedy(em: EngineModel, prompt: np.ndarray, most: int, grammar: tuple[str, str]) -> list[int]:

@@ -50,6 +50,7 @@ class RunnerOptions:
     memory_limit: int = 0  # bytes of resident memory past which the server stops the runner; 0: no ceiling
     prompt_cache_bytes: int = 0  # KV bytes of finished generators kept for prompt reuse; 0: none kept
     batched: bool = True  # on a CPU, step every request's next token in one call (batched_scheduler.py)
+    kv_cache_bytes: int = 0  # a paged model's KV pool (its share of the GPU budget); 0: the builder's sizing
 
 
 @dataclass(frozen=True)

@@ -115,13 +115,18 @@ def read_genai_config(folder: Path) -> dict:
     return json.loads((Path(folder) / "genai_config.json").read_text(encoding="utf-8"))
 
 
-def load_runner_model(folder: Path, options: ipc.RunnerOptions, *, lazy: bool = False) -> RunnerModel:
+def load_runner_model(
+    folder: Path, options: ipc.RunnerOptions, *, lazy: bool = False, overlay: dict | None = None
+) -> RunnerModel:
     """Load `folder`'s model on `options.device` (in the runner process). The guidance probe is the caller's.
-    `lazy`: the og.Model is made on first use (`RunnerModel.og`); a model with a vision section never is."""
+    `lazy`: the og.Model is made on first use (`RunnerModel.og`); a model with a vision section never is.
+    `overlay`: genai_config values set for this load only (og.Config.overlay; the files are never edited)."""
     import onnxruntime_genai as og
 
     spec = read_genai_config(folder)["model"]
     config = og.Config(str(folder))
+    if overlay:
+        config.overlay(json.dumps(overlay))
     devices.configure(config, options.device, options.threads, og)
     model = None if lazy and not spec.get("vision") else og.Model(config)
     tokenizer, raw_tokenizer = og.Tokenizer(config), og.Tokenizer(config)

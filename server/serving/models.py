@@ -38,7 +38,7 @@ def running_model(loaded: ResidentModel, now: datetime | None = None) -> Running
         model=loaded.name,
         names=list(loaded.names),
         size=loaded.size,
-        size_vram=0 if loaded.device == "cpu" else loaded.size,
+        size_vram=loaded.size_vram,
         details=ModelDetails(
             family=manifest.get("family") or manifest.get("model_type"), quantization_level=manifest.get("precision")
         ),

@@ -256,9 +256,9 @@ def test_ps_route_and_command(managed, client, monkeypatch):
     shown = run_ortserve(managed.home, "ps", "--url", managed.base_url, "--api-key", KEY)
     assert shown.returncode == 0, shown.stderr
     header, *rows = shown.stdout.splitlines()
-    assert header.split() == ["NAME", "TASK", "SIZE", "DEVICE", "UNTIL"]
+    assert header.split() == ["NAME", "TASK", "SIZE", "GPU", "DEVICE", "UNTIL"]
     row = next(r for r in rows if r.split()[0] == BASE)
-    assert " chat " in row and " cpu " in row and row.endswith("from now")
+    assert " chat " in row and " - " in row and " cpu " in row and row.endswith("from now")  # nothing on a GPU
     as_json = run_ortserve(managed.home, "ps", "--url", managed.base_url, "--api-key", KEY, "--json")
     assert BASE in [m["name"] for m in json.loads(as_json.stdout)]
     refused = run_ortserve(managed.home, "ps", "--url", managed.base_url)

@@ -112,7 +112,12 @@ def test_precision_device_pairs_checked_up_front(tmp_path, checkpoints, capsys):
         run_cli(home, "convert", str(checkpoints["llama"]), "--task", "chat", "--device", "cuda", "--precision", "fp32")
         == 1
     )
-    assert "fp16 or int4" in capsys.readouterr().err
+    assert "use fp16 (the default)" in capsys.readouterr().err
+    for precision in ("int4", "int8"):  # paged attention is built for fp16/bf16 only: refused with what to do
+        args = ("--task", "chat", "--device", "cuda", "--precision", precision)
+        assert run_cli(home, "convert", str(checkpoints["llama"]), *args) == 1
+        err = capsys.readouterr().err
+        assert "paged attention" in err and "--precision fp16" in err and f"ready {precision} CUDA build" in err
     assert run_cli(home, "convert", str(checkpoints["llama"]), "--task", "chat", "--device", "coreml") == 1
     assert "CoreML" in capsys.readouterr().err
     assert _store_is_empty(home)

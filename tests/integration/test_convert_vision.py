@@ -115,7 +115,7 @@ def test_a_wrong_vision_encoder_fails_validation(tmp_path, tiny_vlm, vlm_checkpo
 
 
 def test_vision_models_are_cpu_only_for_now_and_nothing_is_left(tmp_path, vlm_checkpoint, capsys):
-    assert run_cli(tmp_path, "convert", str(vlm_checkpoint), "--device", "cuda", "--precision", "int4") != 0
+    assert run_cli(tmp_path, "convert", str(vlm_checkpoint), "--device", "cuda", "--precision", "fp16") != 0
     assert "cpu only" in capsys.readouterr().err
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
 

@@ -268,7 +268,7 @@ def paged_entry(checkpoints, tmp_path_factory) -> ModelEntry:
 
 def test_a_cuda_build_has_paged_attention(paged_entry, folder, tmp_path):
     manifest = paged_entry.manifest
-    assert manifest["device"] == "cuda" and manifest["precision"] == "int4"
+    assert manifest["device"] == "cuda" and manifest["precision"] == "fp16"  # paged attention: fp16/bf16 only
     assert manifest["builder_options"]["use_paged_attention"] == "true"
     assert "skipped" in manifest["validation"]  # no CUDA here to run it
     genai = json.loads((paged_entry.folder / "genai_config.json").read_text(encoding="utf-8"))
@@ -300,3 +300,21 @@ async def test_a_paged_model_on_the_cpu_fails_to_load_saying_why(paged_entry):
     with pytest.raises(BackendError) as info:
         await load_generator(paged_entry, device="cpu")  # the runner's Engine hook refuses it
     assert "paged attention for CUDA" in info.value.message and "--device cuda" in info.value.message
+
+
+def test_the_kv_pool_the_server_sizes_is_an_overlay_og_takes(paged_entry):
+    """A paged model's KV pool (its share of gpu_memory_budget) reaches onnxruntime-genai as
+    engine.dynamic_batching.num_blocks through og.Config.overlay: og accepts it on a real paged build and
+    refuses a key it does not know, so a misspelling would show here. The Engine itself needs a GPU."""
+    import onnxruntime_genai as og
+
+    from ortserve.server.gpu_memory import KvLayout, engine_overlay
+
+    genai = json.loads((paged_entry.folder / "genai_config.json").read_text(encoding="utf-8"))
+    layout = KvLayout.from_genai(genai)
+    assert layout.paged and layout.block_size == genai["engine"]["dynamic_batching"]["block_size"]
+    overlay = engine_overlay(genai, 64 * layout.bytes_per_block)
+    assert overlay == {"engine": {"dynamic_batching": {"num_blocks": 64}}}
+    og.Config(str(paged_entry.folder)).overlay(json.dumps(overlay))
+    with pytest.raises(RuntimeError):
+        og.Config(str(paged_entry.folder)).overlay(json.dumps({"engine": {"dynamic_batching": {"num_blockz": 64}}}))

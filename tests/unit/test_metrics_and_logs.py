@@ -46,6 +46,7 @@ async def test_a_scrape_counts_requests_tokens_and_loaded_models(client):
     assert seen[("ortserve_request_duration_seconds_count", (("route", CHAT),))] >= 3
     assert seen[("ortserve_loaded_models", ())] == 1
     assert seen[("ortserve_requests_in_flight", (("model", "tiny"),))] == 0
+    assert seen[("ortserve_model_gpu_bytes", (("model", "tiny"),))] == 0  # on the CPU
     assert ("ortserve_runner_restarts_total", (("model", "tiny"),)) in seen
 
 

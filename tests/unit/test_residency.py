@@ -8,8 +8,8 @@ import pytest
 from ortserve.server.residency import FOREVER, Limits, Usage, choose_keep_alive, expired, to_unload
 
 
-def idle(last_used: float, size: int = 0, keep_alive: float = 300.0) -> Usage:
-    usage = Usage(size=size)
+def idle(last_used: float, size: int = 0, keep_alive: float = 300.0, vram: int = 0) -> Usage:
+    usage = Usage(size=size, vram=vram)
     usage.acquire(last_used, keep_alive)
     usage.release(last_used)
     return usage
@@ -78,6 +78,20 @@ def test_to_unload_picks_the_least_recently_used_idle_models_until_the_newcomer_
     assert to_unload(loaded, Limits(max_bytes=6500), 3000) == ["b", "c"]
     assert to_unload(loaded, Limits(max_models=3)) == []  # nothing incoming: the limits hold already
     assert to_unload(loaded, Limits(), 10**12) == []
+
+
+def test_the_gpu_budget_unloads_models_on_the_gpu_least_recently_used_first():
+    # "cpu" is the least recently used, but it holds no GPU memory: unloading it frees none
+    loaded = {"cpu": idle(1.0, 100), "gpu-old": idle(2.0, 100, vram=6000), "gpu-new": idle(3.0, 100, vram=3000)}
+    limits = Limits(max_vram=10_000)
+    assert not limits.exceeded(loaded.values()) and limits.exceeded(loaded.values(), 1, 100, 1001)
+    assert to_unload(loaded, limits, 100, 1000) == []  # 6000 + 3000 + 1000 fits
+    assert to_unload(loaded, limits, 100, 4000) == ["gpu-old"]
+    assert to_unload(loaded, limits, 100, 8000) == ["gpu-old", "gpu-new"]
+    assert to_unload(loaded, limits, 100, 0) == []  # a model for the CPU needs no GPU memory
+    # when another limit is broken too, the least recently used goes first, wherever it runs
+    assert to_unload(loaded, Limits(max_models=3, max_vram=10_000), 100, 4000) == ["cpu", "gpu-old"]
+    assert to_unload(loaded, Limits(max_vram=10**12), 10**12, 10**9) == []
 
 
 def test_busy_models_are_never_unloaded_so_the_limits_may_stay_exceeded():
