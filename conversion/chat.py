@@ -156,19 +156,10 @@ def _validate_paged(src: Path, out: Path, config: dict, *, precision: str, devic
     """og.Generator (which validation reads logits through) cannot run a paged-attention model, and og.Engine
     exposes no logits. So on a machine with CUDA the same build is made again without paged attention (the
     same weights, quantized the same way; only the attention operator differs) and that one is validated."""
-    import onnxruntime_genai as og
+    from ortserve.conversion.validate_chat import cannot_run, validate_chat
 
-    from ortserve.conversion.validate_chat import validate_chat
-    from ortserve.core import devices
-
-    if not og.is_cuda_available():  # validate_chat says it skipped, and why
+    if cannot_run(device):  # what really loads, not og.is_cuda_available(): validate_chat says it skipped, and why
         return validate_chat(src, out, precision=precision, device=device, progress=progress)
-    if not devices.nvidia_gpu_visible():  # the CUDA wheel says how og was built, not that a GPU is here
-        progress.info(
-            f"    warning: no NVIDIA GPU is visible here, so the {device} build was not run; "
-            f"validate it on that machine"
-        )
-        return {"skipped": "no NVIDIA GPU visible on the converting machine"}
     twin = out / ".unpaged-for-validation"
     try:
         run_builder(src, twin, precision, device, progress, paged=False)

@@ -42,3 +42,12 @@ def configure(config: Any, device: str, threads: int, og: Any = None) -> None:
         core.configure(config, device, threads, og)
     except core.DeviceUnavailableError as exc:
         raise NotSupportedError(str(exc)) from exc
+
+
+def load_libraries(device: str, runtime: Runtime) -> None:
+    """`core.load_libraries`: what `device` needs loaded in this process (CUDA's libraries); NotSupportedError naming
+    the library and its package when one does not load."""
+    try:
+        core.load_libraries(device, runtime)
+    except core.DeviceUnavailableError as exc:
+        raise NotSupportedError(str(exc)) from exc

@@ -163,6 +163,9 @@ class OrtEmbedder:
             prompt=prompts.get(manifest.get("default_prompt_name") or ""),
         )
         chosen, providers = providers_for(device)
+        from ortserve.server.engine import devices
+
+        devices.load_libraries(chosen, "embeddings")  # CUDA's libraries from their wheels, before onnxruntime starts it
         session = ort.InferenceSession(str(folder / "model.onnx"), session_options(threads), providers=providers)
         running = check_session_device(session.get_providers(), chosen, asked=device)
         embedder = cls(
