@@ -1,4 +1,5 @@
-"""CUDA's libraries: loading them before onnxruntime(-genai) asks for them, and a check of what really loads.
+"""NVIDIA's side: a GPU judged without CUDA (`nvidia_gpu_visible`), CUDA's libraries loaded before onnxruntime(-genai)
+asks for them (`preload`), and a check of what really loads (`check`).
 
 `pip install 'ortserve[cuda]'` brings NVIDIA's CUDA 13 runtime as wheels (onnxruntime-gpu's extras `cuda` and
 `cudnn`, and nvidia-cublas), which put the libraries in site-packages/nvidia/*/lib (Windows: bin), where the
@@ -22,6 +23,8 @@ import functools
 import importlib.util
 import multiprocessing
 import os
+import shutil
+import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -39,6 +42,7 @@ class Library:
     windows: str
     package: str  # the wheel that ships it
     runtimes: tuple[str, ...]  # who needs it: "generation" (onnxruntime-genai), "embeddings" (onnxruntime)
+    # (onnxruntime-genai runs its models through onnxruntime's CUDA provider: what that needs, generation needs)
 
     def name(self, platform: str) -> str:
         return self.windows if platform == "win32" else self.linux
@@ -50,8 +54,8 @@ LIBRARIES = (  # in load order: a library after those it links (cublas needs cub
     Library("libcublasLt.so.13", "cublasLt64_13.dll", "nvidia-cublas", BOTH),
     Library("libcublas.so.13", "cublas64_13.dll", "nvidia-cublas", BOTH),
     Library("libcurand.so.10", "curand64_10.dll", "nvidia-curand", BOTH),
-    Library("libcufft.so.12", "cufft64_12.dll", "nvidia-cufft", ("generation",)),
-    Library("libcudnn.so.9", "cudnn64_9.dll", "nvidia-cudnn-cu13", ("embeddings",)),  # onnxruntime's CUDA provider
+    Library("libcufft.so.12", "cufft64_12.dll", "nvidia-cufft", ("generation",)),  # onnxruntime-genai's (Linux)
+    Library("libcudnn.so.9", "cudnn64_9.dll", "nvidia-cudnn-cu13", BOTH),  # onnxruntime's CUDA provider loads it
 )
 # each runtime's own CUDA library, in its package's folder
 RUNTIME_LIBRARIES = {
@@ -122,6 +126,35 @@ def library_folders() -> list[Path]:
     if toolkit:
         found += [Path(toolkit) / "bin", Path(toolkit) / "bin" / "x64"]
     return [f for f in found if f.is_dir()]
+
+
+# ---- a GPU, judged without CUDA ------------------------------------------------------------------------------
+# where nvidia-smi lives when it is not on PATH: WSL2 (which has no /proc/driver/nvidia), older Windows drivers
+_SMI_OFF_PATH = ("/usr/lib/wsl/lib/nvidia-smi", r"C:\Program Files\NVIDIA Corporation\NVSMI\nvidia-smi.exe")
+
+
+@functools.cache
+def nvidia_gpu_visible() -> bool:
+    """An NVIDIA GPU this process may use, judged without CUDA: the driver's device list, then nvidia-smi."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus") if sys.platform.startswith("linux") else None
+    smi = shutil.which("nvidia-smi") or next((p for p in _SMI_OFF_PATH if os.path.isfile(p)), None)
+    return gpu_listed(gpus, smi)
+
+
+def gpu_listed(gpus: Path | None, smi: str | None) -> bool:
+    """The driver's device folder lists a GPU, else `nvidia-smi -L` names one. An empty device folder (a
+    container that has the driver's files but no device) does not end the search: nvidia-smi is asked."""
+    if gpus is not None and gpus.is_dir() and any(gpus.iterdir()):
+        return True
+    if smi is None:
+        return False
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
 
 
 # ---- loading ------------------------------------------------------------------------------------------------

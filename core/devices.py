@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -194,12 +193,13 @@ def unavailable(device: str, env: Environment, runtime: Runtime) -> str | None:
 
 
 def cuda_problem(check: CudaCheck, runtime: Runtime) -> str | None:
-    """Why CUDA cannot run `runtime`, from what loading it showed: the libraries that did not load, the driver,
-    and for embeddings a session that did not run on CUDA; None when it can."""
+    """Why CUDA cannot run `runtime`, from what loading it showed: the libraries that did not load, the driver, and
+    else an onnxruntime session that did not run on CUDA (onnxruntime-genai runs its models through onnxruntime's
+    CUDA provider too); None when it can."""
     if check.failed:
         return check.failed
     problems = [why for why in (check.libraries.get(runtime), check.driver) if why]
-    if not problems and runtime == "embeddings" and check.session:
+    if not problems and check.session:
         problems.append(check.session)
     if not problems:
         return None
@@ -337,7 +337,13 @@ def detect(*, ort: bool = False, genai: bool = False) -> Environment:
 
         genai_list = genai_devices(onnxruntime_genai)
     return Environment(
-        sys.platform, platform.machine(), installed_packages(), nvidia_gpu_visible(), ort_list, genai_list, cuda.check()
+        sys.platform,
+        platform.machine(),
+        installed_packages(),
+        cuda.nvidia_gpu_visible(),
+        ort_list,
+        genai_list,
+        cuda.check(),
     )
 
 
@@ -364,34 +370,6 @@ def installed_packages() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return found
-
-
-# where nvidia-smi lives when it is not on PATH: WSL2 (which has no /proc/driver/nvidia), older Windows drivers
-_SMI_OFF_PATH = ("/usr/lib/wsl/lib/nvidia-smi", r"C:\Program Files\NVIDIA Corporation\NVSMI\nvidia-smi.exe")
-
-
-@functools.cache
-def nvidia_gpu_visible() -> bool:
-    """An NVIDIA GPU this process may use, judged without CUDA: the driver's device list, then nvidia-smi."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
-        return False
-    gpus = Path("/proc/driver/nvidia/gpus") if sys.platform.startswith("linux") else None
-    smi = shutil.which("nvidia-smi") or next((p for p in _SMI_OFF_PATH if os.path.isfile(p)), None)
-    return gpu_listed(gpus, smi)
-
-
-def gpu_listed(gpus: Path | None, smi: str | None) -> bool:
-    """The driver's device folder lists a GPU, else `nvidia-smi -L` names one. An empty device folder (a
-    container that has the driver's files but no device) does not end the search: nvidia-smi is asked."""
-    if gpus is not None and gpus.is_dir() and any(gpus.iterdir()):
-        return True
-    if smi is None:
-        return False
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return out.returncode == 0 and "GPU" in out.stdout
 
 
 # ---- CPU threads ----------------------------------------------------------------------------------

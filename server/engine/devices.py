@@ -18,7 +18,6 @@ from ortserve.core.devices import (  # noqa: F401  (what the engine uses, from o
     detect,
     device_of_providers,
     genai_devices,
-    nvidia_gpu_visible,
     ort_providers,
     physical_cores,
     unavailable,

@@ -5,8 +5,10 @@ and token ids before anything runs, then the sequences join the model's `MicroBa
 `InferenceSession.run` in its own thread. The event loop only moves requests around.
 
 The execution providers come from the registry in `ortserve.server.engine.devices` (device name -> onnxruntime
-provider, checked against `onnxruntime.get_available_providers()`), with the CPU behind each for what
-the accelerator cannot run. "auto" takes the best one available and falls back to the CPU.
+provider, checked against `onnxruntime.get_available_providers()` and, with a CUDA build, against what
+really loads: `ortserve.core.cuda`), with the CPU behind each for what the accelerator cannot run. "auto"
+takes the best one available and falls back to the CPU. CUDA's libraries are loaded from their wheels
+before a CUDA session starts.
 """
 
 from __future__ import annotations

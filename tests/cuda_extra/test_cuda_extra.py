@@ -25,6 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BIN = "Scripts" if sys.platform == "win32" else "bin"
 NO_DRIVER = "there is no NVIDIA driver"
+CHAT, EMBEDDER = "tiny-llama", "all-minilm"
 
 pytestmark = [
     pytest.mark.slow,
@@ -169,30 +170,71 @@ def test_serve_device_cuda_refuses_saying_why(cuda_venv, tmp_path):
     assert not (tmp_path / "models").exists()  # refused before touching the store
 
 
-def test_serve_auto_runs_on_the_cpu_and_says_why(cuda_venv, tmp_path):
+@pytest.fixture(scope="session")
+def cuda_home(tmp_path_factory, store_home) -> Path:
+    """An ORTSERVE_HOME with the session's tiny chat model (built for the CPU) and all-MiniLM-L6-v2, each also
+    copied under a name whose settings ask for CUDA."""
+    from ortserve.core.store import ModelStore
+
+    home = tmp_path_factory.mktemp("cuda-home")
+    for name in (CHAT, EMBEDDER):
+        shutil.copytree(store_home / "models" / name, home / "models" / name)
+    store = ModelStore(home / "models")
+    for name in (CHAT, EMBEDDER):
+        store.copy(name, f"{name}-cuda")
+        store.write_config(f"{name}-cuda", store.get(f"{name}-cuda").config.model_copy(update={"device": "cuda"}))
+    return home
+
+
+def _wait_serving(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text(errors="replace")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return
+        except urllib.error.HTTPError:  # it answers: serving
+            return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.2)
+    raise AssertionError(f"not serving after 60 s:\n{log.read_text(errors='replace')}")
+
+
+def test_serve_auto_runs_on_the_cpu_and_a_model_set_to_cuda_says_why(cuda_venv, cuda_home, tmp_path):
+    """onnxruntime-genai-cuda and onnxruntime-gpu run models on the CPU too: under auto that is where they run, with a
+    warning at start; a model whose settings ask for CUDA is a 501 that names the missing driver."""
+    import httpx
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     environment = {k: v for k, v in os.environ.items() if not k.startswith("ORTSERVE_")}
-    log = tmp_path / "serve.log"
+    log, url = tmp_path / "serve.log", f"http://127.0.0.1:{port}"
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [str(cuda_venv / BIN / "ortserve"), "serve", "--no-bootstrap", "--port", str(port)],
-            env={**environment, "ORTSERVE_HOME": str(tmp_path)},
+            env={**environment, "ORTSERVE_HOME": str(cuda_home)},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except urllib.error.HTTPError:  # it answers: serving
-                break
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.2)
-        assert process.poll() is None, log.read_text()
+        _wait_serving(url, process, log)
+        chat = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4, "temperature": 0}
+        answered = httpx.post(f"{url}/v1/chat/completions", json={"model": CHAT, **chat}, timeout=120)
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["usage"]["completion_tokens"] >= 1
+        embedded = httpx.post(f"{url}/v1/embeddings", json={"model": EMBEDDER, "input": ["Hello"]}, timeout=120)
+        assert embedded.status_code == 200 and len(embedded.json()["data"][0]["embedding"]) == 384, embedded.text
+        assert httpx.get(f"{url}/health", timeout=10).json()["devices"] == {CHAT: "cpu", EMBEDDER: "cpu"}
+        refused = [
+            httpx.post(f"{url}/v1/chat/completions", json={"model": f"{CHAT}-cuda", **chat}, timeout=120),
+            httpx.post(f"{url}/v1/embeddings", json={"model": f"{EMBEDDER}-cuda", "input": ["Hello"]}, timeout=120),
+        ]
+        for response, runtime in zip(refused, ("generation", "embeddings"), strict=True):
+            assert response.status_code == 501, response.text
+            message = response.json()["error"]["message"]
+            assert message.startswith(f"device 'cuda' is not available for {runtime}: the CUDA runtime is installed")
+            assert NO_DRIVER in message
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -37,16 +37,20 @@ def env(check: CudaCheck | None, gpu: bool = False) -> devices.Environment:
             f"the CUDA runtime is installed, but {NO_CUBLAS}; and {NO_DRIVER}",
         ),
         (  # the library one runtime misses does not stop the other
-            CudaCheck(gpus=1, libraries={"embeddings": "libcudnn.so.9 (from nvidia-cudnn-cu13) does not load"}),
-            "generation",
+            CudaCheck(gpus=1, libraries={"generation": "libcufft.so.12 (from nvidia-cufft) does not load"}),
+            "embeddings",
             None,
         ),
-        (  # a session that did not run on CUDA, with nothing else to explain it
+        (  # a session that did not run on CUDA, with nothing else to explain it: onnxruntime-genai runs on it too
             CudaCheck(gpus=1, session="onnxruntime's CUDA provider did not start"),
             "embeddings",
             "the CUDA runtime is installed and its libraries load, but onnxruntime's CUDA provider did not start",
         ),
-        (CudaCheck(gpus=1, session="onnxruntime's CUDA provider did not start"), "generation", None),
+        (
+            CudaCheck(gpus=1, session="onnxruntime's CUDA provider did not start"),
+            "generation",
+            "the CUDA runtime is installed and its libraries load, but onnxruntime's CUDA provider did not start",
+        ),
         (CudaCheck(failed=CRASHED), "generation", CRASHED),
     ],
 )

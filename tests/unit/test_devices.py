@@ -11,7 +11,7 @@ import logging
 
 import pytest
 
-from ortserve.core import devices
+from ortserve.core import cuda, devices
 from ortserve.core.devices import DeviceUnavailableError
 from ortserve.server import doctor
 from ortserve.server.engine import devices as engine_devices
@@ -295,17 +295,17 @@ def test_nvidia_smi_off_the_path_is_found(monkeypatch):
 
     ran = []
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(devices.shutil, "which", lambda name: None)
-    monkeypatch.setattr(devices.Path, "is_dir", lambda self: False)  # no /proc/driver/nvidia/gpus
-    monkeypatch.setattr(devices.os.path, "isfile", lambda path: path == "/usr/lib/wsl/lib/nvidia-smi")
+    monkeypatch.setattr(cuda.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cuda.Path, "is_dir", lambda self: False)  # no /proc/driver/nvidia/gpus
+    monkeypatch.setattr(cuda.os.path, "isfile", lambda path: path == "/usr/lib/wsl/lib/nvidia-smi")
     monkeypatch.setattr(
-        devices.subprocess,
+        cuda.subprocess,
         "run",
         lambda cmd, **_: (
             ran.append(cmd) or subprocess.CompletedProcess(cmd, 0, "GPU 0: NVIDIA GeForce RTX 4090 (UUID: GPU-1)\n", "")
         ),
     )
-    assert devices.nvidia_gpu_visible.__wrapped__() is True
+    assert cuda.nvidia_gpu_visible.__wrapped__() is True
     assert ran == [["/usr/lib/wsl/lib/nvidia-smi", "-L"]]
 
 
@@ -390,14 +390,14 @@ def test_an_empty_driver_folder_still_asks_nvidia_smi(tmp_path):
     smi = tmp_path / "nvidia-smi"
     smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (UUID: GPU-1)'\n")
     smi.chmod(0o755)
-    assert devices.gpu_listed(empty, str(smi))  # was False without asking
-    assert not devices.gpu_listed(empty, None)
+    assert cuda.gpu_listed(empty, str(smi))  # was False without asking
+    assert not cuda.gpu_listed(empty, None)
     (empty / "0000:01:00.0").mkdir()
-    assert devices.gpu_listed(empty, None)
+    assert cuda.gpu_listed(empty, None)
     silent = tmp_path / "nvidia-smi-none"
     silent.write_text("#!/bin/sh\nexit 9\n")
     silent.chmod(0o755)
-    assert not devices.gpu_listed(tmp_path / "absent", str(silent))
+    assert not cuda.gpu_listed(tmp_path / "absent", str(silent))
 
 
 # ---- the runtime extras: none, half or two installed (`ortserve info`, `serve`) ----------------------------
