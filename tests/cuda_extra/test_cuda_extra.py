@@ -5,7 +5,8 @@ It checks what a user of the extra meets before their GPU does: the install is c
 runtime beside the CUDA one), CUDA's libraries load after ortserve's preload (without it onnxruntime-genai's CUDA
 library fails on libcublasLt.so.13), and ortserve says what is missing instead of trusting the runtimes' own
 answers: `info` reports the CUDA runtime present and no NVIDIA driver, `serve --device cuda` refuses with that
-reason, and `auto` runs on the CPU, with a warning that says why."""
+reason, `auto` serves on the CPU, with a warning that says why, and `convert` does not claim to validate a CUDA
+build it could not run."""
 
 from __future__ import annotations
 
@@ -139,6 +140,21 @@ def test_cuda_libraries_load_after_the_preload(cuda_venv):
     ]  # NVIDIA's wheels, not a system CUDA
     if found["system_cublas"] is None and sys.platform == "linux":  # nothing else on the loader's paths: it needs us
         assert "libcublasLt.so.13" in found["before"], found
+
+
+def test_convert_validates_a_cuda_build_only_where_cuda_runs(cuda_venv):
+    """`convert --device cuda` validates its build by running it: here it says why it cannot (not
+    og.is_cuda_available(), which is true in this wheel), and an embedding build is checked on the CPU, saying so."""
+    code = (
+        "import json; from ortserve.conversion.validate_chat import cannot_run; "
+        "from ortserve.conversion.validate_embedding import providers_for; "
+        "print(json.dumps([cannot_run('cuda'), cannot_run('cpu'), providers_for('cuda')]))"
+    )
+    done = _python(cuda_venv, code)
+    assert done.returncode == 0, done.stderr
+    chat, cpu, embedding = json.loads(done.stdout)
+    assert chat.startswith(f"the CUDA runtime is installed and its libraries load, but {NO_DRIVER}"), chat
+    assert cpu is None and embedding == ["CPUExecutionProvider"]
 
 
 def test_info_reports_the_cuda_runtime_present_and_no_driver(cuda_venv, tmp_path):
