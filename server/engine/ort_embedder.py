@@ -35,6 +35,7 @@ from ortserve.server.engine.embedder import EmbeddingInput, Embeddings
 from ortserve.server.errors import BackendError, ContextLengthError, InvalidRequestError, NotSupportedError
 
 if TYPE_CHECKING:
+    from ortserve.core.devices import Environment
     from ortserve.core.store import ModelEntry
 
 log = logging.getLogger(__name__)
@@ -46,18 +47,21 @@ INLINE_SIZE = 2048  # inputs up to this many characters / token ids are tokenize
 # a few tens of microseconds, less than a hop to a worker thread and back
 
 
-def providers_for(device: str, available: Sequence[str] | None = None) -> tuple[str, list[str]]:
+def providers_for(
+    device: str, available: Sequence[str] | None = None, machine: Environment | None = None
+) -> tuple[str, list[str]]:
     """(device, onnxruntime providers) for a device name; "auto" is the best available one, else the CPU.
 
-    `available`: onnxruntime's providers (default: `onnxruntime.get_available_providers()`). A device this
-    onnxruntime lacks is a NotSupportedError that says what to install."""
+    `available`: onnxruntime's providers (default: `onnxruntime.get_available_providers()`); `machine`: the rest of
+    the machine (default: `devices.detect()`, with what loading CUDA showed). A device this onnxruntime lacks is a
+    NotSupportedError that says what to install."""
     from ortserve.server.engine import devices
 
     if available is None:
         import onnxruntime as ort
 
         available = ort.get_available_providers()
-    env = dataclasses.replace(devices.detect(), ort_providers=tuple(available))
+    env = dataclasses.replace(machine or devices.detect(), ort_providers=tuple(available))
     chosen = devices.resolve_device(device, "embeddings", env)
     return chosen, devices.ort_providers(chosen)
 

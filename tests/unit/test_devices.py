@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import pytest
 
@@ -183,15 +184,18 @@ def test_onnxruntime_providers_keep_the_cpu_behind_the_accelerator():
     assert devices.device_of_providers(["CPUExecutionProvider"]) == "cpu"
 
 
-def test_embedding_providers_follow_what_onnxruntime_offers(monkeypatch):
-    monkeypatch.setattr(engine_devices, "detect", lambda **_: env(packages=CUDA, gpu=True))
-    assert ort_embedder.providers_for("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == (
+def test_embedding_providers_follow_what_onnxruntime_offers():
+    gpu_box = env(packages=CUDA, gpu=True)
+    assert ort_embedder.providers_for("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"], gpu_box) == (
         "cuda",
         ["CUDAExecutionProvider", "CPUExecutionProvider"],
     )
-    assert ort_embedder.providers_for("auto", ["CPUExecutionProvider"]) == ("cpu", ["CPUExecutionProvider"])
+    assert ort_embedder.providers_for("auto", ["CPUExecutionProvider"], gpu_box) == ("cpu", ["CPUExecutionProvider"])
     with pytest.raises(NotSupportedError, match="CUDAExecutionProvider"):
-        ort_embedder.providers_for("cuda", ["CPUExecutionProvider"])
+        ort_embedder.providers_for("cuda", ["CPUExecutionProvider"], gpu_box)
+    # onnxruntime-gpu lists CUDA, but the check found no driver: the CPU
+    no_driver = devices.Environment("linux", "x86_64", CUDA, cuda=devices.CudaCheck(driver="there is no NVIDIA driver"))
+    assert ort_embedder.providers_for("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"], no_driver)[0] == "cpu"
 
 
 def test_a_session_that_fell_back_to_the_cpu(caplog):
@@ -326,27 +330,27 @@ def test_auto_warns_when_a_model_cannot_run_where_it_was_built_for(caplog):
 
 
 # ---- serve --device ---------------------------------------------------------------------------------
+@pytest.mark.skipif(sys.platform != "linux" or devices.detect().cuda is not None, reason="Linux with the CPU wheels")
 @pytest.mark.parametrize(
-    ("machine", "device", "code", "words"),
+    ("device", "code", "words"),
     [
-        (env(), "cuda", 2, "install onnxruntime-genai-cuda"),  # runs nothing here: refused before serving
-        (env(), "coreml", 2, "macOS only"),
+        ("cuda", 2, "install onnxruntime-genai-cuda"),  # runs nothing here: refused before serving
+        ("coreml", 2, "macOS only"),
     ],
 )
-def test_serve_refuses_a_device_that_runs_nothing_here(monkeypatch, tmp_path, capsys, machine, device, code, words):
+def test_serve_refuses_a_device_that_runs_nothing_here(tmp_path, capsys, device, code, words):
+    """This machine as it is (tests/cuda_extra: the same with the CUDA wheels and no driver)."""
     from tests.conftest import run_cli
 
-    monkeypatch.setattr(devices, "detect", lambda **_: machine)
     assert run_cli(tmp_path, "serve", "--device", device, "--no-bootstrap", "--port", "0") == code
     assert words in capsys.readouterr().err
     assert not (tmp_path / "models").exists()  # it stopped before touching the store
 
 
-def test_serve_warns_when_a_device_runs_only_embeddings(monkeypatch, capsys):
+def test_serve_warns_when_a_device_runs_only_embeddings(capsys):
     from ortserve.server.cli import _device_usable
 
-    monkeypatch.setattr(devices, "detect", lambda **_: env(platform="darwin", machine="arm64"))
-    assert _device_usable("coreml")
+    assert _device_usable("coreml", env(platform="darwin", machine="arm64"))
     err = capsys.readouterr().err
     assert "cannot run generation" in err and "cannot run embeddings" not in err
 
