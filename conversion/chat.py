@@ -157,19 +157,10 @@ def _validate_paged(src: Path, out: Path, config: dict, *, precision: str, devic
     same weights, quantized the same way; only the attention operator differs) and that one is validated
     against PyTorch; then the paged build itself must give the twin's greedy tokens through og.Engine
     (`_paged_tokens_match`), so a paged-only failure shows here, not first in `serve`."""
-    import onnxruntime_genai as og
+    from ortserve.conversion.validate_chat import cannot_run, validate_chat
 
-    from ortserve.conversion.validate_chat import validate_chat
-    from ortserve.core import devices
-
-    if not og.is_cuda_available():  # validate_chat says it skipped, and why
+    if cannot_run(device):  # what really loads, not og.is_cuda_available(): validate_chat says it skipped, and why
         return validate_chat(src, out, precision=precision, device=device, progress=progress)
-    if not devices.nvidia_gpu_visible():  # the CUDA wheel says how og was built, not that a GPU is here
-        progress.info(
-            f"    warning: no NVIDIA GPU is visible here, so the {device} build was not run; "
-            f"validate it on that machine"
-        )
-        return {"skipped": "no NVIDIA GPU visible on the converting machine"}
     twin = out / ".unpaged-for-validation"
     try:
         run_builder(src, twin, precision, device, progress, paged=False)

@@ -36,18 +36,30 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
 
+def cannot_run(device: str) -> str | None:
+    """Why a `device` build cannot be run here for validation (what really loads: og's own `is_cuda_available`
+    says how the wheel was built, not that a GPU is here); None after loading what it needs (CUDA's libraries)."""
+    from ortserve.core import devices
+
+    why = devices.unavailable(device, devices.detect(genai=True), "generation")
+    if why is None:
+        try:
+            devices.load_libraries(device, "generation")
+        except devices.DeviceUnavailableError as exc:
+            return str(exc)
+    return why
+
+
 def validate_chat(src: Path, out: Path, *, precision: str, device: str, progress: Progress) -> dict:
     import onnxruntime_genai as og
     import torch
     import transformers
 
     if device != "cpu":
-        available = {"cuda": og.is_cuda_available, "dml": og.is_dml_available}.get(device, lambda: False)()
-        if not available:
-            progress.info(
-                f"    warning: no {device} here, so the {device} build was not run; validate it on that machine"
-            )
-            return {"skipped": f"no {device} execution provider on the converting machine"}
+        why = cannot_run(device)
+        if why:
+            progress.info(f"    warning: the {device} build was not run ({why}); validate it on that machine")
+            return {"skipped": f"{device} cannot run generation on the converting machine: {why}"}
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(src)
     reference = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)

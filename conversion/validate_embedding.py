@@ -52,18 +52,20 @@ VALIDATION_SENTENCES = (
 
 
 def providers_for(device: str) -> list[str]:
-    """onnxruntime providers for a device name, limited to those this onnxruntime build has."""
-    import onnxruntime as ort
+    """onnxruntime providers for a device name: its own when it really runs here (`devices`: what loads, not what
+    onnxruntime lists; CUDA's libraries are loaded then), and the CPU behind it."""
+    from ortserve.core import devices
 
-    wanted = {
-        "cuda": ["CUDAExecutionProvider"],
-        "dml": ["DmlExecutionProvider"],
-        "directml": ["DmlExecutionProvider"],
-        "coreml": ["CoreMLExecutionProvider"],
-        "rocm": ["ROCMExecutionProvider"],
-    }.get(device.lower(), [])
-    available = set(ort.get_available_providers())
-    return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
+    name = {"directml": "dml"}.get(device.lower(), device.lower())
+    if name == "cpu" or name not in devices.PROVIDERS:
+        return ["CPUExecutionProvider"]
+    if devices.unavailable(name, devices.detect(ort=True), "embeddings") is not None:
+        return ["CPUExecutionProvider"]
+    try:
+        devices.load_libraries(name, "embeddings")
+    except devices.DeviceUnavailableError:
+        return ["CPUExecutionProvider"]
+    return devices.ort_providers(name)
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -11,11 +11,13 @@ settings accept ("auto" and the registered providers); `BUILD_DEVICES` (no "auto
 a model can be converted for.
 
 The choice is a pure function of an `Environment` (platform, installed distributions,
-a visible NVIDIA GPU, the providers each runtime reports), so it is tested with made-up
-environments; `detect()` gathers the real one. The server process decides from package
-metadata without importing onnxruntime-genai; the runner process then checks what its
-onnxruntime-genai build really offers before loading the model. A device that cannot run
-here is a `DeviceUnavailableError` (the server answers it as a 501).
+a visible NVIDIA GPU, the providers each runtime reports, and where a CUDA build is installed,
+what CUDA really loads), so it is tested with made-up environments; `detect()` gathers the real
+one. The server process decides from package metadata and `cuda.check()` (a child process that
+loads CUDA, once per process) without importing onnxruntime-genai; the runner process loads
+CUDA's libraries (`load_libraries`) and checks what its onnxruntime-genai build offers before
+loading the model. A device that cannot run here is a `DeviceUnavailableError` (the server
+answers it as a 501).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -33,6 +34,9 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
+
+from ortserve.core import cuda
+from ortserve.core.cuda import CudaCheck
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +150,7 @@ class Environment:
     gpu: bool = False  # an NVIDIA GPU is visible
     ort_providers: tuple[str, ...] | None = None  # onnxruntime.get_available_providers()
     genai_devices: frozenset[str] | None = None  # devices this onnxruntime-genai build offers (`genai_devices()`)
+    cuda: CudaCheck | None = None  # what loading CUDA showed (`cuda.check()`); None: no CUDA build, or not asked
 
 
 @dataclass(frozen=True)
@@ -180,9 +185,26 @@ def unavailable(device: str, env: Environment, runtime: Runtime) -> str | None:
             offered = not entry.ort_packages or any(p in env.packages for p in entry.ort_packages)
         if not offered:
             return f"the installed onnxruntime has no {entry.ort_ep}: {entry.ort_missing}"
+    if entry.needs_gpu and env.cuda is not None:
+        return cuda_problem(env.cuda, runtime)
     if entry.needs_gpu and not env.gpu:
         return "no NVIDIA GPU is visible (driver not loaded, or CUDA_VISIBLE_DEVICES hides it)"
     return None
+
+
+def cuda_problem(check: CudaCheck, runtime: Runtime) -> str | None:
+    """Why CUDA cannot run `runtime`, from what loading it showed: the libraries that did not load, the driver, and
+    else an onnxruntime session that did not run on CUDA (onnxruntime-genai runs its models through onnxruntime's
+    CUDA provider too); None when it can."""
+    if check.failed:
+        return check.failed
+    problems = [why for why in (check.libraries.get(runtime), check.driver) if why]
+    if not problems and check.session:
+        problems.append(check.session)
+    if not problems:
+        return None
+    loads = "" if runtime in check.libraries else " and its libraries load"
+    return f"the CUDA runtime is installed{loads}, but {'; and '.join(problems)}"
 
 
 def choose(device: str, env: Environment, runtime: Runtime, built_for: str | None = None) -> Choice:
@@ -302,7 +324,8 @@ def device_of_providers(providers: list[str]) -> str:
 
 # ---- the real environment ---------------------------------------------------------------------------
 def detect(*, ort: bool = False, genai: bool = False) -> Environment:
-    """This machine's facts; `ort` / `genai` also import those runtimes and ask them (slower)."""
+    """This machine's facts; `ort` / `genai` also import those runtimes and ask them (slower). Where a CUDA build is
+    installed, what loading CUDA shows (`cuda.check()`: a child process, the first time in a process)."""
     ort_list = None
     if ort:
         import onnxruntime
@@ -314,8 +337,28 @@ def detect(*, ort: bool = False, genai: bool = False) -> Environment:
 
         genai_list = genai_devices(onnxruntime_genai)
     return Environment(
-        sys.platform, platform.machine(), installed_packages(), nvidia_gpu_visible(), ort_list, genai_list
+        sys.platform,
+        platform.machine(),
+        installed_packages(),
+        cuda.nvidia_gpu_visible(),
+        ort_list,
+        genai_list,
+        cuda.check(),
     )
+
+
+def load_libraries(device: str, runtime: Runtime) -> None:
+    """Before `runtime` starts `device` in this process: load the libraries it needs from their wheels (CUDA's,
+    which the loader would not find); DeviceUnavailableError naming the library and its package when one does
+    not load. Nothing to do for the other devices (and where no CUDA build is installed)."""
+    entry = PROVIDERS.get(device)
+    if entry is None or not entry.needs_gpu:
+        return
+    why = cuda.library_problem(runtime)
+    if why:
+        raise DeviceUnavailableError(
+            f"device '{device}' is not available for {runtime}: the CUDA runtime is installed, but {why}"
+        )
 
 
 @functools.cache  # package metadata does not change while the server runs
@@ -327,34 +370,6 @@ def installed_packages() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return found
-
-
-# where nvidia-smi lives when it is not on PATH: WSL2 (which has no /proc/driver/nvidia), older Windows drivers
-_SMI_OFF_PATH = ("/usr/lib/wsl/lib/nvidia-smi", r"C:\Program Files\NVIDIA Corporation\NVSMI\nvidia-smi.exe")
-
-
-@functools.cache
-def nvidia_gpu_visible() -> bool:
-    """An NVIDIA GPU this process may use, judged without CUDA: the driver's device list, then nvidia-smi."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
-        return False
-    gpus = Path("/proc/driver/nvidia/gpus") if sys.platform.startswith("linux") else None
-    smi = shutil.which("nvidia-smi") or next((p for p in _SMI_OFF_PATH if os.path.isfile(p)), None)
-    return gpu_listed(gpus, smi)
-
-
-def gpu_listed(gpus: Path | None, smi: str | None) -> bool:
-    """The driver's device folder lists a GPU, else `nvidia-smi -L` names one. An empty device folder (a
-    container that has the driver's files but no device) does not end the search: nvidia-smi is asked."""
-    if gpus is not None and gpus.is_dir() and any(gpus.iterdir()):
-        return True
-    if smi is None:
-        return False
-    try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return out.returncode == 0 and "GPU" in out.stdout
 
 
 # ---- CPU threads ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from ortserve.core.devices import BUILD_DEVICES, DEVICES
+from ortserve.core.devices import BUILD_DEVICES, DEVICES, Environment
 from ortserve.core.store import ModelStore, StoreError
 from ortserve.server import __version__
 
@@ -251,7 +251,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if not runtimes_installed():
         return 2
-    if settings.device != "auto" and not _device_usable(settings.device):
+    if not _device_usable(settings.device):
         return 2
     store = _open_store(settings.models_dir, settings.configs_dir)
     if not _can_listen(settings.host, settings.port):  # before a bootstrap that may take minutes
@@ -315,12 +315,19 @@ def _configure_logging(level: str) -> None:
             logger.addHandler(handler)
 
 
-def _device_usable(device: str) -> bool:
+def _device_usable(device: str, env: Environment | None = None) -> bool:
     """A device named for the whole server: refuse to start when it runs nothing here, warn when it runs only
-    one kind of model (CoreML: embeddings only). The per-model check at load says the same per request."""
-    from ortserve.core.devices import detect, unavailable
+    one kind of model (CoreML: embeddings only). The per-model check at load says the same per request. For
+    "auto", warn when an accelerator is half set up (a CUDA build without a driver). With a CUDA build the machine
+    check loads CUDA in a child process, here, once, before the server serves."""
+    from ortserve.core.devices import detect, missed_accelerator, unavailable
 
-    env = detect()
+    env = env or detect()
+    if device == "auto":
+        missed = missed_accelerator(env, "generation") or missed_accelerator(env, "embeddings")
+        if missed:
+            print(f"warning: device auto: models run on the CPU here; {missed}", file=sys.stderr)
+        return True
     problems = {runtime: unavailable(device, env, runtime) for runtime in ("generation", "embeddings")}
     if all(problems.values()):
         print(f"error: device '{device}' cannot run models here: {problems['generation']}", file=sys.stderr)

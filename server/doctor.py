@@ -2,13 +2,15 @@
 
 It reports the installed packages, which variant of each runtime the import really is (onnxruntime and
 onnxruntime-genai each come in several packages that install the same module), the providers each
-runtime offers, every device's availability for generation and embeddings (with the reason when not),
+runtime offers, what loading CUDA really shows where a CUDA build is installed (`core.cuda.check`), every
+device's availability for generation and embeddings (with the reason when not),
 the device `auto` resolves to and why, and, from a running server's /health, each loaded model's device.
 `collect()` builds the report as data (`--json` prints it); `render()` writes it for people.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import sys
@@ -146,14 +148,11 @@ def server_devices(url: str, timeout: float = 3.0) -> dict[str, Any]:
 
 def collect(url: str | None) -> dict[str, Any]:
     ort_info, genai_info = _onnxruntime(), _onnxruntime_genai()
-    base = devices.detect()
-    env = devices.Environment(  # what the runtimes say wins; the package metadata speaks for one that fails to import
-        base.platform,
-        base.machine,
-        base.packages,
-        base.gpu,
-        tuple(ort_info["providers"]) if "providers" in ort_info else None,
-        frozenset(genai_info["devices"]) if "devices" in genai_info else None,
+    base = devices.detect()  # with a CUDA build: what loading CUDA showed (a child process)
+    env = dataclasses.replace(  # what the runtimes say wins; the package metadata speaks for one that fails to import
+        base,
+        ort_providers=tuple(ort_info["providers"]) if "providers" in ort_info else None,
+        genai_devices=frozenset(genai_info["devices"]) if "devices" in genai_info else None,
     )
     table = {
         name: {runtime: devices.unavailable(name, env, runtime) for runtime in ("generation", "embeddings")}
@@ -177,12 +176,32 @@ def collect(url: str | None) -> dict[str, Any]:
         "onnxruntime": ort_info,
         "onnxruntime_genai": genai_info,
         "nvidia_gpu_visible": env.gpu,
+        "cuda": None if env.cuda is None else dataclasses.asdict(env.cuda),
         "devices": table,
         "auto": auto,
     }
     if url:
         report["server"] = server_devices(url)
     return report
+
+
+def _cuda_lines(check: dict[str, Any] | None) -> list[str]:
+    """What loading CUDA showed (only where a CUDA build is installed)."""
+    if check is None:
+        return []
+    if check["failed"]:
+        return [f"  CUDA check:                     {check['failed']}"]
+    libraries = check["libraries"]
+    lines = ["  CUDA runtime libraries:         " + ("load" if not libraries else "do not all load")]
+    lines += [f"    {runtime}: {why}" for runtime, why in libraries.items()]
+    if check["driver"]:
+        driver = f"not usable: {check['driver']}"
+    else:
+        driver = f"yes, CUDA {check['driver_cuda']}, {check['gpus']} GPU{'s' if check['gpus'] != 1 else ''}"
+    lines.append(f"  NVIDIA driver:                  {driver}")
+    if check["session"]:
+        lines.append(f"  onnxruntime session on CUDA:    {check['session']}")
+    return lines
 
 
 def render(report: dict[str, Any]) -> str:
@@ -209,6 +228,7 @@ def render(report: dict[str, Any]) -> str:
         )
     )
     lines.append(f"  NVIDIA GPU visible:             {'yes' if report['nvidia_gpu_visible'] else 'no'}")
+    lines += _cuda_lines(report.get("cuda"))
     lines += ["", "devices"]
     for name, runtimes in report["devices"].items():
         for runtime, why in runtimes.items():

@@ -17,7 +17,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-TIERS = ("unit", "integration", "e2e", "bundle")
+TIERS = ("unit", "integration", "e2e", "bundle", "cuda_extra")
 
 
 def pytest_collection_modifyitems(items) -> None:

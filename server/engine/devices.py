@@ -18,7 +18,6 @@ from ortserve.core.devices import (  # noqa: F401  (what the engine uses, from o
     detect,
     device_of_providers,
     genai_devices,
-    nvidia_gpu_visible,
     ort_providers,
     physical_cores,
     unavailable,
@@ -40,5 +39,14 @@ def configure(config: Any, device: str, threads: int, og: Any = None) -> None:
     """`core.configure`: an `og.Config` pointed at `device`; NotSupportedError when the build lacks it."""
     try:
         core.configure(config, device, threads, og)
+    except core.DeviceUnavailableError as exc:
+        raise NotSupportedError(str(exc)) from exc
+
+
+def load_libraries(device: str, runtime: Runtime) -> None:
+    """`core.load_libraries`: what `device` needs loaded in this process (CUDA's libraries); NotSupportedError naming
+    the library and its package when one does not load."""
+    try:
+        core.load_libraries(device, runtime)
     except core.DeviceUnavailableError as exc:
         raise NotSupportedError(str(exc)) from exc

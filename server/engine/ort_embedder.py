@@ -5,8 +5,10 @@ and token ids before anything runs, then the sequences join the model's `MicroBa
 `InferenceSession.run` in its own thread. The event loop only moves requests around.
 
 The execution providers come from the registry in `ortserve.server.engine.devices` (device name -> onnxruntime
-provider, checked against `onnxruntime.get_available_providers()`), with the CPU behind each for what
-the accelerator cannot run. "auto" takes the best one available and falls back to the CPU.
+provider, checked against `onnxruntime.get_available_providers()` and, with a CUDA build, against what
+really loads: `ortserve.core.cuda`), with the CPU behind each for what the accelerator cannot run. "auto"
+takes the best one available and falls back to the CPU. CUDA's libraries are loaded from their wheels
+before a CUDA session starts.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ortserve.server.engine.embedder import EmbeddingInput, Embeddings
 from ortserve.server.errors import BackendError, ContextLengthError, InvalidRequestError, NotSupportedError
 
 if TYPE_CHECKING:
+    from ortserve.core.devices import Environment
     from ortserve.core.store import ModelEntry
 
 log = logging.getLogger(__name__)
@@ -44,18 +47,21 @@ INLINE_SIZE = 2048  # inputs up to this many characters / token ids are tokenize
 # a few tens of microseconds, less than a hop to a worker thread and back
 
 
-def providers_for(device: str, available: Sequence[str] | None = None) -> tuple[str, list[str]]:
+def providers_for(
+    device: str, available: Sequence[str] | None = None, machine: Environment | None = None
+) -> tuple[str, list[str]]:
     """(device, onnxruntime providers) for a device name; "auto" is the best available one, else the CPU.
 
-    `available`: onnxruntime's providers (default: `onnxruntime.get_available_providers()`). A device this
-    onnxruntime lacks is a NotSupportedError that says what to install."""
+    `available`: onnxruntime's providers (default: `onnxruntime.get_available_providers()`); `machine`: the rest of
+    the machine (default: `devices.detect()`, with what loading CUDA showed). A device this onnxruntime lacks is a
+    NotSupportedError that says what to install."""
     from ortserve.server.engine import devices
 
     if available is None:
         import onnxruntime as ort
 
         available = ort.get_available_providers()
-    env = dataclasses.replace(devices.detect(), ort_providers=tuple(available))
+    env = dataclasses.replace(machine or devices.detect(), ort_providers=tuple(available))
     chosen = devices.resolve_device(device, "embeddings", env)
     return chosen, devices.ort_providers(chosen)
 
@@ -163,6 +169,9 @@ class OrtEmbedder:
             prompt=prompts.get(manifest.get("default_prompt_name") or ""),
         )
         chosen, providers = providers_for(device)
+        from ortserve.server.engine import devices
+
+        devices.load_libraries(chosen, "embeddings")  # CUDA's libraries from their wheels, before onnxruntime starts it
         session = ort.InferenceSession(str(folder / "model.onnx"), session_options(threads), providers=providers)
         running = check_session_device(session.get_providers(), chosen, asked=device)
         embedder = cls(

@@ -7,7 +7,8 @@ decoder (batched_scheduler.py); every other model by our own scheduler over one 
 (generator_scheduler.py).
 
 The server process imports this module for `main`, so it imports nothing heavy at import time; the
-runner imports onnxruntime-genai (through the scheduler's module) in `main`.
+runner loads CUDA's libraries for a model on CUDA (`devices.load_libraries`), then imports onnxruntime-genai
+(through the scheduler's module) in `main`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ def main(folder: str, options: ipc.RunnerOptions, requests: Any, events: Any) ->
     """Entry point of the runner process."""
     # Ctrl-C reaches the whole process group; the server decides when runners stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from ortserve.server.engine import devices
+
+    try:  # CUDA's libraries from their wheels, before onnxruntime-genai is imported (Windows looks them up then)
+        devices.load_libraries(options.device, "generation")
+    except Exception as exc:  # the library, its package and the command, as the load error
+        events.send((ipc.FAILED, f"{type(exc).__name__}: {exc}"))
+        return
     from ortserve.server.engine import engine_scheduler
 
     if engine_scheduler.uses_engine(Path(folder)):

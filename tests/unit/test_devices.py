@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import pytest
 
-from ortserve.core import devices
+from ortserve.core import cuda, devices
 from ortserve.core.devices import DeviceUnavailableError
 from ortserve.server import doctor
 from ortserve.server.engine import devices as engine_devices
@@ -183,15 +184,18 @@ def test_onnxruntime_providers_keep_the_cpu_behind_the_accelerator():
     assert devices.device_of_providers(["CPUExecutionProvider"]) == "cpu"
 
 
-def test_embedding_providers_follow_what_onnxruntime_offers(monkeypatch):
-    monkeypatch.setattr(engine_devices, "detect", lambda **_: env(packages=CUDA, gpu=True))
-    assert ort_embedder.providers_for("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == (
+def test_embedding_providers_follow_what_onnxruntime_offers():
+    gpu_box = env(packages=CUDA, gpu=True)
+    assert ort_embedder.providers_for("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"], gpu_box) == (
         "cuda",
         ["CUDAExecutionProvider", "CPUExecutionProvider"],
     )
-    assert ort_embedder.providers_for("auto", ["CPUExecutionProvider"]) == ("cpu", ["CPUExecutionProvider"])
+    assert ort_embedder.providers_for("auto", ["CPUExecutionProvider"], gpu_box) == ("cpu", ["CPUExecutionProvider"])
     with pytest.raises(NotSupportedError, match="CUDAExecutionProvider"):
-        ort_embedder.providers_for("cuda", ["CPUExecutionProvider"])
+        ort_embedder.providers_for("cuda", ["CPUExecutionProvider"], gpu_box)
+    # onnxruntime-gpu lists CUDA, but the check found no driver: the CPU
+    no_driver = devices.Environment("linux", "x86_64", CUDA, cuda=devices.CudaCheck(driver="there is no NVIDIA driver"))
+    assert ort_embedder.providers_for("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"], no_driver)[0] == "cpu"
 
 
 def test_a_session_that_fell_back_to_the_cpu(caplog):
@@ -295,17 +299,17 @@ def test_nvidia_smi_off_the_path_is_found(monkeypatch):
 
     ran = []
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(devices.shutil, "which", lambda name: None)
-    monkeypatch.setattr(devices.Path, "is_dir", lambda self: False)  # no /proc/driver/nvidia/gpus
-    monkeypatch.setattr(devices.os.path, "isfile", lambda path: path == "/usr/lib/wsl/lib/nvidia-smi")
+    monkeypatch.setattr(cuda.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cuda.Path, "is_dir", lambda self: False)  # no /proc/driver/nvidia/gpus
+    monkeypatch.setattr(cuda.os.path, "isfile", lambda path: path == "/usr/lib/wsl/lib/nvidia-smi")
     monkeypatch.setattr(
-        devices.subprocess,
+        cuda.subprocess,
         "run",
         lambda cmd, **_: (
             ran.append(cmd) or subprocess.CompletedProcess(cmd, 0, "GPU 0: NVIDIA GeForce RTX 4090 (UUID: GPU-1)\n", "")
         ),
     )
-    assert devices.nvidia_gpu_visible.__wrapped__() is True
+    assert cuda.nvidia_gpu_visible.__wrapped__() is True
     assert ran == [["/usr/lib/wsl/lib/nvidia-smi", "-L"]]
 
 
@@ -326,49 +330,45 @@ def test_auto_warns_when_a_model_cannot_run_where_it_was_built_for(caplog):
 
 
 # ---- serve --device ---------------------------------------------------------------------------------
+@pytest.mark.skipif(sys.platform != "linux" or devices.detect().cuda is not None, reason="Linux with the CPU wheels")
 @pytest.mark.parametrize(
-    ("machine", "device", "code", "words"),
+    ("device", "code", "words"),
     [
-        (env(), "cuda", 2, "install onnxruntime-genai-cuda"),  # runs nothing here: refused before serving
-        (env(), "coreml", 2, "macOS only"),
+        ("cuda", 2, "install onnxruntime-genai-cuda"),  # runs nothing here: refused before serving
+        ("coreml", 2, "macOS only"),
     ],
 )
-def test_serve_refuses_a_device_that_runs_nothing_here(monkeypatch, tmp_path, capsys, machine, device, code, words):
+def test_serve_refuses_a_device_that_runs_nothing_here(tmp_path, capsys, device, code, words):
+    """This machine as it is (tests/cuda_extra: the same with the CUDA wheels and no driver)."""
     from tests.conftest import run_cli
 
-    monkeypatch.setattr(devices, "detect", lambda **_: machine)
     assert run_cli(tmp_path, "serve", "--device", device, "--no-bootstrap", "--port", "0") == code
     assert words in capsys.readouterr().err
     assert not (tmp_path / "models").exists()  # it stopped before touching the store
 
 
-def test_serve_warns_when_a_device_runs_only_embeddings(monkeypatch, capsys):
+def test_serve_warns_when_a_device_runs_only_embeddings(capsys):
     from ortserve.server.cli import _device_usable
 
-    monkeypatch.setattr(devices, "detect", lambda **_: env(platform="darwin", machine="arm64"))
-    assert _device_usable("coreml")
+    assert _device_usable("coreml", env(platform="darwin", machine="arm64"))
     err = capsys.readouterr().err
     assert "cannot run generation" in err and "cannot run embeddings" not in err
 
 
 # ---- convert --device cuda: validating a paged build -----------------------------------------------
-def test_a_paged_build_is_not_validated_without_a_gpu_even_with_the_cuda_wheel(monkeypatch, tmp_path):
-    """og.is_cuda_available() says how onnxruntime-genai was compiled, not that a GPU is here: with the CUDA wheel on
-    a machine without a GPU, validation is skipped (saying so) instead of building a twin that cannot load."""
+def test_a_paged_build_is_not_validated_where_cuda_cannot_run(tmp_path):
+    """Validation asks what really loads (`validate_chat.cannot_run`: the machine check), not og.is_cuda_available(),
+    which says how the wheel was built: here (the CPU wheels) the cuda build is not run, nothing is built again
+    for it, and the reason is said (tests/cuda_extra checks the CUDA wheels without a driver)."""
     import io
-
-    import onnxruntime_genai as og
 
     from ortserve.conversion import chat
     from ortserve.conversion.common import Progress
 
-    built = []
-    monkeypatch.setattr(og, "is_cuda_available", lambda: True)
-    monkeypatch.setattr(devices, "nvidia_gpu_visible", lambda: False)
-    monkeypatch.setattr(chat, "run_builder", lambda *args, **kwargs: built.append(args))
     out = io.StringIO()
     figures = chat._validate_paged(tmp_path, tmp_path, {}, precision="int4", device="cuda", progress=Progress(out))
-    assert built == [] and "GPU" in figures["skipped"] and "not run" in out.getvalue()
+    assert "onnxruntime-genai-cuda" in figures["skipped"] and "was not run" in out.getvalue()
+    assert list(tmp_path.iterdir()) == []  # no unpaged twin was built
 
 
 # ---- the Engine's error codes ------------------------------------------------------------------------
@@ -394,14 +394,14 @@ def test_an_empty_driver_folder_still_asks_nvidia_smi(tmp_path):
     smi = tmp_path / "nvidia-smi"
     smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 (UUID: GPU-1)'\n")
     smi.chmod(0o755)
-    assert devices.gpu_listed(empty, str(smi))  # was False without asking
-    assert not devices.gpu_listed(empty, None)
+    assert cuda.gpu_listed(empty, str(smi))  # was False without asking
+    assert not cuda.gpu_listed(empty, None)
     (empty / "0000:01:00.0").mkdir()
-    assert devices.gpu_listed(empty, None)
+    assert cuda.gpu_listed(empty, None)
     silent = tmp_path / "nvidia-smi-none"
     silent.write_text("#!/bin/sh\nexit 9\n")
     silent.chmod(0o755)
-    assert not devices.gpu_listed(tmp_path / "absent", str(silent))
+    assert not cuda.gpu_listed(tmp_path / "absent", str(silent))
 
 
 # ---- the runtime extras: none, half or two installed (`ortserve info`, `serve`) ----------------------------
