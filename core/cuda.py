@@ -139,8 +139,26 @@ def nvidia_gpu_visible() -> bool:
     if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
         return False
     gpus = Path("/proc/driver/nvidia/gpus") if sys.platform.startswith("linux") else None
-    smi = shutil.which("nvidia-smi") or next((p for p in _SMI_OFF_PATH if os.path.isfile(p)), None)
-    return gpu_listed(gpus, smi)
+    return gpu_listed(gpus, _smi())
+
+
+def _smi() -> str | None:
+    return shutil.which("nvidia-smi") or next((p for p in _SMI_OFF_PATH if os.path.isfile(p)), None)
+
+
+def gpu_memory() -> tuple[int, int] | None:
+    """The (total, free) bytes of the first NVIDIA GPU as `nvidia-smi` reports them; None when there is none to
+    ask (server/gpu_memory.py sizes the default GPU memory budget from them)."""
+    smi = _smi()
+    if smi is None:
+        return None
+    query = [smi, "--query-gpu=memory.total,memory.free", "--format=csv,noheader,nounits"]
+    try:
+        out = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True).stdout
+        total, free = (int(float(field) * 1024 * 1024) for field in out.splitlines()[0].split(","))  # MiB
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+    return total, free
 
 
 def gpu_listed(gpus: Path | None, smi: str | None) -> bool:

@@ -13,8 +13,6 @@ import functools
 import importlib
 import json
 import logging
-import shutil
-import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -57,26 +55,6 @@ def default_loader(task: str, settings: ServerSettings) -> Loader:
             batched=settings.batch_decode,
         )
     return functools.partial(load, **running)
-
-
-def gpu_memory_bytes() -> tuple[int, int] | None:
-    """The (total, free) memory of the first NVIDIA GPU as `nvidia-smi` reports it; None when there is none
-    to ask."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run(
-            [exe, "--query-gpu=memory.total,memory.free", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-        total, free = (int(float(field) * 1024 * 1024) for field in out.splitlines()[0].split(","))  # MiB
-        return total, free
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
 
 
 def expected_on_gpu(entry: ModelEntry, device: str) -> bool:

@@ -38,6 +38,7 @@ import time
 from dataclasses import replace
 from typing import cast
 
+from ortserve.core import cuda
 from ortserve.core.durations import parse_duration
 from ortserve.core.store import BrokenModelError, ModelEntry, ModelStore, StoreError, weights_size
 from ortserve.server import request_log
@@ -62,7 +63,6 @@ from ortserve.server.loading import (
     default_loader,
     expected_on_gpu,
     gpu_footprint,
-    gpu_memory_bytes,
 )
 from ortserve.server.residency import Limits, Usage, choose_keep_alive, expired, to_unload
 from ortserve.server.settings import ServerSettings
@@ -181,7 +181,7 @@ class Registry:
         if not self._gpu_budget_read:
             async with self._gpu_budget_reading:
                 if not self._gpu_budget_read:
-                    budget = default_budget(await asyncio.to_thread(gpu_memory_bytes))
+                    budget = default_budget(await asyncio.to_thread(cuda.gpu_memory))
                     self._limits = replace(self._limits, max_vram=budget)
                     self._gpu_budget_read = True
                     if budget:
