@@ -1,7 +1,7 @@
 """Soak: many clients for a while against a real `ortserve serve`, mixing every kind of request.
 
     python bench/soak.py [--clients 16] [--seconds 300] [--chat MODEL] [--embedding MODEL]
-                         [--url http://127.0.0.1:8000 --pid PID] [--flood N]
+                         [--url http://127.0.0.1:8000 --pid PID] [--flood N] [--max-tokens 32]
 
 Without --url it starts `ortserve serve` on the default store (the embedded default models:
 `tiny-demo` and `all-minilm`, set up on first run) on a free port, and stops it at the end.
@@ -73,16 +73,16 @@ def rss_mb(pid: int) -> float | None:
 async def one(client: httpx.AsyncClient, kind: str, args: argparse.Namespace) -> int:
     user = [{"role": "user", "content": "Say something about the weather."}]
     if kind == "chat_stream":
-        body = {"model": args.chat, "messages": user, "max_tokens": 32, "stream": True}
+        body = {"model": args.chat, "messages": user, "max_tokens": args.max_tokens, "stream": True}
         async with client.stream("POST", "/v1/chat/completions", json=body) as response:
             async for _ in response.aiter_lines():
                 pass
             return response.status_code
     if kind == "chat":
-        body = {"model": args.chat, "messages": user, "max_tokens": 32}
+        body = {"model": args.chat, "messages": user, "max_tokens": args.max_tokens}
         return (await client.post("/v1/chat/completions", json=body)).status_code
     if kind == "completion":
-        body = {"model": args.chat, "prompt": "Once upon a time", "max_tokens": 32}
+        body = {"model": args.chat, "prompt": "Once upon a time", "max_tokens": args.max_tokens}
         return (await client.post("/v1/completions", json=body)).status_code
     body = {"model": args.embedding, "input": SENTENCES}
     return (await client.post("/v1/embeddings", json=body)).status_code
@@ -234,6 +234,9 @@ def main() -> None:
     parser.add_argument("--url", help="a running server (else one is started)")
     parser.add_argument("--pid", type=int, help="the running server's pid, for its memory")
     parser.add_argument("--flood", type=int, help="send this many chats at once instead of soaking")
+    parser.add_argument(
+        "--max-tokens", type=int, default=32, help="new tokens per chat and completion (more: longer in flight)"
+    )
     args = parser.parse_args()
     process = None
     if args.url:
