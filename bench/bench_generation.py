@@ -50,6 +50,16 @@ SHAPES = {
         context_length=32768,
         architecture="qwen2",
     ),
+    # Llama-3.2-1B's (bench/gpu_check.py measures it on a GPU)
+    "llama3.2-1b": dict(
+        hidden_size=2048,
+        num_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=8192,
+        vocab_size=128256,
+        context_length=8192,
+    ),
     "tiny": dict(hidden_size=64, num_layers=2),
 }
 PROMPT = "Tell me a long story about the weather in Paris, the quick brown fox and the lazy dog. " * 6
@@ -189,15 +199,20 @@ def http_stream(client, model: str, tokens: int) -> dict:
     }
 
 
-def concurrent(client, model: str, tokens: int, streams: int) -> dict:
-    out: list[dict] = []
-    threads = [threading.Thread(target=lambda: out.append(http_stream(client, model, tokens))) for _ in range(streams)]
+def at_once(calls: list) -> float:
+    """Run `calls` on a thread each, all at once; the seconds until the last one ends."""
+    threads = [threading.Thread(target=call) for call in calls]
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def concurrent(client, model: str, tokens: int, streams: int) -> dict:
+    out: list[dict] = []
+    wall = at_once([lambda: out.append(http_stream(client, model, tokens)) for _ in range(streams)])
     return {
         "streams": streams,
         "aggregate_tok_s": sum(r["tokens"] for r in out) / wall,

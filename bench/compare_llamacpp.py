@@ -44,7 +44,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_generation import build, checkpoint, free_port  # noqa: E402
+from bench_generation import at_once, build, checkpoint, free_port  # noqa: E402
 from llamacpp_servers import (  # noqa: E402
     Server,
     gguf,
@@ -120,13 +120,7 @@ def concurrent(target: Target, streams: int, prompt: str, tokens: int) -> dict:
         with lock:
             results.append(r)
 
-    threads = [threading.Thread(target=one) for _ in range(streams)]
-    began = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - began
+    wall = at_once([one] * streams)
     ttfts = sorted(r["ttft_ms"] for r in results)
     return {
         "aggregate_tok_s": streams * tokens / wall,

@@ -34,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_generation import free_port  # noqa: E402
+from bench.bench_generation import at_once, build_checkpoint, free_port  # noqa: E402
 
 PROMPTS = ["The weather in Paris", "Once upon a time, a quick brown fox", "1, 2, 3, 4,"]
 SENTENCES = [
@@ -58,16 +57,6 @@ SENTENCES = [
     "The cat sits outside.",
     "Local servers keep your data on your machine.",
 ]
-# Llama-3.2-1B's decoder shape (random weights; our small local tokenizer uses the first few hundred ids)
-ONE_B = dict(
-    hidden_size=2048,
-    num_layers=16,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    intermediate_size=8192,
-    vocab_size=128256,
-    context_length=8192,
-)
 
 
 def ortserve(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -181,15 +170,7 @@ def stream(server: Server, model: str, prompt: str, tokens: int, out: list[dict]
 def streams(server: Server, model: str, count: int, tokens: int = 128) -> dict[str, Any]:
     prompt = " ".join(f"word{i}" for i in range(64))  # ~128 tokens of our small tokenizer
     out: list[dict] = []
-    threads = [
-        threading.Thread(target=stream, args=(server, model, f"{i} {prompt}", tokens, out)) for i in range(count)
-    ]
-    began = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.perf_counter() - began
+    wall = at_once([lambda i=i: stream(server, model, f"{i} {prompt}", tokens, out) for i in range(count)])
     total = sum(r["tokens"] for r in out)
     return {
         "streams": count,
@@ -297,7 +278,7 @@ def main() -> int:
         server.close()
 
     if not args.skip_1b:
-        one_b = build_tiny_chat_checkpoint(checkpoints / "llama3.2-1b", "llama", **ONE_B)
+        one_b = build_checkpoint(checkpoints / "llama3.2-1b", "llama3.2-1b")
         why = convert(home, one_b, "llama3.2-1b-shape", device, "fp16")
         result["throughput_1b"] = {"conversion": why or "ok"}
         if why is None:

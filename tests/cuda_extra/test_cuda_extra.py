@@ -44,12 +44,18 @@ def _driver_here() -> bool:
     return True
 
 
+@pytest.fixture
+def no_driver() -> None:
+    """The answers of a machine without an NVIDIA driver (CI's): where a driver is, CUDA runs and they differ.
+    The install and the libraries are checked on every machine."""
+    if _driver_here():
+        pytest.skip("checks what a machine without an NVIDIA driver answers; this one has a driver")
+
+
 @pytest.fixture(scope="session")
 def cuda_venv(tmp_path_factory) -> Path:
     """A venv with `ortserve[cuda]` installed from this checkout (about 2.5 GB of NVIDIA's wheels, so it is removed
     when the session ends)."""
-    if _driver_here():
-        pytest.skip("this tier checks a machine without an NVIDIA driver; this one has one")
     root = tmp_path_factory.mktemp("cuda-venv")
     venv = root / "venv"
     started = time.perf_counter()
@@ -142,7 +148,7 @@ def test_cuda_libraries_load_after_the_preload(cuda_venv):
         assert "libcublasLt.so.13" in found["before"], found
 
 
-def test_convert_validates_a_cuda_build_only_where_cuda_runs(cuda_venv):
+def test_convert_validates_a_cuda_build_only_where_cuda_runs(no_driver, cuda_venv):
     """`convert --device cuda` validates its build by running it: here it says why it cannot (not
     og.is_cuda_available(), which is true in this wheel), and an embedding build is checked on the CPU, saying so."""
     code = (
@@ -157,7 +163,7 @@ def test_convert_validates_a_cuda_build_only_where_cuda_runs(cuda_venv):
     assert cpu is None and embedding == ["CPUExecutionProvider"]
 
 
-def test_info_reports_the_cuda_runtime_present_and_no_driver(cuda_venv, tmp_path):
+def test_info_reports_the_cuda_runtime_present_and_no_driver(no_driver, cuda_venv, tmp_path):
     done = _ortserve(cuda_venv, tmp_path, "info", "--no-server", "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -178,7 +184,7 @@ def test_info_reports_the_cuda_runtime_present_and_no_driver(cuda_venv, tmp_path
     assert f"NVIDIA driver:                  not usable: {NO_DRIVER}" in text.stdout, text.stdout
 
 
-def test_serve_device_cuda_refuses_saying_why(cuda_venv, tmp_path):
+def test_serve_device_cuda_refuses_saying_why(no_driver, cuda_venv, tmp_path):
     done = _ortserve(cuda_venv, tmp_path, "serve", "--device", "cuda", "--no-bootstrap", "--port", "0")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "error: device 'cuda' cannot run models here: the CUDA runtime is installed" in done.stderr
@@ -216,7 +222,7 @@ def _wait_serving(url: str, process: subprocess.Popen, log: Path) -> None:
     raise AssertionError(f"not serving after 60 s:\n{log.read_text(errors='replace')}")
 
 
-def test_serve_auto_runs_on_the_cpu_and_a_model_set_to_cuda_says_why(cuda_venv, cuda_home, tmp_path):
+def test_serve_auto_runs_on_the_cpu_and_a_model_set_to_cuda_says_why(no_driver, cuda_venv, cuda_home, tmp_path):
     """onnxruntime-genai-cuda and onnxruntime-gpu run models on the CPU too: under auto that is where they run, with a
     warning at start; a model whose settings ask for CUDA is a 501 that names the missing driver."""
     import httpx

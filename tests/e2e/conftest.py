@@ -245,3 +245,16 @@ def node_clients(request, tmp_path_factory):
     for script in CLIENTS.glob("*.mjs"):
         shutil.copy(script, folder / script.name)  # ES modules find node_modules beside them
     return node, folder
+
+
+def vision_messages(image_url: str) -> list[dict]:
+    """The messages of Ollama's OpenAI vision example, as its docs write them (the image URL aside)."""
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What's in this image?"},
+                {"type": "image_url", "image_url": image_url},
+            ],
+        }
+    ]

@@ -12,7 +12,7 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.e2e.conftest import run_ortserve
+from tests.e2e.conftest import run_ortserve, vision_messages
 
 
 def test_empty_store_gets_the_default_models(fresh_server):
@@ -61,22 +61,7 @@ def test_readme_vision_example_runs_after_the_readme_steps(fresh_server):
     image_url = "data:image/png;base64," + base64.b64encode(image.getvalue()).decode()
     # Ollama's vision example as written, only the address differs
     with openai.OpenAI(base_url=f"{fresh_server.base_url}/v1/", api_key="ollama") as client:
-        response = client.chat.completions.create(
-            model="llava",
-            messages=[
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "text", "text": "What's in this image?"},
-                        {
-                            "type": "image_url",
-                            "image_url": image_url,
-                        },
-                    ],
-                }
-            ],
-            max_tokens=300,
-        )
+        response = client.chat.completions.create(model="llava", messages=vision_messages(image_url), max_tokens=300)
         assert response.model == "llava" and isinstance(response.choices[0].message.content, str)
         text_only = client.chat.completions.create(
             model="llava", max_tokens=1, messages=[{"role": "user", "content": "What's in this image?"}]

@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from ortserve.core.store import ModelStore
-from tests.e2e.conftest import ROOT, start_server, stop_server_cleanly
+from tests.e2e.conftest import ROOT, start_server, stop_server_cleanly, vision_messages
 
 pytestmark = pytest.mark.slow
 
@@ -152,18 +152,6 @@ def image_url() -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def vision_messages(image_url: str) -> list[dict]:
-    return [
-        {
-            "role": "user",
-            "content": [
-                {"type": "text", "text": "What's in this image?"},
-                {"type": "image_url", "image_url": image_url},
-            ],
-        }
-    ]
-
-
 def text_only_prompt_tokens(client) -> int:
     reply = client.chat.completions.create(
         model=VISION, max_tokens=1, messages=[{"role": "user", "content": "What's in this image?"}]
@@ -172,22 +160,7 @@ def text_only_prompt_tokens(client) -> int:
 
 
 def test_python_vision(client, image_url):
-    response = client.chat.completions.create(
-        model="llava",
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": "What's in this image?"},
-                    {
-                        "type": "image_url",
-                        "image_url": image_url,
-                    },
-                ],
-            }
-        ],
-        max_tokens=300,
-    )
+    response = client.chat.completions.create(model="llava", messages=vision_messages(image_url), max_tokens=300)
     check_chat(response.model_dump(), VISION)
     # the image's tokens are in the prompt: (56 / 14) * (84 / 14) patches, merged 2x2, plus its two markers
     assert response.usage.prompt_tokens == text_only_prompt_tokens(client) + 6 + 2

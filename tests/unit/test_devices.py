@@ -348,9 +348,9 @@ def test_serve_refuses_a_device_that_runs_nothing_here(tmp_path, capsys, device,
 
 
 def test_serve_warns_when_a_device_runs_only_embeddings(capsys):
-    from ortserve.server.cli import _device_usable
+    from ortserve.server.cli_serve import device_usable
 
-    assert _device_usable("coreml", env(platform="darwin", machine="arm64"))
+    assert device_usable("coreml", env(platform="darwin", machine="arm64"))
     err = capsys.readouterr().err
     assert "cannot run generation" in err and "cannot run embeddings" not in err
 

@@ -63,9 +63,9 @@ def test_the_cli_reads_no_ortserve_variable_itself():
     """Every ORTSERVE_* is read by the loader (and the home defaults); the CLI asks the settings."""
     import inspect
 
-    from ortserve.server import cli
+    from ortserve.server import cli, cli_serve
 
-    assert "os.environ" not in inspect.getsource(cli)
+    assert "os.environ" not in inspect.getsource(cli) + inspect.getsource(cli_serve)
 
 
 def test_the_running_settings_reach_the_model_loaders():
