@@ -106,6 +106,27 @@ class Resident:
         self.names.pop(name, None)
         self.names[name] = None
 
+    def record(self, now: float) -> ResidentModel:
+        """What a loaded model reports (GET /api/ps, /health, /metrics) at monotonic time `now`."""
+        engine = self.task.result()
+        device = getattr(engine, "device", None) or "cpu"
+        return ResidentModel(
+            names=tuple(reversed(self.names)),
+            task=self.entry.task,
+            device=device,
+            size=self.usage.size,
+            # the GPU estimate; on another accelerator (DirectML, CoreML) its weights
+            size_vram=self.usage.vram or (0 if device == "cpu" else self.usage.size),
+            expires_in=self.usage.expires_in(now),
+            context_length=getattr(engine, "context_length", None),
+            requests=self.usage.users,
+            manifest=self.entry.manifest,
+            weights=self.entry.folder.name,
+            pid=getattr(engine, "pid", None),
+            restarts=getattr(engine, "restarts", 0),
+            batch_sizes=getattr(engine, "batch_sizes", None) or {},
+        )
+
     async def close(self) -> None:
         """Cancel the load, or close the loaded engine."""
         if not self.task.done():

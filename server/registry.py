@@ -432,31 +432,7 @@ class Registry:
     def running(self) -> list[ResidentModel]:
         """The loaded models, each once, with the names it serves (GET /api/ps, /health)."""
         now = time.monotonic()
-        models = []
-        for resident in self._loaded.values():
-            if not resident.ready or not resident.names:
-                continue
-            engine = resident.task.result()
-            device = getattr(engine, "device", None) or "cpu"
-            models.append(
-                ResidentModel(
-                    names=tuple(reversed(resident.names)),
-                    task=resident.entry.task,
-                    device=device,
-                    size=resident.usage.size,
-                    # the GPU estimate; on another accelerator (DirectML, CoreML) its weights
-                    size_vram=resident.usage.vram or (0 if device == "cpu" else resident.usage.size),
-                    expires_in=resident.usage.expires_in(now),
-                    context_length=getattr(engine, "context_length", None),
-                    requests=resident.usage.users,
-                    manifest=resident.entry.manifest,
-                    weights=resident.entry.folder.name,
-                    pid=getattr(engine, "pid", None),
-                    restarts=getattr(engine, "restarts", 0),
-                    batch_sizes=getattr(engine, "batch_sizes", None) or {},
-                )
-            )
-        return models
+        return [r.record(now) for r in self._loaded.values() if r.ready and r.names]
 
     def interrupt(self, error: APIError) -> None:
         """End every generation in flight with `error` (the shutdown's grace ran out)."""
